@@ -1,0 +1,32 @@
+"""constrained-sgld: stochastic-gradient Langevin dynamics with weights kept on constraint sets."""
+
+from .constraints import (
+    Ball,
+    Box,
+    Circle,
+    Constraint,
+    NonNegative,
+    Orthogonal,
+    Sphere,
+    available_constraints,
+    make_constraint,
+    register_constraint,
+)
+from .optim import ConstrainedSGLD, ConstrainedUnderdampedSGLD
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConstrainedSGLD",
+    "ConstrainedUnderdampedSGLD",
+    "Constraint",
+    "register_constraint",
+    "available_constraints",
+    "make_constraint",
+    "Orthogonal",
+    "Sphere",
+    "Ball",
+    "Circle",
+    "NonNegative",
+    "Box",
+]

@@ -1,0 +1,31 @@
+"""Constraint sets. Importing this package registers the built-in sets by name."""
+
+from .base import (
+    Constraint,
+    ConstraintSpec,
+    Unconstrained,
+    available_constraints,
+    get_constraint_class,
+    make_constraint,
+    register_constraint,
+)
+from .circle import Circle
+from .elementwise import Box, NonNegative
+from .norms import Ball, Sphere
+from .orthogonal import Orthogonal
+
+__all__ = [
+    "Constraint",
+    "ConstraintSpec",
+    "Unconstrained",
+    "available_constraints",
+    "get_constraint_class",
+    "make_constraint",
+    "register_constraint",
+    "Orthogonal",
+    "Sphere",
+    "Ball",
+    "Circle",
+    "NonNegative",
+    "Box",
+]

@@ -1,0 +1,254 @@
+"""The `Constraint` base class, the registry of constraint sets by name, and spec resolution.
+
+A constraint set has two layers of operations.
+
+*Set operations* (public; a user-defined set must provide the first three):
+
+- ``project(p)``          nearest point of the set (or a retraction onto it), out of place;
+- ``tangent_project(p, v)`` ``v`` projected onto the tangent space at ``p`` (identity in the
+  interior of an inequality set), out of place;
+- ``violation(p)``        scalar tensor, 0 on the set, positive off it;
+- ``init_(p)``            in place, a feasible random starting point.
+
+*Dynamics operations* (used by both optimisers; the defaults below are written with the set
+operations, so a user's set with only ``project``/``tangent_project``/``violation`` works with
+both schemes; built-in sets override them with exact geodesics, reflections or batched kernels):
+
+- ``init_state(p)``                 extra per-parameter optimiser state (the circle's partner ``z``);
+- ``tangent_zeros(p, state)``       a zero tangent vector in the set's tangent representation;
+- ``tangent_force(p, f, state)``    an ambient force ``f`` (shape of ``p``) as a tangent vector;
+- ``tangent_noise(p, std, generator, state)``  isotropic Gaussian noise of standard deviation
+  ``std`` on the tangent space;
+- ``retract_(p, step, state)``      move ``p`` in place by the tangent vector ``step`` and land on
+  the set (the overdamped position update);
+- ``drift_(p, velocity, t, state)`` move ``p`` in place along ``velocity`` for time ``t`` and return
+  the velocity at the new point, tangent there (the underdamped "A" step, RATTLE-style).
+
+Tangent vectors are opaque to the optimisers: they are only added, scaled and passed back to the
+constraint, so a set may represent them however suits it (the circle uses one arc length per entry).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type, TypeVar, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Constraint",
+    "Unconstrained",
+    "register_constraint",
+    "available_constraints",
+    "get_constraint_class",
+    "make_constraint",
+    "ConstraintSpec",
+]
+
+_REGISTRY: Dict[str, Type["Constraint"]] = {}
+
+C = TypeVar("C", bound=Type["Constraint"])
+
+
+class Constraint:
+    """Base class of every constraint set.
+
+    Subclasses are constructed with keyword arguments only; the arguments are remembered so that
+    ``spec()`` can describe the set as plain data (for ``state_dict`` and ``repr``).
+    """
+
+    #: registered name, set by :func:`register_constraint`
+    name: str = ""
+    #: True for sets with an interior (ball, box, ...): their tangent space is everything inside.
+    is_inequality: bool = False
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        if args:
+            raise TypeError(
+                f"{cls.__name__} takes keyword arguments only, e.g. {cls.__name__}(radius=2.0); "
+                f"got positional arguments {args!r}"
+            )
+        obj = super().__new__(cls)
+        obj._spec_kwargs = dict(kwargs)
+        return obj
+
+    # ---------------------------------------------------------------- set operations
+    def project(self, p: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define project(p)")
+
+    def tangent_project(self, p: Tensor, v: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define tangent_project(p, v)")
+
+    def violation(self, p: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define violation(p)")
+
+    @torch.no_grad()
+    def init_(self, p: Tensor) -> Tensor:
+        """Default: standard normal entries, then projected onto the set."""
+        p.copy_(self.project(torch.randn_like(p)))
+        return p
+
+    def check(self, p: Tensor, name: str) -> None:
+        """Raise ``ValueError`` naming the parameter if this set cannot hold a tensor like ``p``."""
+
+    def tolerance(self, dtype: torch.dtype) -> float:
+        """Largest ``violation`` still counted as on the set (for the construction-time check)."""
+        return 1e3 * torch.finfo(dtype).eps
+
+    # ---------------------------------------------------------------- dynamics operations
+    def init_state(self, p: Tensor) -> Dict[str, Tensor]:
+        return {}
+
+    def tangent_zeros(self, p: Tensor, state: Dict[str, Tensor]) -> Tensor:
+        return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def tangent_force(self, p: Tensor, force: Tensor, state: Dict[str, Tensor]) -> Tensor:
+        return self.tangent_project(p, force)
+
+    def tangent_noise(
+        self, p: Tensor, std: float, generator: Optional[torch.Generator], state: Dict[str, Tensor]
+    ) -> Tensor:
+        noise = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
+        return self.tangent_project(p, noise.mul_(std))
+
+    def retract_(self, p: Tensor, step: Tensor, state: Dict[str, Tensor]) -> None:
+        p.copy_(self.project(p + step))
+
+    def drift_(self, p: Tensor, velocity: Tensor, t: float, state: Dict[str, Tensor]) -> Tensor:
+        """RATTLE: ``q = project(p + t v)``; the new velocity is ``(q - p) / t`` made tangent at ``q``."""
+        start = p.clone()
+        self.retract_(p, velocity * t, state)
+        return self.tangent_project(p, (p - start).div_(t))
+
+    # ---------------------------------------------------------------- description
+    def spec(self) -> Tuple[str, Dict[str, Any]]:
+        """``(name, kwargs)``: enough to rebuild this set with :func:`make_constraint`."""
+        return (self.name or type(self).__name__, dict(self._spec_kwargs))
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.spec() == other.spec()  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash((type(self), repr(sorted(self._spec_kwargs.items()))))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._spec_kwargs.items())
+        return f"{type(self).__name__}({args})"
+
+
+class Unconstrained(Constraint):
+    """No constraint: what a parameter with spec ``None`` uses internally."""
+
+    name = "unconstrained"
+
+    def project(self, p: Tensor) -> Tensor:
+        return p.clone()
+
+    def tangent_project(self, p: Tensor, v: Tensor) -> Tensor:
+        return v
+
+    def violation(self, p: Tensor) -> Tensor:
+        return p.new_zeros(())
+
+    def tangent_force(self, p, force, state):
+        return force
+
+    def tangent_noise(self, p, std, generator, state):
+        return torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype).mul_(std)
+
+    def retract_(self, p, step, state):
+        p.add_(step)
+
+    def drift_(self, p, velocity, t, state):
+        p.add_(velocity, alpha=t)
+        return velocity
+
+
+UNCONSTRAINED = Unconstrained()
+
+
+def register_constraint(name: str) -> Callable[[C], C]:
+    """Class decorator: make a :class:`Constraint` subclass available by ``name``.
+
+    >>> @register_constraint("unit_simplex")
+    ... class Simplex(Constraint): ...
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_constraint needs a non-empty name, got {name!r}")
+
+    def decorate(cls: C) -> C:
+        if not (isinstance(cls, type) and issubclass(cls, Constraint)):
+            raise TypeError(f"@register_constraint({name!r}) must decorate a Constraint subclass, got {cls!r}")
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise ValueError(
+                f"a constraint named {name!r} is already registered ({existing.__qualname__}); pick another name"
+            )
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def available_constraints() -> list:
+    """Names of every registered constraint set, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_constraint_class(name: str) -> Type[Constraint]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown constraint {name!r}; available constraints: {', '.join(available_constraints())}"
+        ) from None
+
+
+ConstraintSpec = Union[None, str, Tuple[str, Mapping[str, Any]], Constraint]
+
+
+def make_constraint(spec: ConstraintSpec, *, where: str = "") -> Optional[Constraint]:
+    """Turn a spec (``None``, a name, ``(name, kwargs)`` or an instance) into a Constraint or None."""
+    where = f" for {where}" if where else ""
+    if spec is None or isinstance(spec, Constraint):
+        return spec
+    if isinstance(spec, str):
+        return get_constraint_class(spec)()
+    if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], Mapping):
+        cls = get_constraint_class(spec[0])
+        try:
+            return cls(**dict(spec[1]))
+        except TypeError as err:
+            raise ValueError(f"bad options for constraint {spec[0]!r}{where}: {err}") from None
+    if isinstance(spec, type) and issubclass(spec, Constraint):
+        return spec()
+    raise ValueError(
+        f"constraint spec{where} must be None, a registered name, a (name, kwargs) tuple or a "
+        f"Constraint instance; got {spec!r}"
+    )
+
+
+# ------------------------------------------------------------------ helpers shared by the sets
+def check_positive(value: Any, option: str, owner: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{owner}: {option} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_boundary(boundary: str, owner: str) -> str:
+    if boundary not in ("reflect", "clamp"):
+        raise ValueError(f"{owner}: boundary must be 'reflect' or 'clamp', got {boundary!r}")
+    return boundary
+
+
+def reduction_dims(p: Tensor, dim: Any) -> Optional[Tuple[int, ...]]:
+    """The dims a norm runs over: ``"rows"`` (all but 0; the whole tensor if 1-D), None = all."""
+    if dim is None:
+        return None
+    if dim == "rows":
+        return tuple(range(1, p.ndim)) if p.ndim > 1 else None
+    if isinstance(dim, int):
+        return (dim,)
+    return tuple(dim)

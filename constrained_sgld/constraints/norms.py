@@ -1,0 +1,187 @@
+"""Norm sets: ``sphere`` (fixed norm, a manifold) and ``ball`` (bounded norm, an inequality set).
+
+Both act on slices of the tensor: the norm runs over ``dim`` (default ``"rows"``: all dims but 0,
+so each output unit of a layer has its own norm; ``dim=None``: the whole tensor; an int or a tuple
+of ints: those dims).
+
+Sphere of radius r, with ``u = x / r``:
+
+- tangent projection:  ``v - u <u, v>``
+- projection:          ``r x / |x|``
+- exact geodesic over time t for a tangent velocity v (speed ``|v|``, angle ``theta = t |v| / r``):
+  ``x' = x cos(theta) + v (r / |v|) sin(theta)``,  ``v' = v cos(theta) - x (|v| / r) sin(theta)``
+
+Ball of radius r: the tangent space is everything; at the boundary the path reflects specularly
+(an exact billiard: straight to the sphere, velocity mirrored in the normal there, on for the time
+left) or clamps (``x -> r x / |x|``, outward radial velocity dropped).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .base import Constraint, check_boundary, check_positive, reduction_dims, register_constraint
+
+
+def _check_dim(dim: Any, owner: str) -> Any:
+    ok = dim is None or dim == "rows" or (isinstance(dim, int) and not isinstance(dim, bool))
+    ok = ok or (isinstance(dim, (tuple, list)) and all(isinstance(d, int) for d in dim) and len(dim) > 0)
+    if not ok:
+        raise ValueError(f"{owner}: dim must be 'rows', None, an int or a tuple of ints, got {dim!r}")
+    return tuple(dim) if isinstance(dim, list) else dim
+
+
+class _NormSet(Constraint):
+    def __init__(self, *, radius: float = 1.0, dim: Any = "rows"):
+        self.radius = check_positive(radius, "radius", self._owner())
+        self.dim = _check_dim(dim, self._owner())
+
+    @classmethod
+    def _owner(cls) -> str:
+        return cls.name or cls.__name__.lower()
+
+    def check(self, p: Tensor, name: str) -> None:
+        dims = reduction_dims(p, self.dim)
+        if dims is not None:
+            for d in dims:
+                if not -p.ndim <= d < max(p.ndim, 1):
+                    raise ValueError(
+                        f"parameter {name!r} of shape {tuple(p.shape)} has no dim {d} for '{self.name}' (dim={self.dim!r})"
+                    )
+        if p.numel() == 0:
+            raise ValueError(f"parameter {name!r} is empty; '{self.name}' needs at least one entry")
+
+    def _norm(self, x: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(x, dim=reduction_dims(x, self.dim), keepdim=True)
+
+    def _inner(self, a: Tensor, b: Tensor) -> Tensor:
+        dims = reduction_dims(a, self.dim)
+        prod = a * b
+        return prod.sum(dim=dims, keepdim=True) if dims is not None else prod.sum().reshape([1] * a.ndim)
+
+
+@register_constraint("sphere")
+class Sphere(_NormSet):
+    """``|x| = radius`` over ``dim`` (default: each row / output unit)."""
+
+    def project(self, p: Tensor) -> Tensor:
+        n = self._norm(p)
+        # a zero slice has no direction: send it to the first basis vector's direction
+        safe = torch.where(n > 0, p, torch.ones_like(p))
+        return safe * (self.radius / self._norm(safe))
+
+    def tangent_project(self, p: Tensor, v: Tensor) -> Tensor:
+        return v - p * (self._inner(p, v) / self.radius**2)
+
+    def violation(self, p: Tensor) -> Tensor:
+        return ((self._norm(p) - self.radius).abs() / self.radius).amax()
+
+    @torch.no_grad()
+    def init_(self, p: Tensor) -> Tensor:
+        """Uniform on the sphere (normalised Gaussian)."""
+        p.copy_(self.project(torch.randn_like(p)))
+        return p
+
+    def _geodesic_(self, p: Tensor, velocity: Tensor, t: float) -> Tensor:
+        r = self.radius
+        speed = self._norm(velocity)
+        theta = speed * (t / r)
+        # r sin(theta) / |v| -> t as |v| -> 0; keep the branch on the device (no host sync)
+        along = torch.where(speed > 0, r * torch.sin(theta) / speed.clamp_min(torch.finfo(p.dtype).tiny), t)
+        cos = torch.cos(theta)
+        new_v = velocity * cos - p * (speed * torch.sin(theta) / r)
+        p.mul_(cos).add_(velocity * along)
+        # rounding only: renormalise and re-tangent so nothing accumulates over many steps
+        p.mul_(r / self._norm(p))
+        return self.tangent_project(p, new_v)
+
+    def retract_(self, p: Tensor, step: Tensor, state: Dict[str, Tensor]) -> None:
+        self._geodesic_(p, step, 1.0)
+
+    def drift_(self, p: Tensor, velocity: Tensor, t: float, state: Dict[str, Tensor]) -> Tensor:
+        return self._geodesic_(p, velocity, t)
+
+
+@register_constraint("ball")
+class Ball(_NormSet):
+    """``|x| <= radius`` over ``dim``; ``boundary="reflect"`` (default) or ``"clamp"``."""
+
+    is_inequality = True
+
+    def __init__(self, *, radius: float = 1.0, dim: Any = "rows", boundary: str = "reflect"):
+        super().__init__(radius=radius, dim=dim)
+        self.boundary = check_boundary(boundary, "ball")
+
+    def project(self, p: Tensor) -> Tensor:
+        n = self._norm(p)
+        return p * (self.radius / n.clamp_min(self.radius))
+
+    def tangent_project(self, p: Tensor, v: Tensor) -> Tensor:
+        return v
+
+    def violation(self, p: Tensor) -> Tensor:
+        return ((self._norm(p) - self.radius).clamp_min(0) / self.radius).amax()
+
+    @torch.no_grad()
+    def init_(self, p: Tensor) -> Tensor:
+        """Uniform in the ball: a uniform direction times ``radius * U^(1/d)``."""
+        direction = torch.randn_like(p)
+        direction = direction / self._norm(direction)
+        d = direction.numel() // self._norm(direction).numel()
+        u = torch.rand(self._norm(direction).shape, dtype=p.dtype, device=p.device)
+        p.copy_(direction * (self.radius * u ** (1.0 / d)))
+        return p
+
+    #: reflections followed exactly per step; a slice still moving after that is clamped
+    max_reflections = 4
+
+    def _billiard_(self, p: Tensor, velocity: Tensor, t: float) -> Tensor:
+        """Free flight for time ``t`` inside the ball with specular reflection at the sphere.
+
+        The flight is followed exactly: straight to the hit point ``x + s v`` (``s`` the positive
+        root of ``|x + s v| = r``), the velocity mirrored in the normal there, on for the time left.
+        This map preserves phase-space volume and is reversible, so it keeps the uniform law in the
+        ball exactly (a radial mirror of the overshoot does not, and biases |x| inwards).
+        """
+        r = self.radius
+        tiny = torch.finfo(p.dtype).tiny
+        left = torch.full_like(self._norm(p), float(t))
+        v = velocity
+        for _ in range(self.max_reflections):
+            a = self._inner(v, v)
+            b = self._inner(p, v)
+            c = self._inner(p, p) - r * r
+            # positive root of a s^2 + 2 b s + c = 0 (c <= 0 inside); the stable form avoids cancellation
+            disc = (b * b - a * c).clamp_min(0).sqrt()
+            s_hit = torch.where(b > 0, -c / (b + disc).clamp_min(tiny), (disc - b) / a.clamp_min(tiny))
+            hits = (a > 0) & (s_hit < left)
+            move = torch.where(hits, s_hit.clamp_min(0), left)
+            p.add_(v * move)
+            left = left - move
+            normal_speed = self._inner(p, v) / (r * r)
+            v = v - torch.where(hits, 2 * normal_speed, torch.zeros_like(normal_speed)) * p
+        p.add_(v * left)  # only after max_reflections bounces in one step: then clamp
+        p.mul_(r / self._norm(p).clamp_min(r))
+        return v
+
+    def _clamp_(self, p: Tensor, velocity: Tensor, t: float) -> Tensor:
+        """Move straight, clamp onto the sphere and drop the outward radial velocity (inelastic)."""
+        r = self.radius
+        p.add_(velocity, alpha=t)
+        n = self._norm(p)
+        outside = n > r
+        radial = self._inner(p, velocity) / n.clamp_min(torch.finfo(p.dtype).tiny) ** 2
+        velocity = velocity - torch.where(outside & (radial > 0), radial, torch.zeros_like(radial)) * p
+        p.mul_(r / n.clamp_min(r))
+        return velocity
+
+    def retract_(self, p: Tensor, step: Tensor, state: Dict[str, Tensor]) -> None:
+        self.drift_(p, step, 1.0, state)
+
+    def drift_(self, p: Tensor, velocity: Tensor, t: float, state: Dict[str, Tensor]) -> Tensor:
+        if self.boundary == "reflect":
+            return self._billiard_(p, velocity, t)
+        return self._clamp_(p, velocity, t)

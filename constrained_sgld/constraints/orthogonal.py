@@ -1,0 +1,156 @@
+"""Orthogonal matrices (the Stiefel manifold), with scale ``s``.
+
+A tall ``W`` (n x k, n >= k) satisfies ``W^T W = s^2 I``; a wide one ``W W^T = s^2 I``. A conv
+weight ``(out, in, *kernel)`` is the matrix ``(out, in * prod(kernel))``; ``batch_dims=b`` makes the
+leading ``b`` dims a batch of independent matrices. Every operation works on the tall orientation:
+a wide matrix is handled as its transpose (a view), so only the small k x k Gram matrix is formed.
+
+On the unit-scale tall matrix ``X = W / s``:
+
+- tangent space at X:      ``V - X sym(X^T V)``  with ``sym(A) = (A + A^T) / 2``
+- projection:              ``polar(Y) = U V^T`` from the thin SVD ``Y = U S V^T``
+- SHAKE position update:   from a feasible ``X`` and a proposal ``Y``, find symmetric ``L`` with
+  ``(Y + X L)^T (Y + X L) = I`` (the correction lies along the normal space at the old point).
+  Writing ``P = Y^T Y``, ``Q = X^T Y``, ``A = X^T X`` (all k x k), the residual is
+  ``F(L) = P + Q^T L + L Q + L A L - I`` and the simplified Newton step is ``L <- L - F(L) / 2``
+  (the Jacobian is 2 Id at ``Y = X``). Each iteration costs only k x k products; it stops once
+  ``max |F| <= eps^(3/4)`` of the dtype and falls back to ``polar(Y)`` for any matrix that has not
+  converged after ``max_iter`` iterations (very large steps).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import geotorch.so
+import torch
+from torch import Tensor
+
+from .base import Constraint, check_positive, register_constraint
+
+
+def _sym(a: Tensor) -> Tensor:
+    return 0.5 * (a + a.transpose(-2, -1))
+
+
+def polar(y: Tensor) -> Tensor:
+    """Nearest matrix with orthonormal columns (tall ``y``), batched: ``U V^T`` of the thin SVD."""
+    u, _, vh = torch.linalg.svd(y, full_matrices=False)
+    return u @ vh
+
+
+def shake_tolerance(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps ** 0.75
+
+
+def shake_correct(x: Tensor, y: Tensor, max_iter: int = 12) -> Tensor:
+    """Bring the proposal ``y`` back onto the Stiefel manifold along the normal space at ``x``.
+
+    ``x`` and ``y`` are (batches of) tall matrices with unit scale; ``x`` is (nearly) feasible.
+    Returns the corrected point. Checks convergence after a few iterations (one host read for the
+    common case), continues to ``max_iter``, then falls back to the exact polar projection of
+    ``y`` for the matrices that still have not converged.
+    """
+    xt = x.transpose(-2, -1)
+    p = y.transpose(-2, -1) @ y
+    q = xt @ y
+    a = xt @ x
+    eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
+    tol = shake_tolerance(y.dtype)
+    lam = -0.5 * (p - eye)  # first Newton step from L = 0
+    first_check = 3
+    for it in range(1, max_iter + 1):
+        lq = lam @ q
+        residual = p + lq.transpose(-2, -1) + lq + lam @ a @ lam - eye
+        err = residual.abs().amax(dim=(-2, -1))
+        if it >= first_check and bool((err <= tol).all()):
+            return y + x @ lam
+        lam = lam - 0.5 * residual
+    out = y + x @ lam
+    lq = lam @ q
+    err = (p + lq.transpose(-2, -1) + lq + lam @ a @ lam - eye).abs().amax(dim=(-2, -1))
+    bad = ~(err <= tol)  # NaN counts as not converged
+    if bad.any():
+        if out.ndim == 2:
+            return polar(y)
+        out = out.clone()
+        out[bad] = polar(y[bad])
+    return out
+
+
+@register_constraint("orthogonal")
+class Orthogonal(Constraint):
+    """``W^T W = scale^2 I`` (tall) or ``W W^T = scale^2 I`` (wide), per matrix.
+
+    Args:
+        scale: the singular value ``s`` of every matrix (default 1).
+        batch_dims: leading dims that index independent matrices (default 0).
+        max_iter: cap on the SHAKE iterations before the polar fallback.
+    """
+
+    def __init__(self, *, scale: float = 1.0, batch_dims: int = 0, max_iter: int = 12):
+        self.scale = check_positive(scale, "scale", "orthogonal")
+        if not isinstance(batch_dims, int) or isinstance(batch_dims, bool) or batch_dims < 0:
+            raise ValueError(f"orthogonal: batch_dims must be an int >= 0, got {batch_dims!r}")
+        if not isinstance(max_iter, int) or max_iter < 1:
+            raise ValueError(f"orthogonal: max_iter must be an int >= 1, got {max_iter!r}")
+        self.batch_dims = batch_dims
+        self.max_iter = max_iter
+
+    # -- shapes: every tensor is viewed as (batch, n, k) with n >= k
+    def check(self, p: Tensor, name: str) -> None:
+        if p.ndim < self.batch_dims + 2:
+            raise ValueError(
+                f"parameter {name!r} of shape {tuple(p.shape)} cannot be 'orthogonal': it needs at "
+                f"least 2 dims beyond batch_dims={self.batch_dims} (a matrix or a conv weight); "
+                f"use 'sphere' or None for vectors such as biases"
+            )
+
+    def _matrix(self, t: Tensor) -> Tensor:
+        """View ``t`` as a batch of tall matrices ``(..., n, k)``, n >= k (a wide one transposed)."""
+        b = self.batch_dims
+        m = t.reshape(*t.shape[: b + 1], -1)
+        if m.shape[-2] < m.shape[-1]:
+            m = m.transpose(-2, -1)
+        return m
+
+    def _unmatrix(self, m: Tensor, like: Tensor) -> Tensor:
+        b = self.batch_dims
+        rows = like.shape[b]
+        if m.shape[-2] != rows:  # was wide
+            m = m.transpose(-2, -1)
+        return m.reshape(like.shape)
+
+    # -- set operations
+    def project(self, p: Tensor) -> Tensor:
+        return self._unmatrix(polar(self._matrix(p)) * self.scale, p)
+
+    def tangent_project(self, p: Tensor, v: Tensor) -> Tensor:
+        x = self._matrix(p) / self.scale
+        vm = self._matrix(v)
+        return self._unmatrix(vm - x @ _sym(x.transpose(-2, -1) @ vm), v)
+
+    def violation(self, p: Tensor) -> Tensor:
+        x = self._matrix(p) / self.scale
+        gram = x.transpose(-2, -1) @ x
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+        return (gram - eye).abs().amax()
+
+    def tolerance(self, dtype: torch.dtype) -> float:
+        return 10 * shake_tolerance(dtype)
+
+    @torch.no_grad()
+    def init_(self, p: Tensor) -> Tensor:
+        """Haar-distributed (geotorch's sampler; determinant +1 for square matrices), times ``scale``."""
+        m = torch.empty(self._matrix(p).shape, dtype=p.dtype, device=p.device)
+        geotorch.so.uniform_init_(m)
+        p.copy_(self._unmatrix(m * self.scale, p))
+        return p
+
+    # -- dynamics: SHAKE from the previous feasible point instead of a fresh polar projection
+    def retract_(self, p: Tensor, step: Tensor, state: Dict[str, Tensor]) -> None:
+        s = self.scale
+        x = self._matrix(p) / s
+        y = x + self._matrix(step) / s
+        p.copy_(self._unmatrix(shake_correct(x, y, self.max_iter) * s, p))

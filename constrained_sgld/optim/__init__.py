@@ -1,0 +1,14 @@
+"""The two constrained Langevin optimisers and their pure update functions."""
+
+from .base import ConstrainedLangevinOptimizer
+from .overdamped import ConstrainedSGLD, overdamped_update
+from .underdamped import ConstrainedUnderdampedSGLD, langevin_step_size, underdamped_update
+
+__all__ = [
+    "ConstrainedLangevinOptimizer",
+    "ConstrainedSGLD",
+    "ConstrainedUnderdampedSGLD",
+    "overdamped_update",
+    "underdamped_update",
+    "langevin_step_size",
+]
