@@ -12,8 +12,8 @@ On the unit-scale tall matrix ``X = W / s``:
 - SHAKE position update:   from a feasible ``X`` and a proposal ``Y``, find symmetric ``L`` with
   ``(Y + X L)^T (Y + X L) = I`` (the correction lies along the normal space at the old point).
   Writing ``P = Y^T Y``, ``Q = X^T Y``, ``A = X^T X`` (all k x k), the residual is
-  ``F(L) = P + Q^T L + L Q + L A L - I`` and the simplified Newton step is ``L <- L - F(L) / 2``
-  (the Jacobian is 2 Id at ``Y = X``). Each iteration costs only k x k products; it stops once
+  ``F(L) = P + Q^T L + L Q + L A L - I``, solved by Newton steps with the Jacobian inverted to
+  first order (see ``shake_correct``). Each iteration costs only k x k products; it stops once
   ``max |F| <= eps^(3/4)`` of the dtype and falls back to ``polar(Y)`` for any matrix that has not
   converged after ``max_iter`` iterations (very large steps).
 """
@@ -48,9 +48,11 @@ def shake_correct(x: Tensor, y: Tensor, max_iter: int = 12) -> Tensor:
     """Bring the proposal ``y`` back onto the Stiefel manifold along the normal space at ``x``.
 
     ``x`` and ``y`` are (batches of) tall matrices with unit scale; ``x`` is (nearly) feasible.
-    Returns the corrected point. Checks convergence after a few iterations (one host read for the
-    common case), continues to ``max_iter``, then falls back to the exact polar projection of
-    ``y`` for the matrices that still have not converged.
+    Newton's method on ``F(L) = 0`` needs the Jacobian ``D -> M^T D + D M`` with ``M = Q + A L``
+    (= I + E, E small); its inverse is applied to first order in E:
+    ``D = -F/2 + (E^T F + F E) / 4``, so the error shrinks like ``|step|^2`` per iteration.
+    Convergence is checked after a few iterations (one host read in the common case); matrices
+    still unconverged after ``max_iter`` get the exact polar projection of ``y``.
     """
     xt = x.transpose(-2, -1)
     p = y.transpose(-2, -1) @ y
@@ -58,24 +60,25 @@ def shake_correct(x: Tensor, y: Tensor, max_iter: int = 12) -> Tensor:
     a = xt @ x
     eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
     tol = shake_tolerance(y.dtype)
-    lam = -0.5 * (p - eye)  # first Newton step from L = 0
-    first_check = 3
-    for it in range(1, max_iter + 1):
+    lam = torch.zeros_like(p)
+    err = None
+    for it in range(max_iter + 1):
         lq = lam @ q
         residual = p + lq.transpose(-2, -1) + lq + lam @ a @ lam - eye
         err = residual.abs().amax(dim=(-2, -1))
-        if it >= first_check and bool((err <= tol).all()):
+        if it >= 2 and bool((err <= tol).all()):
             return y + x @ lam
-        lam = lam - 0.5 * residual
+        if it == max_iter:
+            break
+        e = q + a @ lam - eye
+        fe = residual @ e
+        lam = lam - 0.5 * residual + 0.25 * (fe + fe.transpose(-2, -1))
     out = y + x @ lam
-    lq = lam @ q
-    err = (p + lq.transpose(-2, -1) + lq + lam @ a @ lam - eye).abs().amax(dim=(-2, -1))
     bad = ~(err <= tol)  # NaN counts as not converged
-    if bad.any():
-        if out.ndim == 2:
-            return polar(y)
-        out = out.clone()
-        out[bad] = polar(y[bad])
+    if out.ndim == 2:
+        return polar(y)
+    out = out.clone()
+    out[bad] = polar(y[bad])
     return out
 
 

@@ -214,8 +214,9 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         plan = []
         for group in self.param_groups:
             where = f"in parameter group of {self._label(group['params'][0])!r} {_STEP_TIME}" if group["params"] else _STEP_TIME
-            for option in self.defaults:
-                self._check_option(option, group[option], where, at_step=True)
+            for option in self._option_rules:
+                if option in group:
+                    self._check_option(option, group[option], where, at_step=True)
             params, grads = [], []
             for p in group["params"]:
                 if p.grad is None:

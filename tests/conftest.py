@@ -1,0 +1,64 @@
+import pytest
+import torch
+
+from constrained_sgld import ConstrainedSGLD, ConstrainedUnderdampedSGLD
+
+OPTIMIZERS = {"od": ConstrainedSGLD, "ud": ConstrainedUnderdampedSGLD}
+
+# (spec, a parameter shape it fits): every built-in set, on shapes a real model has
+CONSTRAINT_CASES = {
+    "orthogonal": ("orthogonal", (16, 8)),
+    "orthogonal-wide-conv": ("orthogonal", (4, 3, 3, 3)),
+    "sphere": (("sphere", {"radius": 2.0}), (6, 5)),
+    "ball": (("ball", {"radius": 0.5}), (6, 5)),
+    "circle": (("circle", {"radius": 0.1}), (6, 5)),
+    "nonnegative": ("nonnegative", (6, 5)),
+    "box": (("box", {"lower": -0.2, "upper": 0.3}), (6, 5)),
+}
+
+
+@pytest.fixture(params=sorted(OPTIMIZERS))
+def optimizer_cls(request):
+    return OPTIMIZERS[request.param]
+
+
+def small_mlp(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+    ).to(dtype)
+
+
+def small_convnet(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(2, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 3),
+    ).to(dtype)
+
+
+def batch_for(model, n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    first = next(model.parameters())
+    if first.ndim == 4:
+        x = torch.randn(n, first.shape[1], 6, 6, generator=g, dtype=first.dtype)
+    else:
+        x = torch.randn(n, first.shape[1], generator=g, dtype=first.dtype)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return x, y
+
+
+def train_steps(model, optim, steps, seed=0):
+    x, y = batch_for(model, seed=seed)
+    loss = None
+    for _ in range(steps):
+        optim.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optim.step()
+    return loss

@@ -1,0 +1,128 @@
+"""Each built-in set: its operations land on the set, respect the tangent space, and reject bad options."""
+
+import math
+
+import pytest
+import torch
+
+import constrained_sgld as cs
+from constrained_sgld.constraints import make_constraint
+from tests.conftest import CONSTRAINT_CASES
+
+
+@pytest.fixture(params=sorted(CONSTRAINT_CASES))
+def case(request):
+    spec, shape = CONSTRAINT_CASES[request.param]
+    return make_constraint(spec), shape
+
+
+def test_registry_lists_all_six_sets():
+    assert {"orthogonal", "sphere", "ball", "circle", "nonnegative", "box"} <= set(cs.available_constraints())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_project_lands_on_set_and_is_idempotent(case, dtype):
+    c, shape = case
+    x = torch.randn(shape, dtype=dtype) * 3
+    y = c.project(x)
+    tol = c.tolerance(dtype)
+    assert c.violation(y) <= tol
+    assert torch.allclose(c.project(y), y, atol=10 * tol)
+    assert x.shape == y.shape and y.dtype == dtype
+
+
+def test_init_is_feasible(case):
+    c, shape = case
+    p = torch.empty(shape)
+    c.init_(p)
+    assert torch.isfinite(p).all()
+    assert c.violation(p) <= c.tolerance(p.dtype)
+
+
+def test_violation_positive_off_the_set(case):
+    c, shape = case
+    p = c.init_(torch.empty(shape, dtype=torch.float64))
+    off = p * 3 - 5  # leaves every set: norms grow, entries go below 0 and -1
+    assert c.violation(off) > 1e-3
+
+
+def test_tangent_projection_is_idempotent_and_normal_free(case):
+    c, shape = case
+    p = c.init_(torch.empty(shape, dtype=torch.float64))
+    v = torch.randn(shape, dtype=torch.float64)
+    t = c.tangent_project(p, v)
+    assert torch.allclose(c.tangent_project(p, t), t, atol=1e-12)
+    # moving along a tangent vector leaves the set only to second order
+    eps = 1e-4
+    assert c.violation(p + eps * t) <= 50 * eps**2 + 1e-12
+
+
+def test_orthogonal_shapes():
+    tall = cs.Orthogonal().init_(torch.empty(7, 3))
+    assert torch.allclose(tall.T @ tall, torch.eye(3), atol=1e-5)
+    wide = cs.Orthogonal(scale=2.0).init_(torch.empty(3, 7))
+    assert torch.allclose(wide @ wide.T, 4 * torch.eye(3), atol=1e-4)
+    conv = cs.Orthogonal().init_(torch.empty(4, 3, 3, 3))  # (4, 27): wide
+    m = conv.reshape(4, -1)
+    assert torch.allclose(m @ m.T, torch.eye(4), atol=1e-5)
+    batch = cs.Orthogonal(batch_dims=1).init_(torch.empty(5, 3, 3))
+    assert torch.allclose(batch @ batch.transpose(1, 2), torch.eye(3).expand(5, 3, 3), atol=1e-5)
+
+
+def test_shake_falls_back_to_polar_for_huge_steps():
+    c = cs.Orthogonal()
+    p = c.init_(torch.empty(6, 4, dtype=torch.float64))
+    step = c.tangent_project(p, torch.randn(6, 4, dtype=torch.float64) * 1e6)
+    c.retract_(p, step, {})
+    assert torch.isfinite(p).all() and c.violation(p) < 1e-10
+
+
+def test_sphere_dim_options():
+    whole = cs.Sphere(radius=3.0, dim=None).project(torch.randn(4, 5))
+    assert math.isclose(whole.norm().item(), 3.0, rel_tol=1e-6)
+    cols = cs.Sphere(dim=0).project(torch.randn(4, 5))
+    assert torch.allclose(cols.norm(dim=0), torch.ones(5), atol=1e-6)
+
+
+def test_box_and_nonnegative_reflect_exactly():
+    box = cs.Box(lower=-1.0, upper=1.0)
+    p = torch.tensor([0.5, 0.5, -0.9, 0.0])
+    v = box.drift_(p, torch.tensor([1.0, 3.0, -0.3, 0.0]), 1.0, {})
+    assert torch.allclose(p, torch.tensor([0.5, -0.5, -0.8, 0.0]))  # 1.5 -> 0.5 ; 3.5 -> -0.5 (two walls)
+    assert torch.equal(v, torch.tensor([-1.0, 3.0, 0.3, 0.0]))
+    nn = cs.NonNegative()
+    q = torch.tensor([0.2, 0.2])
+    v = nn.drift_(q, torch.tensor([-0.5, 0.1]), 1.0, {})
+    assert torch.allclose(q, torch.tensor([0.3, 0.3])) and torch.equal(v, torch.tensor([0.5, 0.1]))
+
+
+def test_circle_rotation_stays_on_circle():
+    c = cs.Circle(radius=0.5)
+    w = torch.tensor([0.0, 0.3, -0.49])
+    state = c.init_state(w)
+    for _ in range(1000):
+        c.retract_(w, torch.full_like(w, 0.37), state)
+    assert torch.allclose(torch.hypot(w, state["aux"]), torch.full_like(w, 0.5), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("no-such-set", "available constraints"),
+        (("sphere", {"radius": 0.0}), "radius"),
+        (("ball", {"radius": -1.0}), "radius"),
+        (("circle", {"radius": float("nan")}), "radius"),
+        (("box", {"lower": 1.0, "upper": 1.0}), "lower must be < upper"),
+        (("box", {"boundary": "bounce"}), "boundary"),
+        (("sphere", {"radus": 2.0}), "radus"),
+        (("orthogonal", {"scale": 0}), "scale"),
+    ],
+)
+def test_bad_constraint_options(spec, match):
+    with pytest.raises(ValueError, match=match):
+        make_constraint(spec)
+
+
+def test_keyword_only():
+    with pytest.raises(TypeError, match="keyword"):
+        cs.Sphere(2.0)
