@@ -1,0 +1,197 @@
+"""The stationary distributions are the documented ones: moments against closed forms.
+
+Method. Many independent chains run at once as rows of one float64 parameter (or a batch of
+matrices via ``batch_dims``), all started from one fixed point (so a test checks convergence, not
+just invariance). After a burn-in, each chain's statistic is averaged over time; the chains are
+independent, so the standard error of the across-chain mean is exactly std / sqrt(N). A check
+passes when
+
+    |mean - expected| <= Z * SE + allowance,     Z = 4.5 (false alarm < 1e-5 per check)
+
+``allowance`` is the discretisation bias and is zero wherever the discrete chain's stationary law
+is known exactly:
+- U = 0 on the sphere, Stiefel manifold, circle: every step is equivariant under rotations, so the
+  uniform law is invariant at any step size;
+- U = 0 on the ball and the box: the reflecting step is an exact billiard (volume-preserving and
+  reversible), so the uniform law is invariant at any step size;
+- quadratic U (unconstrained, and reflected at 0 for ``nonnegative``): the overdamped step is an
+  AR(1) chain whose stationary covariance is ``tau A^-1 (I - h A / 2)^-1`` exactly; the underdamped
+  (BAOAB) chain samples the configurational law ``N(0, tau A^-1)`` exactly; reflection at 0
+  commutes with these odd dynamics, so the folded law is exact too.
+Only the von Mises-Fisher cases have an unknown O(lr) bias; their allowance is ``lr`` (one step
+size, in the units of a statistic of order 1).
+
+``CSGLD_STAT_SEED`` picks the seed (``scripts/statistical_seeds.py`` reruns the suite on 20).
+"""
+
+import math
+import os
+import warnings
+
+import pytest
+import torch
+
+from constrained_sgld import ConstrainedSGLD, ConstrainedUnderdampedSGLD
+
+Z = 4.5
+SEED = int(os.environ.get("CSGLD_STAT_SEED", "0"))
+
+SCHEMES = {
+    "od": (ConstrainedSGLD, {}),
+    "ud-m0.0": (ConstrainedUnderdampedSGLD, {"momentum": 0.0}),
+    "ud-m0.5": (ConstrainedUnderdampedSGLD, {"momentum": 0.5}),
+    "ud-m0.9": (ConstrainedUnderdampedSGLD, {"momentum": 0.9}),
+}
+
+
+def run_chains(scheme, x0, spec, grad_fn, stats, *, lr, temperature=1.0, steps, burn):
+    """Per-chain time averages (after ``burn``) of each statistic in ``stats``."""
+    cls, extra = SCHEMES[scheme]
+    x = torch.nn.Parameter(x0.clone().to(torch.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        opt = cls([{"params": [x], "constraint": spec}], lr=lr, temperature=temperature, seed=SEED, **extra)
+    sums = [0.0] * len(stats)
+    for i in range(steps):
+        x.grad = grad_fn(x.detach())
+        opt.step()
+        if i >= burn:
+            for j, f in enumerate(stats):
+                sums[j] = sums[j] + f(x.detach())
+    return [s / (steps - burn) for s in sums], opt
+
+
+def check(per_chain, expected, allowance=0.0, label=""):
+    n = per_chain.numel()
+    mean = per_chain.mean().item()
+    se = per_chain.std().item() / math.sqrt(n)
+    tol = Z * se + allowance
+    assert abs(mean - expected) <= tol, (
+        f"{label}: mean {mean:.5f}, expected {expected:.5f} (|diff| {abs(mean - expected):.5f} > "
+        f"{Z} SE {se:.5f} + allowance {allowance:.5f}; seed {SEED})"
+    )
+
+
+def zero_grad(x):
+    return torch.zeros_like(x)
+
+
+schemes = pytest.mark.parametrize("scheme", sorted(SCHEMES))
+
+
+# ------------------------------------------------------------------ unconstrained
+@schemes
+def test_unconstrained_anisotropic_gaussian(scheme):
+    tau, lr = 0.5, 0.02
+    a = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    cov = tau * torch.linalg.inv(a)
+    if scheme == "od":  # exact stationary covariance of the Euler-Maruyama AR(1) chain
+        cov = tau * torch.linalg.inv(a) @ torch.linalg.inv(torch.eye(2, dtype=torch.float64) - lr * a / 2)
+    x0 = torch.zeros(2000, 2)
+    stats = [lambda x: x[:, 0] ** 2, lambda x: x[:, 0] * x[:, 1], lambda x: x[:, 1] ** 2]
+    (s00, s01, s11), _ = run_chains(scheme, x0, None, lambda x: x @ a, stats, lr=lr, temperature=tau, steps=1500, burn=300)
+    check(s00, cov[0, 0].item(), label="cov00")
+    check(s01, cov[0, 1].item(), label="cov01")
+    check(s11, cov[1, 1].item(), label="cov11")
+
+
+# ------------------------------------------------------------------ sphere
+@schemes
+@pytest.mark.parametrize("d", [3, 10])
+def test_sphere_uniform_second_moments(scheme, d):
+    r = 2.0
+    x0 = torch.zeros(2000, d)
+    x0[:, 0] = r
+    stats = [lambda x: x[:, 0] ** 2, lambda x: x[:, 0] * x[:, 1]]
+    (s00, s01), opt = run_chains(scheme, x0, ("sphere", {"radius": r}), zero_grad, stats, lr=0.1, steps=500, burn=150)
+    check(s00, r**2 / d, label="E[x0^2]")
+    check(s01, 0.0, label="E[x0 x1]")
+
+
+def _vmf_grad(mu, kappa):
+    return lambda x: (-kappa * mu).expand_as(x).clone()
+
+
+def _vmf_mean(kappa):
+    return 1.0 / math.tanh(kappa) - 1.0 / kappa
+
+
+@schemes
+def test_sphere_von_mises_fisher(scheme):
+    kappa, lr = 1.0, 0.01
+    mu = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    x0 = torch.zeros(2000, 3)
+    x0[:, 0] = 1.0  # start orthogonal to mu
+    (s,), _ = run_chains(scheme, x0, "sphere", _vmf_grad(mu, kappa), [lambda x: x @ mu], lr=lr, steps=1500, burn=300)
+    check(s, _vmf_mean(kappa), allowance=lr, label="E[mu.x]")
+
+
+# ------------------------------------------------------------------ orthogonal
+@schemes
+def test_special_orthogonal_3_haar(scheme):
+    x0 = torch.eye(3).expand(1000, 3, 3)
+    trace = lambda q: q.diagonal(dim1=1, dim2=2).sum(-1)
+    stats = [trace, lambda q: trace(q) ** 2]
+    (t1, t2), opt = run_chains(scheme, x0, ("orthogonal", {"batch_dims": 1}), zero_grad, stats, lr=0.05, steps=500, burn=150)
+    check(t1, 0.0, label="E[tr Q]")
+    check(t2, 1.0, label="E[(tr Q)^2]")
+
+
+@schemes
+@pytest.mark.parametrize("shape", [(5, 2), (2, 5)], ids=["tall", "wide"])
+def test_stiefel_uniform(scheme, shape):
+    x0 = torch.zeros(1000, *shape)
+    x0[:, 0, 0] = x0[:, 1, 1] = 1.0
+    (s,), _ = run_chains(scheme, x0, ("orthogonal", {"batch_dims": 1}), zero_grad, [lambda x: x[:, 0, 0] ** 2], lr=0.05, steps=500, burn=150)
+    check(s, 1.0 / 5.0, label="E[X00^2]")
+
+
+@schemes
+@pytest.mark.parametrize("shape", [(3, 1), (1, 3)], ids=["tall", "wide"])
+def test_orthogonal_column_von_mises_fisher(scheme, shape):
+    # a 3x1 (or 1x3) orthonormal matrix is a unit vector: the sphere, reached through the orthogonal code
+    kappa, lr = 1.0, 0.01
+    mu = torch.zeros(shape, dtype=torch.float64)
+    mu.view(-1)[2] = 1.0
+    x0 = torch.zeros(2000, *shape)
+    x0.view(2000, -1)[:, 0] = 1.0
+    spec = ("orthogonal", {"batch_dims": 1})
+    stat = lambda x: (x * mu).sum(dim=(1, 2))
+    (s,), _ = run_chains(scheme, x0, spec, _vmf_grad(mu, kappa), [stat], lr=lr, steps=1500, burn=300)
+    check(s, _vmf_mean(kappa), allowance=lr, label="E[mu.x]")
+
+
+# ------------------------------------------------------------------ inequality sets
+@schemes
+def test_ball_uniform(scheme):
+    r = 1.5
+    x0 = torch.zeros(2000, 3)
+    (s,), _ = run_chains(scheme, x0, ("ball", {"radius": r}), zero_grad, [lambda x: (x**2).sum(1)], lr=0.1, steps=600, burn=200)
+    check(s, 3 * r**2 / 5, label="E|x|^2")
+
+
+@schemes
+def test_nonnegative_half_normal(scheme):
+    lr = 0.02
+    var = 2.0 / (2.0 - lr) if scheme == "od" else 1.0  # exact discrete-time variance (see module doc)
+    x0 = torch.full((4000, 1), 2.0)
+    stats = [lambda x: x[:, 0], lambda x: x[:, 0] ** 2]
+    (m1, m2), _ = run_chains(scheme, x0, "nonnegative", lambda x: x.clone(), stats, lr=lr, steps=1200, burn=300)
+    check(m1, math.sqrt(2 * var / math.pi), label="E[x]")
+    check(m2, var, label="E[x^2]")
+
+
+@schemes
+def test_box_uniform(scheme):
+    x0 = torch.full((4000, 1), 0.9)
+    (s,), _ = run_chains(scheme, x0, ("box", {"lower": -1.0, "upper": 1.0}), zero_grad, [lambda x: x[:, 0] ** 2], lr=0.05, steps=600, burn=200)
+    check(s, 1.0 / 3.0, label="E[x^2]")
+
+
+@schemes
+def test_circle_arcsine(scheme):
+    r = 0.7
+    x0 = torch.zeros(4000, 1)
+    (s,), opt = run_chains(scheme, x0, ("circle", {"radius": r}), zero_grad, [lambda w: w[:, 0] ** 2], lr=0.05, steps=600, burn=200)
+    check(s, r**2 / 2, label="E[w^2]")
+    assert max(v.item() for v in opt.violations()) < 1e-12
