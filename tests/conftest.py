@@ -17,6 +17,12 @@ CONSTRAINT_CASES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Every test starts from the same global RNG state: the suite is deterministic."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture(params=sorted(OPTIMIZERS))
 def optimizer_cls(request):
     return OPTIMIZERS[request.param]

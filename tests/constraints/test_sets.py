@@ -52,9 +52,9 @@ def test_tangent_projection_is_idempotent_and_normal_free(case):
     v = torch.randn(shape, dtype=torch.float64)
     t = c.tangent_project(p, v)
     assert torch.allclose(c.tangent_project(p, t), t, atol=1e-12)
-    # moving along a tangent vector leaves the set only to second order
-    eps = 1e-4
-    assert c.violation(p + eps * t) <= 50 * eps**2 + 1e-12
+    if not c.is_inequality:  # on a manifold, a tangent move leaves the set only to second order
+        eps = 1e-4
+        assert c.violation(p + eps * t) <= 50 * eps**2 + 1e-12
 
 
 def test_orthogonal_shapes():
