@@ -17,8 +17,9 @@ both schemes; built-in sets override them with exact geodesics, reflections or b
 - ``init_state(p)``                 extra per-parameter optimiser state (the circle's partner ``z``);
 - ``tangent_zeros(p, state)``       a zero tangent vector in the set's tangent representation;
 - ``tangent_force(p, f, state)``    an ambient force ``f`` (shape of ``p``) as a tangent vector;
-- ``tangent_noise(p, std, generator, state)``  isotropic Gaussian noise of standard deviation
-  ``std`` on the tangent space;
+- ``tangent_noise(p, xi, std, state)``  isotropic Gaussian noise of standard deviation ``std`` on
+  the tangent space, made from ``xi``, a standard normal tensor of ``p``'s shape drawn by the
+  optimiser (so that every code path sees the same random numbers);
 - ``retract_(p, step, state)``      move ``p`` in place by the tangent vector ``step`` and land on
   the set (the overdamped position update);
 - ``drift_(p, velocity, t, state)`` move ``p`` in place along ``velocity`` for time ``t`` and return
@@ -26,12 +27,17 @@ both schemes; built-in sets override them with exact geodesics, reflections or b
 
 Tangent vectors are opaque to the optimisers: they are only added, scaled and passed back to the
 constraint, so a set may represent them however suits it (the circle uses one arc length per entry).
+
+Each dynamics operation has a multi-tensor twin taking lists (``tangent_force_many``,
+``tangent_noise_many``, ``retract_many_``, ``drift_many_``), used by the optimisers' default
+``foreach`` path. By default they loop over the single-tensor operations; built-in sets override
+them with ``torch._foreach_*`` calls or by stacking same-shaped matrices into batched matmuls.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -106,11 +112,8 @@ class Constraint:
     def tangent_force(self, p: Tensor, force: Tensor, state: Dict[str, Tensor]) -> Tensor:
         return self.tangent_project(p, force)
 
-    def tangent_noise(
-        self, p: Tensor, std: float, generator: Optional[torch.Generator], state: Dict[str, Tensor]
-    ) -> Tensor:
-        noise = torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype)
-        return self.tangent_project(p, noise.mul_(std))
+    def tangent_noise(self, p: Tensor, xi: Tensor, std: float, state: Dict[str, Tensor]) -> Tensor:
+        return self.tangent_project(p, xi * std)
 
     def retract_(self, p: Tensor, step: Tensor, state: Dict[str, Tensor]) -> None:
         p.copy_(self.project(p + step))
@@ -120,6 +123,20 @@ class Constraint:
         start = p.clone()
         self.retract_(p, velocity * t, state)
         return self.tangent_project(p, (p - start).div_(t))
+
+    # ---------------------------------------------------------------- multi-tensor twins
+    def tangent_force_many(self, params: List[Tensor], forces: List[Tensor], states: List[Dict]) -> List[Tensor]:
+        return [self.tangent_force(p, f, s) for p, f, s in zip(params, forces, states)]
+
+    def tangent_noise_many(self, params: List[Tensor], xis: List[Tensor], std: float, states: List[Dict]) -> List[Tensor]:
+        return [self.tangent_noise(p, xi, std, s) for p, xi, s in zip(params, xis, states)]
+
+    def retract_many_(self, params: List[Tensor], steps: List[Tensor], states: List[Dict]) -> None:
+        for p, step, s in zip(params, steps, states):
+            self.retract_(p, step, s)
+
+    def drift_many_(self, params: List[Tensor], velocities: List[Tensor], t: float, states: List[Dict]) -> List[Tensor]:
+        return [self.drift_(p, v, t, s) for p, v, s in zip(params, velocities, states)]
 
     # ---------------------------------------------------------------- description
     def spec(self) -> Tuple[str, Dict[str, Any]]:
@@ -154,8 +171,8 @@ class Unconstrained(Constraint):
     def tangent_force(self, p, force, state):
         return force
 
-    def tangent_noise(self, p, std, generator, state):
-        return torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype).mul_(std)
+    def tangent_noise(self, p, xi, std, state):
+        return xi * std
 
     def retract_(self, p, step, state):
         p.add_(step)
@@ -163,6 +180,19 @@ class Unconstrained(Constraint):
     def drift_(self, p, velocity, t, state):
         p.add_(velocity, alpha=t)
         return velocity
+
+    def tangent_force_many(self, params, forces, states):
+        return forces
+
+    def tangent_noise_many(self, params, xis, std, states):
+        return torch._foreach_mul(xis, std)
+
+    def retract_many_(self, params, steps, states):
+        torch._foreach_add_(params, steps)
+
+    def drift_many_(self, params, velocities, t, states):
+        torch._foreach_add_(params, velocities, alpha=t)
+        return velocities
 
 
 UNCONSTRAINED = Unconstrained()

@@ -69,8 +69,9 @@ class Circle(Constraint):
     def tangent_force(self, p: Tensor, force: Tensor, state: Dict[str, Tensor]) -> Tensor:
         return force * state["aux"] / self.radius
 
-    def tangent_noise(self, p: Tensor, std: float, generator: Optional[torch.Generator], state) -> Tensor:
-        return torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype).mul_(std)
+    def tangent_noise(self, p: Tensor, xi: Tensor, std: float, state) -> Tensor:
+        # the projection of isotropic plane noise onto the 1-D tangent is N(0, std^2)
+        return xi * std
 
     def _rotate_(self, p: Tensor, arc: Tensor, state: Dict[str, Tensor]) -> None:
         z = state["aux"]

@@ -21,7 +21,7 @@ On the unit-scale tall matrix ``X = W / s``:
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import geotorch.so
 import torch
@@ -130,9 +130,7 @@ class Orthogonal(Constraint):
         return self._unmatrix(polar(self._matrix(p)) * self.scale, p)
 
     def tangent_project(self, p: Tensor, v: Tensor) -> Tensor:
-        x = self._matrix(p) / self.scale
-        vm = self._matrix(v)
-        return self._unmatrix(vm - x @ _sym(x.transpose(-2, -1) @ vm), v)
+        return self._unmatrix(self._tangent_unit(self._matrix(p) / self.scale, self._matrix(v)), v)
 
     def violation(self, p: Tensor) -> Tensor:
         x = self._matrix(p) / self.scale
@@ -152,8 +150,66 @@ class Orthogonal(Constraint):
         return p
 
     # -- dynamics: SHAKE from the previous feasible point instead of a fresh polar projection
+    def _tangent_unit(self, x: Tensor, v: Tensor) -> Tensor:
+        """Tangent projection on unit-scale tall matrices (any leading batch dims)."""
+        return v - x @ _sym(x.transpose(-2, -1) @ v)
+
     def retract_(self, p: Tensor, step: Tensor, state: Dict[str, Tensor]) -> None:
         s = self.scale
         x = self._matrix(p) / s
         y = x + self._matrix(step) / s
         p.copy_(self._unmatrix(shake_correct(x, y, self.max_iter) * s, p))
+
+    def drift_(self, p: Tensor, velocity: Tensor, t: float, state: Dict[str, Tensor]) -> Tensor:
+        return self.drift_many_([p], [velocity], t, [state])[0]
+
+    # -- multi-tensor twins: same-shaped matrices are stacked and run as one batch
+    def _buckets(self, tensors: List[Tensor]) -> List[List[int]]:
+        buckets: Dict[tuple, List[int]] = {}
+        for i, t in enumerate(tensors):
+            buckets.setdefault((self._matrix(t).shape, t.dtype, t.device), []).append(i)
+        return list(buckets.values())
+
+    def _stack(self, tensors: List[Tensor], idx: List[int]) -> Tensor:
+        if len(idx) == 1:
+            return self._matrix(tensors[idx[0]]).unsqueeze(0)
+        return torch.stack([self._matrix(tensors[i]) for i in idx])
+
+    def _tangent_many(self, params: List[Tensor], vectors: List[Tensor], factor: float) -> List[Tensor]:
+        out: List[Optional[Tensor]] = [None] * len(params)
+        for idx in self._buckets(params):
+            x = self._stack(params, idx) / self.scale
+            t = self._tangent_unit(x, self._stack(vectors, idx) * factor)
+            for j, i in enumerate(idx):
+                out[i] = self._unmatrix(t[j], params[i])
+        return out  # type: ignore[return-value]
+
+    def tangent_force_many(self, params, forces, states):
+        return self._tangent_many(params, forces, 1.0)
+
+    def tangent_noise_many(self, params, xis, std, states):
+        return self._tangent_many(params, xis, std)
+
+    def retract_many_(self, params, steps, states):
+        s = self.scale
+        for idx in self._buckets(params):
+            x = self._stack(params, idx) / s
+            y = x + self._stack(steps, idx) / s
+            new = shake_correct(x, y, self.max_iter) * s
+            for j, i in enumerate(idx):
+                params[i].copy_(self._unmatrix(new[j], params[i]))
+
+    def drift_many_(self, params, velocities, t, states):
+        """SHAKE for the position, then RATTLE: ``v' = T_x'((x' - x) / t)``."""
+        s = self.scale
+        out: List[Optional[Tensor]] = [None] * len(params)
+        for idx in self._buckets(params):
+            x = self._stack(params, idx) / s
+            y = x + self._stack(velocities, idx) * (t / s)
+            new = shake_correct(x, y, self.max_iter)
+            v = self._tangent_unit(new, (new - x) * (s / t))
+            new = new * s
+            for j, i in enumerate(idx):
+                params[i].copy_(self._unmatrix(new[j], params[i]))
+                out[i] = self._unmatrix(v[j], params[i])
+        return out

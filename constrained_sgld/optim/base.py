@@ -35,6 +35,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         "temperature": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
         "weight_decay": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
         "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "foreach": (lambda v: isinstance(v, bool), "True or False"),
     }
 
     def __init__(
@@ -232,7 +233,9 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         grads = [g for _, _, gs in plan for g in gs]
         if not grads:
             return
-        finite = torch.stack([g.isfinite().all().to(grads[0].device) for g in grads])
+        # max |g| per tensor, in one fused call: cannot overflow, and is NaN/inf exactly when g has one
+        peaks = torch._foreach_norm(grads, ord=math.inf)
+        finite = torch.stack([m.to(grads[0].device, torch.float32) for m in peaks]).isfinite()
         if bool(finite.all()):  # the one host read per step; turn off with check_finite=False
             return
         params = [p for _, ps, _ in plan for p in ps]
@@ -263,15 +266,28 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
                 continue
             constraint = group["constraint"] if group["constraint"] is not None else UNCONSTRAINED
             states = [self._param_state(p, constraint) for p in params]
-            generators = [self._generator(p.device) for p in params]
-            self._update_group(group, constraint, params, grads, states, generators)
+            noise = self._standard_normal_like(params) if group["temperature"] > 0 else None
+            self._update_group(group, constraint, params, grads, states, noise)
         return loss
+
+    def _standard_normal_like(self, params: List[Tensor]) -> List[Tensor]:
+        """N(0, 1) tensors shaped like ``params``: one draw per (device, dtype), split into views."""
+        buckets: Dict[Tuple[torch.device, torch.dtype], List[int]] = {}
+        for i, p in enumerate(params):
+            buckets.setdefault((p.device, p.dtype), []).append(i)
+        out: List[Optional[Tensor]] = [None] * len(params)
+        for (device, dtype), idx in buckets.items():
+            sizes = [params[i].numel() for i in idx]
+            flat = torch.randn(sum(sizes), generator=self._generator(device), device=device, dtype=dtype)
+            for i, chunk in zip(idx, flat.split(sizes)):
+                out[i] = chunk.view(params[i].shape)
+        return out  # type: ignore[return-value]
 
     # subclasses
     def _init_param_state(self, p: Tensor, constraint: Constraint, state: Dict[str, Any]) -> None:
         pass
 
-    def _update_group(self, group, constraint, params, grads, states, generators) -> None:
+    def _update_group(self, group, constraint, params, grads, states, noise) -> None:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ diagnostics

@@ -38,16 +38,39 @@ def overdamped_update(
     lr: float,
     temperature: float,
     weight_decay: float,
-    generators: List[Optional[torch.Generator]],
+    noise: Optional[List[Tensor]],
+    foreach: bool = True,
 ) -> None:
-    """Update ``params`` in place by one overdamped constrained Langevin step (single-tensor loop)."""
+    """Update ``params`` in place by one overdamped constrained Langevin step.
+
+    ``noise``: standard normal tensors shaped like ``params`` (``None`` at temperature 0).
+    ``foreach`` picks the multi-tensor path; both paths compute the same update.
+    """
+    fn = _multi_tensor_overdamped if foreach else _single_tensor_overdamped
+    fn(params, grads, states, constraint, lr=lr, temperature=temperature, weight_decay=weight_decay, noise=noise)
+
+
+def _single_tensor_overdamped(params, grads, states, constraint, *, lr, temperature, weight_decay, noise):
     noise_std = math.sqrt(2.0 * lr * temperature)
-    for p, g, state, gen in zip(params, grads, states, generators):
+    for i, (p, g, state) in enumerate(zip(params, grads, states)):
         force = g.mul(-lr) if weight_decay == 0 else torch.add(g, p, alpha=weight_decay).mul_(-lr)
         step = constraint.tangent_force(p, force, state)
         if temperature > 0:
-            step = step + constraint.tangent_noise(p, noise_std, gen, state)
+            step = step + constraint.tangent_noise(p, noise[i], noise_std, state)
         constraint.retract_(p, step, state)
+
+
+def _multi_tensor_overdamped(params, grads, states, constraint, *, lr, temperature, weight_decay, noise):
+    noise_std = math.sqrt(2.0 * lr * temperature)
+    if weight_decay == 0:
+        forces = torch._foreach_mul(grads, -lr)
+    else:
+        forces = torch._foreach_add(grads, params, alpha=weight_decay)
+        torch._foreach_mul_(forces, -lr)
+    steps = constraint.tangent_force_many(params, forces, states)
+    if temperature > 0:
+        steps = torch._foreach_add(steps, constraint.tangent_noise_many(params, noise, noise_std, states))
+    constraint.retract_many_(params, steps, states)
 
 
 class ConstrainedSGLD(ConstrainedLangevinOptimizer):
@@ -69,6 +92,8 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
             torch's global RNG at construction).
         check_finite: raise ``FloatingPointError`` on a non-finite gradient before changing anything
             (costs one device-to-host read per step).
+        foreach: use the multi-tensor path (``torch._foreach_*`` calls, same-shaped orthogonal
+            matrices batched); ``False`` runs the simple per-tensor loop. Same results either way.
     """
 
     def __init__(
@@ -81,11 +106,12 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
         weight_decay: float = 0.0,
         seed: Optional[int] = None,
         check_finite: bool = True,
+        foreach: bool = True,
     ) -> None:
-        defaults = dict(lr=lr, temperature=temperature, weight_decay=weight_decay)
+        defaults = dict(lr=lr, temperature=temperature, weight_decay=weight_decay, foreach=foreach)
         super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite)
 
-    def _update_group(self, group, constraint, params, grads, states, generators) -> None:
+    def _update_group(self, group, constraint, params, grads, states, noise) -> None:
         overdamped_update(
             params,
             grads,
@@ -94,5 +120,6 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
             lr=group["lr"],
             temperature=group["temperature"],
             weight_decay=group["weight_decay"],
-            generators=generators,
+            noise=noise,
+            foreach=group["foreach"],
         )

@@ -45,30 +45,61 @@ def underdamped_update(
     momentum: float,
     temperature: float,
     weight_decay: float,
-    generators: List[Optional[torch.Generator]],
+    noise: Optional[List[Tensor]],
+    foreach: bool = True,
 ) -> None:
-    """Update ``params`` and their ``state["momentum"]`` in place by one g-BAOAB step."""
+    """Update ``params`` and their ``state["momentum"]`` in place by one g-BAOAB step.
+
+    ``noise``: standard normal tensors shaped like ``params`` (``None`` at temperature 0).
+    ``foreach`` picks the multi-tensor path; both paths compute the same update.
+    """
+    fn = _multi_tensor_underdamped if foreach else _single_tensor_underdamped
+    fn(params, grads, states, constraint, lr=lr, momentum=momentum, temperature=temperature, weight_decay=weight_decay, noise=noise)
+
+
+def _single_tensor_underdamped(params, grads, states, constraint, *, lr, momentum, temperature, weight_decay, noise):
     c = momentum
     h = langevin_step_size(lr, c)
     noise_std = math.sqrt(temperature * (1.0 - c * c))
-    for x, g, state, gen in zip(params, grads, states, generators):
+    for i, (x, g, state) in enumerate(zip(params, grads, states)):
         force = g.mul(-h) if weight_decay == 0 else torch.add(g, x, alpha=weight_decay).mul_(-h)
         p = state["momentum"] + constraint.tangent_force(x, force, state)  # B
         if h > 0:
             p = constraint.drift_(x, p, 0.5 * h, state)  # A/2
         p = p.mul_(c)  # O (p is a fresh tensor since B)
         if temperature > 0:
-            p = p.add_(constraint.tangent_noise(x, noise_std, gen, state))
+            p = p.add_(constraint.tangent_noise(x, noise[i], noise_std, state))
         if h > 0:
             p = constraint.drift_(x, p, 0.5 * h, state)  # A/2
         state["momentum"].copy_(p)
+
+
+def _multi_tensor_underdamped(params, grads, states, constraint, *, lr, momentum, temperature, weight_decay, noise):
+    c = momentum
+    h = langevin_step_size(lr, c)
+    noise_std = math.sqrt(temperature * (1.0 - c * c))
+    buffers = [state["momentum"] for state in states]
+    if weight_decay == 0:
+        forces = torch._foreach_mul(grads, -h)
+    else:
+        forces = torch._foreach_add(grads, params, alpha=weight_decay)
+        torch._foreach_mul_(forces, -h)
+    p = torch._foreach_add(buffers, constraint.tangent_force_many(params, forces, states))  # B
+    if h > 0:
+        p = constraint.drift_many_(params, p, 0.5 * h, states)  # A/2
+    torch._foreach_mul_(p, c)  # O
+    if temperature > 0:
+        torch._foreach_add_(p, constraint.tangent_noise_many(params, noise, noise_std, states))
+    if h > 0:
+        p = constraint.drift_many_(params, p, 0.5 * h, states)  # A/2
+    torch._foreach_copy_(buffers, p)
 
 
 class ConstrainedUnderdampedSGLD(ConstrainedLangevinOptimizer):
     """Underdamped (momentum) Langevin dynamics that keeps chosen parameters on constraint sets.
 
     Args:
-        params, constraints, temperature, weight_decay, seed, check_finite: as for
+        params, constraints, temperature, weight_decay, seed, check_finite, foreach: as for
             :class:`~constrained_sgld.ConstrainedSGLD`.
         lr: learning rate in SGD units; the Langevin step is ``h = sqrt(2 lr / (1 + momentum))``.
             At ``temperature=0`` without constraints the trajectory is that of
@@ -88,14 +119,15 @@ class ConstrainedUnderdampedSGLD(ConstrainedLangevinOptimizer):
         weight_decay: float = 0.0,
         seed: Optional[int] = None,
         check_finite: bool = True,
+        foreach: bool = True,
     ) -> None:
-        defaults = dict(lr=lr, momentum=momentum, temperature=temperature, weight_decay=weight_decay)
+        defaults = dict(lr=lr, momentum=momentum, temperature=temperature, weight_decay=weight_decay, foreach=foreach)
         super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite)
 
     def _init_param_state(self, p: Tensor, constraint: Constraint, state: Dict[str, Any]) -> None:
         state["momentum"] = constraint.tangent_zeros(p.detach(), state)
 
-    def _update_group(self, group, constraint, params, grads, states, generators) -> None:
+    def _update_group(self, group, constraint, params, grads, states, noise) -> None:
         underdamped_update(
             params,
             grads,
@@ -105,5 +137,6 @@ class ConstrainedUnderdampedSGLD(ConstrainedLangevinOptimizer):
             momentum=group["momentum"],
             temperature=group["temperature"],
             weight_decay=group["weight_decay"],
-            generators=generators,
+            noise=noise,
+            foreach=group["foreach"],
         )
