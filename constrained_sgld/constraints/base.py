@@ -68,6 +68,9 @@ class Constraint:
     name: str = ""
     #: True for sets with an interior (ball, box, ...): their tangent space is everything inside.
     is_inequality: bool = False
+    #: True when ``tangent_force``/``tangent_noise`` return their input unchanged (ambient tangent
+    #: vectors, tangent space = everything): the optimisers then update momenta in place.
+    tangent_is_identity: bool = False
 
     def __new__(cls, *args: Any, **kwargs: Any):
         if args:
@@ -158,6 +161,7 @@ class Unconstrained(Constraint):
     """No constraint: what a parameter with spec ``None`` uses internally."""
 
     name = "unconstrained"
+    tangent_is_identity = True
 
     def project(self, p: Tensor) -> Tensor:
         return p.clone()

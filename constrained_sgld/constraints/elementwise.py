@@ -20,6 +20,7 @@ from .base import Constraint, check_boundary, register_constraint
 
 class _Interval(Constraint):
     is_inequality = True
+    tangent_is_identity = True
     lower: float = 0.0
     upper: float = math.inf
     boundary: str = "reflect"

@@ -110,6 +110,7 @@ class Ball(_NormSet):
     """``|x| <= radius`` over ``dim``; ``boundary="reflect"`` (default) or ``"clamp"``."""
 
     is_inequality = True
+    tangent_is_identity = True
 
     def __init__(self, *, radius: float = 1.0, dim: Any = "rows", boundary: str = "reflect"):
         super().__init__(radius=radius, dim=dim)

@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import torch
 from torch import Tensor
 
-from ..constraints.base import Constraint
+from ..constraints.base import Constraint, Unconstrained
 from .base import ConstrainedLangevinOptimizer
 
 __all__ = ["ConstrainedSGLD", "overdamped_update"]
@@ -62,6 +62,13 @@ def _single_tensor_overdamped(params, grads, states, constraint, *, lr, temperat
 
 def _multi_tensor_overdamped(params, grads, states, constraint, *, lr, temperature, weight_decay, noise):
     noise_std = math.sqrt(2.0 * lr * temperature)
+    if isinstance(constraint, Unconstrained):  # plain SGLD: three in-place passes, nothing allocated
+        if weight_decay != 0:
+            torch._foreach_mul_(params, 1.0 - lr * weight_decay)
+        torch._foreach_add_(params, grads, alpha=-lr)
+        if temperature > 0:
+            torch._foreach_add_(params, noise, alpha=noise_std)
+        return
     if weight_decay == 0:
         forces = torch._foreach_mul(grads, -lr)
     else:

@@ -79,21 +79,30 @@ def _multi_tensor_underdamped(params, grads, states, constraint, *, lr, momentum
     h = langevin_step_size(lr, c)
     noise_std = math.sqrt(temperature * (1.0 - c * c))
     buffers = [state["momentum"] for state in states]
-    if weight_decay == 0:
-        forces = torch._foreach_mul(grads, -h)
+    if constraint.tangent_is_identity:  # ambient momenta: kick the buffers in place (no allocation)
+        p = buffers
+        if weight_decay != 0:
+            torch._foreach_add_(p, params, alpha=-h * weight_decay)
+        torch._foreach_add_(p, grads, alpha=-h)  # B
     else:
-        forces = torch._foreach_add(grads, params, alpha=weight_decay)
-        torch._foreach_mul_(forces, -h)
-    p = torch._foreach_add(buffers, constraint.tangent_force_many(params, forces, states))  # B
+        if weight_decay == 0:
+            forces = torch._foreach_mul(grads, -h)
+        else:
+            forces = torch._foreach_add(grads, params, alpha=weight_decay)
+            torch._foreach_mul_(forces, -h)
+        p = torch._foreach_add(buffers, constraint.tangent_force_many(params, forces, states))  # B
     if h > 0:
         p = constraint.drift_many_(params, p, 0.5 * h, states)  # A/2
     torch._foreach_mul_(p, c)  # O
     if temperature > 0:
-        torch._foreach_add_(p, constraint.tangent_noise_many(params, noise, noise_std, states))
+        if constraint.tangent_is_identity:
+            torch._foreach_add_(p, noise, alpha=noise_std)
+        else:
+            torch._foreach_add_(p, constraint.tangent_noise_many(params, noise, noise_std, states))
     if h > 0:
         p = constraint.drift_many_(params, p, 0.5 * h, states)  # A/2
-    torch._foreach_copy_(buffers, p)
-
+    if p is not buffers:
+        torch._foreach_copy_(buffers, p)
 
 class ConstrainedUnderdampedSGLD(ConstrainedLangevinOptimizer):
     """Underdamped (momentum) Langevin dynamics that keeps chosen parameters on constraint sets.
