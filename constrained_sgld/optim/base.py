@@ -17,7 +17,23 @@ from torch import Tensor
 
 from ..constraints.base import UNCONSTRAINED, Constraint, make_constraint
 
-__all__ = ["ConstrainedLangevinOptimizer"]
+__all__ = ["ConstrainedLangevinOptimizer", "scaled_force", "scaled_forces"]
+
+
+def scaled_force(grad: Tensor, param: Tensor, weight_decay: float, scale: float) -> Tensor:
+    """``scale * (grad + weight_decay * param)``, as a new tensor (the force of ``U + wd/2 |x|^2``)."""
+    if weight_decay == 0:
+        return grad.mul(scale)
+    return torch.add(grad, param, alpha=weight_decay).mul_(scale)
+
+
+def scaled_forces(grads: List[Tensor], params: List[Tensor], weight_decay: float, scale: float) -> List[Tensor]:
+    """Multi-tensor twin of :func:`scaled_force`."""
+    if weight_decay == 0:
+        return torch._foreach_mul(grads, scale)
+    forces = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_mul_(forces, scale)
+    return forces
 
 _STEP_TIME = "at step time"
 
@@ -102,7 +118,8 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ validation
     @classmethod
-    def _check_option(cls, option: str, value: Any, where: str, at_step: bool = False) -> None:
+    def _check_option(cls, option: str, value: Any, where: Any, at_step: bool = False) -> None:
+        """Raise ``ValueError`` for a bad option; ``where`` (a string, or a callable giving one) says where."""
         rule = cls._option_rules.get(option)
         if rule is None:
             return
@@ -110,6 +127,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         if at_step and option == "lr":  # schedulers may anneal to exactly 0
             ok, must_be = (lambda v: _is_number(v) and v >= 0), "a finite number >= 0"
         if not ok(value):
+            where = where() if callable(where) else where
             raise ValueError(f"invalid {option}={value!r}{(' ' + where) if where else ''}: {option} must be {must_be}")
 
     def _label(self, p: Tensor) -> str:
@@ -214,7 +232,10 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         """Per group: the parameters that have a gradient, and the gradients; validates everything."""
         plan = []
         for group in self.param_groups:
-            where = f"in parameter group of {self._label(group['params'][0])!r} {_STEP_TIME}" if group["params"] else _STEP_TIME
+            def where(group=group):  # formatted only when an option is bad
+                first = f"in parameter group of {self._label(group['params'][0])!r} " if group["params"] else ""
+                return first + _STEP_TIME
+
             for option in self._option_rules:
                 if option in group:
                     self._check_option(option, group[option], where, at_step=True)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..constraints.base import Constraint, Unconstrained
-from .base import ConstrainedLangevinOptimizer
+from .base import ConstrainedLangevinOptimizer, scaled_force, scaled_forces
 
 __all__ = ["ConstrainedSGLD", "overdamped_update"]
 
@@ -53,8 +53,7 @@ def overdamped_update(
 def _single_tensor_overdamped(params, grads, states, constraint, *, lr, temperature, weight_decay, noise):
     noise_std = math.sqrt(2.0 * lr * temperature)
     for i, (p, g, state) in enumerate(zip(params, grads, states)):
-        force = g.mul(-lr) if weight_decay == 0 else torch.add(g, p, alpha=weight_decay).mul_(-lr)
-        step = constraint.tangent_force(p, force, state)
+        step = constraint.tangent_force(p, scaled_force(g, p, weight_decay, -lr), state)
         if temperature > 0:
             step = step + constraint.tangent_noise(p, noise[i], noise_std, state)
         constraint.retract_(p, step, state)
@@ -69,12 +68,7 @@ def _multi_tensor_overdamped(params, grads, states, constraint, *, lr, temperatu
         if temperature > 0:
             torch._foreach_add_(params, noise, alpha=noise_std)
         return
-    if weight_decay == 0:
-        forces = torch._foreach_mul(grads, -lr)
-    else:
-        forces = torch._foreach_add(grads, params, alpha=weight_decay)
-        torch._foreach_mul_(forces, -lr)
-    steps = constraint.tangent_force_many(params, forces, states)
+    steps = constraint.tangent_force_many(params, scaled_forces(grads, params, weight_decay, -lr), states)
     if temperature > 0:
         steps = torch._foreach_add(steps, constraint.tangent_noise_many(params, noise, noise_std, states))
     constraint.retract_many_(params, steps, states)

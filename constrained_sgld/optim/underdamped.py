@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..constraints.base import Constraint
-from .base import ConstrainedLangevinOptimizer
+from .base import ConstrainedLangevinOptimizer, scaled_force, scaled_forces
 
 __all__ = ["ConstrainedUnderdampedSGLD", "underdamped_update", "langevin_step_size"]
 
@@ -62,8 +62,7 @@ def _single_tensor_underdamped(params, grads, states, constraint, *, lr, momentu
     h = langevin_step_size(lr, c)
     noise_std = math.sqrt(temperature * (1.0 - c * c))
     for i, (x, g, state) in enumerate(zip(params, grads, states)):
-        force = g.mul(-h) if weight_decay == 0 else torch.add(g, x, alpha=weight_decay).mul_(-h)
-        p = state["momentum"] + constraint.tangent_force(x, force, state)  # B
+        p = state["momentum"] + constraint.tangent_force(x, scaled_force(g, x, weight_decay, -h), state)  # B
         if h > 0:
             p = constraint.drift_(x, p, 0.5 * h, state)  # A/2
         p = p.mul_(c)  # O (p is a fresh tensor since B)
@@ -85,11 +84,7 @@ def _multi_tensor_underdamped(params, grads, states, constraint, *, lr, momentum
             torch._foreach_add_(p, params, alpha=-h * weight_decay)
         torch._foreach_add_(p, grads, alpha=-h)  # B
     else:
-        if weight_decay == 0:
-            forces = torch._foreach_mul(grads, -h)
-        else:
-            forces = torch._foreach_add(grads, params, alpha=weight_decay)
-            torch._foreach_mul_(forces, -h)
+        forces = scaled_forces(grads, params, weight_decay, -h)
         p = torch._foreach_add(buffers, constraint.tangent_force_many(params, forces, states))  # B
     if h > 0:
         p = constraint.drift_many_(params, p, 0.5 * h, states)  # A/2
