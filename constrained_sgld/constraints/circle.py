@@ -20,7 +20,7 @@ The public set operations act on ``w`` alone, i.e. on the set ``|w| <= r`` it im
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 from torch import Tensor

@@ -18,7 +18,7 @@ left) or clamps (``x -> r x / |x|``, outward radial velocity dropped).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict
 
 import torch
 from torch import Tensor

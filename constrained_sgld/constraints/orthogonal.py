@@ -20,7 +20,6 @@ On the unit-scale tall matrix ``X = W / s``:
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional
 
 import geotorch.so

@@ -1,8 +1,6 @@
 """Property-based checks of every built-in set over random shapes and dtypes (hypothesis)."""
 
-import warnings
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from tests.conftest import CONSTRAINT_CASES, small_convnet, train_steps
+from tests.conftest import CONSTRAINT_CASES, train_steps
 
 
 @pytest.mark.parametrize("name", sorted(CONSTRAINT_CASES))
