@@ -1,0 +1,161 @@
+"""Training methods by name: each builds an optimiser (and, for geotorch, a parametrisation) for a task.
+
+Every method reads its hyper-parameters from the task (``task.hp``) and returns the exact values it
+used, which the runner records. The constrained methods take the layers and sets from
+``task.constrained(model, family)``; ``geotorch-orthogonal`` parametrises the same layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from constrained_sgld import ConstrainedSGLD, ConstrainedUnderdampedSGLD, Orthogonal, make_constraint
+
+# (optimiser, the hyper-parameters it used, parameter name -> constraint spec it enforces)
+Built = Tuple[torch.optim.Optimizer, Dict[str, Any], Dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    family: Optional[str]  # the constraint family it needs from the task, or None
+    build: Callable[[nn.Module, Any, int], Built]
+
+    def applies_to(self, task) -> bool:
+        return self.family is None or self.family in task.families
+
+
+def _sgd(model, task, seed):
+    hp = {"lr": task.hp["lr"]}
+    return torch.optim.SGD(model.parameters(), **hp), hp, {}
+
+
+def _sgd_momentum(model, task, seed):
+    hp = {"lr": task.hp["momentum_lr"], "momentum": task.hp["momentum"]}
+    return torch.optim.SGD(model.parameters(), **hp), hp, {}
+
+
+def _sgd_wd(model, task, seed):
+    hp = {"lr": task.hp["momentum_lr"], "momentum": task.hp["momentum"], "weight_decay": task.hp["weight_decay"]}
+    return torch.optim.SGD(model.parameters(), **hp), hp, {}
+
+
+def _adam(model, task, seed):
+    hp = {"lr": task.hp["adam_lr"]}
+    return torch.optim.Adam(model.parameters(), **hp), hp, {}
+
+
+def _ud_hparams(task) -> Dict[str, Any]:
+    return {"lr": task.hp["ud_lr"], "momentum": task.hp["ud_momentum"], "temperature": task.hp["temperature"]}
+
+
+def _sgld(model, task, seed):
+    # the same Langevin dynamics as *-cola-ud, with no constraint: isolates what the constraint does
+    hp = _ud_hparams(task)
+    return ConstrainedUnderdampedSGLD(model.named_parameters(), seed=seed, **hp), hp, {}
+
+
+def start_on_set(model: nn.Module, constraints: Dict[str, Any]) -> None:
+    """Orthogonal weights start Haar-distributed (the papers' orthogonal init); other sets keep
+    PyTorch's default init, projected onto the set where it lies outside."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, spec in constraints.items():
+            c = make_constraint(spec, where=name)
+            if isinstance(c, Orthogonal):
+                c.init_(params[name])
+            elif c.violation(params[name]) > c.tolerance(params[name].dtype):
+                params[name].copy_(c.project(params[name]))
+
+
+def _constrained(family: str, underdamped: bool):
+    def build(model, task, seed):
+        constraints = task.constrained(model, family)
+        start_on_set(model, constraints)
+        if underdamped:
+            hp = _ud_hparams(task)
+            optim = ConstrainedUnderdampedSGLD(model.named_parameters(), constraints=constraints, seed=seed, **hp)
+        else:
+            hp = {"lr": task.hp["od_lr"], "temperature": task.hp["temperature"]}
+            optim = ConstrainedSGLD(model.named_parameters(), constraints=constraints, seed=seed, **hp)
+        return optim, dict(hp, constraints={k: _spec_text(v) for k, v in constraints.items()}), constraints
+
+    return build
+
+
+def _spec_text(spec) -> str:
+    c = make_constraint(spec)
+    name, kwargs = c.spec()
+    return name + ("(" + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in kwargs.items()) + ")" if kwargs else "")
+
+
+class FlatOrthogonal(nn.Module):
+    """geotorch's Stiefel parametrisation of a weight viewed as a matrix ``(out, in * prod(kernel))``,
+    reshaped back: the same set our ``orthogonal`` constraint uses (geotorch alone would make every
+    kernel slice orthogonal). ``scale`` multiplies the orthonormal matrix."""
+
+    def __init__(self, shape: torch.Size, scale: float = 1.0):
+        super().__init__()
+        import geotorch
+
+        self.shape, self.scale = tuple(shape), scale
+        self.stiefel = geotorch.Stiefel(size=(shape[0], math.prod(shape[1:])))
+
+    def forward(self, x):
+        return (self.scale * self.stiefel(x)).reshape(self.shape)
+
+    def right_inverse(self, w):
+        return self.stiefel.right_inverse(w.reshape(self.shape[0], -1) / self.scale)
+
+
+def _geotorch(model, task, seed):
+    constraints = task.constrained(model, "orthogonal")
+    start_on_set(model, constraints)  # geotorch starts from the same Haar point as o-cola-*
+    modules = dict(model.named_modules())
+    for name, spec in constraints.items():
+        owner, _, attr = name.rpartition(".")
+        module = modules[owner]
+        scale = make_constraint(spec).scale
+        parametrize.register_parametrization(module, attr, FlatOrthogonal(getattr(module, attr).shape, scale))
+    hp = {"lr": task.hp["momentum_lr"], "momentum": task.hp["momentum"]}
+    optim = torch.optim.SGD(model.parameters(), **hp)
+    return optim, dict(hp, parametrized={k: _spec_text(v) for k, v in constraints.items()}), constraints
+
+
+METHODS: Dict[str, Method] = {
+    m.name: m
+    for m in [
+        Method("sgd", "plain SGD", None, _sgd),
+        Method("sgd-momentum", "SGD with heavy-ball momentum", None, _sgd_momentum),
+        Method("adam", "Adam", None, _adam),
+        Method("sgd-wd", "SGD-momentum with weight decay", None, _sgd_wd),
+        Method("sgld", "underdamped Langevin, no constraint, the same lr/momentum/temperature as *-cola-ud", None, _sgld),
+        Method("c-cola-od", "ConstrainedSGLD, circle constraints", "circle", _constrained("circle", False)),
+        Method("c-cola-ud", "ConstrainedUnderdampedSGLD, circle constraints", "circle", _constrained("circle", True)),
+        Method("o-cola-od", "ConstrainedSGLD, orthogonal constraints", "orthogonal", _constrained("orthogonal", False)),
+        Method("o-cola-ud", "ConstrainedUnderdampedSGLD, orthogonal constraints", "orthogonal", _constrained("orthogonal", True)),
+        Method("geotorch-orthogonal", "geotorch's orthogonal parametrisation of the same layers, SGD-momentum", "orthogonal", _geotorch),
+    ]
+}
+
+
+def largest_violation(model: nn.Module, optimizer, constraints: Dict[str, Any]) -> Optional[float]:
+    """Largest constraint violation of the constrained weights (as the model sees them), or None."""
+    if not constraints:
+        return None
+    if hasattr(optimizer, "violations"):
+        return max(v.item() for v in optimizer.violations())
+    worst = 0.0
+    with torch.no_grad():
+        for name, spec in constraints.items():
+            owner, _, attr = name.rpartition(".")
+            weight = getattr(model.get_submodule(owner), attr)  # through any parametrisation
+            worst = max(worst, make_constraint(spec).violation(weight).item())
+    return worst

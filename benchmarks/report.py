@@ -1,0 +1,213 @@
+"""Tables (markdown) and plots (PNG) from saved ``results.json`` files."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .methods import METHODS
+
+BASELINE = "sgd-momentum"
+
+
+def _mean_std(values: List[float]) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _final(run: Dict[str, Any], key: str) -> Optional[float]:
+    for row in reversed(run["epochs"]):
+        if key in row:
+            return row[key]
+    return None
+
+
+def _best(run: Dict[str, Any], key: str, higher: bool) -> Optional[float]:
+    values = [row[key] for row in run["epochs"] if key in row]
+    return (max if higher else min)(values) if values else None
+
+
+def _order(methods) -> List[str]:
+    known = [m for m in METHODS if m in methods]
+    return known + sorted(m for m in methods if m not in METHODS)
+
+
+def summary_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    metric = results["metric"]
+    key, higher = f"test_{metric}", metric == "accuracy"
+    by_method: Dict[str, List[Dict[str, Any]]] = {}
+    for run in results["runs"]:
+        by_method.setdefault(run["method"], []).append(run)
+    sec = {m: statistics.mean(r["seconds"] for run in runs for r in run["epochs"]) for m, runs in by_method.items() if any(run["epochs"] for run in runs)}
+    rows = []
+    for m in _order(by_method):
+        runs = sorted(by_method[m], key=lambda r: r["seed"])
+        violations = [r["max_violation"] for r in runs if r.get("max_violation") is not None]
+        rows.append(
+            {
+                "method": m,
+                "seeds": len(runs),
+                "final": _mean_std([_final(r, key) for r in runs]),
+                "best": _mean_std([_best(r, key, higher) for r in runs]),
+                "test_loss": _mean_std([_final(r, "test_loss") for r in runs]),
+                "train_loss": _mean_std([_final(r, "train_loss") for r in runs]),
+                "seconds": f"{sec[m]:.2f}" if m in sec else "–",
+                "ratio": f"{sec[m] / sec[BASELINE]:.2f}x" if m in sec and BASELINE in sec else "–",
+                "violation": f"{max(violations):.1e}" if violations else "–",
+                "status": "; ".join(sorted({r["status"] for r in runs if r["status"] != "done"})) or "done",
+            }
+        )
+    return rows
+
+
+def markdown_table(results: Dict[str, Any]) -> str:
+    metric = results["metric"]
+    name = "accuracy" if metric == "accuracy" else "bits/char"
+    lines = [
+        f"| method | seeds | final test {name} | best test {name} | final test loss | final train loss | s/epoch | time vs {BASELINE} | max violation | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary_rows(results):
+        lines.append(
+            f"| {r['method']} | {r['seeds']} | {r['final']} | {r['best']} | {r['test_loss']} | {r['train_loss']} | {r['seconds']} | {r['ratio']} | {r['violation']} | {r['status']} |"
+        )
+    return "\n".join(lines)
+
+
+def task_markdown(results: Dict[str, Any], heading: str = "#") -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in results["settings"].items())
+    parts = [
+        f"{heading} {results['task']} ({results['preset']})",
+        "",
+        f"{results['description']}. Data: {results['data']}.",
+        "",
+        f"Settings: {settings}. Device: {results.get('device', '?')}. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in results.get("versions", {}).items())
+        + ".",
+        "",
+        f"Command: `{results.get('command') or 'python -m benchmarks run --task ' + results['task'] + ' --preset ' + results['preset']}`",
+        "",
+        "Mean ± standard deviation over seeds; *final* is the last evaluated epoch, *best* the best evaluated epoch "
+        f"(an optimistic number: there is no separate validation set). Time is the training part of an epoch.",
+        "",
+        markdown_table(results),
+        "",
+        "Hyper-parameters (as run, seed 0 or the first seed):",
+        "",
+    ]
+    seen = set()
+    for run in sorted(results["runs"], key=lambda r: r["seed"]):
+        if run["method"] not in seen:
+            seen.add(run["method"])
+            parts.append(f"- `{run['method']}`: {json.dumps(run['hyperparameters'], sort_keys=True)}")
+    return "\n".join(parts) + "\n"
+
+
+def plot_curves(results: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = results["metric"]
+    key = f"test_{metric}"
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    by_method: Dict[str, List[Dict[str, Any]]] = {}
+    for run in results["runs"]:
+        by_method.setdefault(run["method"], []).append(run)
+    for m in _order(by_method):
+        color = None
+        for ax, k in ((axes[0], key), (axes[1], "train_loss")):
+            curves: Dict[int, List[float]] = {}
+            for run in by_method[m]:
+                for row in run["epochs"]:
+                    if k in row and math.isfinite(row[k]):
+                        curves.setdefault(row["epoch"], []).append(row[k])
+            if not curves:
+                continue
+            epochs = sorted(curves)
+            mean = [statistics.mean(curves[e]) for e in epochs]
+            line = ax.plot(epochs, mean, label=m, color=color, lw=1.4, marker="." if len(epochs) < 15 else None)[0]
+            color = line.get_color()
+            if any(len(curves[e]) > 1 for e in epochs):
+                sd = [statistics.stdev(curves[e]) if len(curves[e]) > 1 else 0.0 for e in epochs]
+                ax.fill_between(epochs, [a - b for a, b in zip(mean, sd)], [a + b for a, b in zip(mean, sd)], color=color, alpha=0.15)
+    axes[0].set_ylabel("test accuracy" if metric == "accuracy" else "test bits per character")
+    axes[1].set_ylabel("training loss")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    n_seeds = len({r["seed"] for r in results["runs"]})
+    fig.suptitle(f"{results['task']} ({results['preset']}, mean ± sd over {n_seeds} seed{'s' if n_seeds > 1 else ''})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_boundaries(results: Dict[str, Any], path: Path) -> None:
+    """Each method's decision boundary (first seed) over the two-spirals plane."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from .tasks.spirals import two_spirals
+
+    runs = {}
+    for run in sorted(results["runs"], key=lambda r: r["seed"]):
+        if "snapshot" in run and run["method"] not in runs:
+            runs[run["method"]] = run
+    if not runs:
+        return
+    names = _order(runs)
+    cols = min(5, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    g = torch.Generator().manual_seed(1234)  # the task's training data
+    x, y = two_spirals(results["settings"]["train_per_class"], results["task_hparams"]["noise"], g)
+    for ax, name in zip(axes.flat, names):
+        snap = runs[name]["snapshot"]
+        lim = snap["lim"]
+        ax.imshow(snap["prob1"], extent=(-lim, lim, -lim, lim), origin="lower", cmap="RdBu", vmin=0, vmax=1, alpha=0.6)
+        ax.contour(snap["prob1"], levels=[0.5], extent=(-lim, lim, -lim, lim), origin="lower", colors="k", linewidths=0.8)
+        ax.scatter(x[:, 0], x[:, 1], c=y, cmap="RdBu", s=5, edgecolors="k", linewidths=0.2)
+        acc = _final(runs[name], "test_accuracy")
+        ax.set_title(f"{name}\ntest acc {acc:.3f}" if acc is not None else name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_task_report(results: Dict[str, Any], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.md").write_text(task_markdown(results))
+    plot_curves(results, folder / "curves.png")
+    if results["task"] == "two-spirals":
+        plot_boundaries(results, folder / "boundaries.png")
+
+
+def rebuild(out: Path) -> List[Path]:
+    """Rewrite every task's results.md and plots under ``out``, and ``out/report.md`` combining them."""
+    found = sorted(out.glob("*/results.json"))
+    sections = []
+    for path in found:
+        results = json.loads(path.read_text())
+        write_task_report(results, path.parent)
+        sections.append(task_markdown(results, heading="##") + f"\n![curves]({path.parent.name}/curves.png)\n")
+    if found:
+        (out / "report.md").write_text("# Benchmark results\n\n" + "\n".join(sections))
+    return found

@@ -1,0 +1,166 @@
+"""Train every (method, seed) of a task, record per-epoch metrics, save after every finished run."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from .methods import METHODS, Method, largest_violation
+from .tasks import TASKS, Task
+
+
+def versions() -> Dict[str, str]:
+    import numpy
+
+    import constrained_sgld
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__, "constrained_sgld": constrained_sgld.__version__}
+    try:
+        import geotorch
+
+        out["geotorch"] = getattr(geotorch, "__version__", "?")
+    except ImportError:
+        pass
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_one(task: Task, method: Method, seed: int, progress: bool = True) -> Dict[str, Any]:
+    """One training run; returns its record (per-epoch metrics, hyper-parameters, status)."""
+    device = task.device
+    torch.manual_seed(seed)
+    model = task.build_model().to(device)
+    optimizer, hparams, constraints = method.build(model, task, seed)
+    steps = task.steps_per_epoch()
+    scheduler = task.scheduler(optimizer, steps)
+    clip = task.hp.get("clip")
+    order = torch.Generator().manual_seed(seed)  # batch order: the same for every method at a given seed
+    record: Dict[str, Any] = {"method": method.name, "seed": seed, "hyperparameters": hparams, "epochs": [], "status": "done"}
+    if scheduler is not None:
+        record["hyperparameters"]["schedule"] = type(task).scheduler.__doc__ or "task schedule"
+    if clip:
+        record["hyperparameters"]["grad_clip_norm"] = clip
+    worst = 0.0 if constraints else None
+    bar = _progress(task, method, seed, progress)
+    try:
+        for epoch in range(1, task.epochs + 1):
+            _sync(device)
+            start = time.perf_counter()
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            correct, seen = torch.zeros((), dtype=torch.long, device=device), 0
+            for inputs, targets in task.batches(order):
+                optimizer.zero_grad(set_to_none=True)
+                loss, right = task.loss(model, inputs, targets)
+                loss.backward()
+                if clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                loss_sum += loss.detach().double() * len(targets)
+                correct += right
+                seen += len(targets)
+            _sync(device)
+            seconds = time.perf_counter() - start
+            row = {"epoch": epoch, "seconds": seconds, "train_loss": loss_sum.item() / seen}
+            if task.metric == "accuracy":
+                row["train_accuracy"] = correct.item() / seen
+            if not math.isfinite(row["train_loss"]):
+                raise FloatingPointError(f"training loss is {row['train_loss']}")
+            if worst is not None:
+                violation = largest_violation(model, optimizer, constraints)
+                worst = max(worst, violation)
+                row["violation"] = violation
+            if epoch % task.eval_every == 0 or epoch == task.epochs:
+                row.update(task.evaluate(model))
+            record["epochs"].append(row)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith("test_") or k == "train_loss"})
+    except FloatingPointError as e:  # our optimisers raise it on a non-finite gradient
+        record["status"] = f"diverged at epoch {len(record['epochs']) + 1}: {str(e).splitlines()[0]}"
+    finally:
+        if bar is not None:
+            bar.close()
+    record["max_violation"] = worst
+    if hasattr(task, "snapshot"):
+        record["snapshot"] = task.snapshot(model)
+    return record
+
+
+def _progress(task: Task, method: Method, seed: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=task.epochs, desc=f"{task.name} {method.name} seed {seed}", unit="epoch", leave=False, file=sys.stderr)
+
+
+def load_results(path: Path) -> Optional[Dict[str, Any]]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_results(results: Dict[str, Any], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(folder / "results.json")  # atomic: an interrupted write never leaves half a file
+
+
+def run_task(
+    task_name: str,
+    preset: str,
+    seeds: Sequence[int],
+    methods: Optional[Sequence[str]],
+    out: Path,
+    device: torch.device,
+    overrides: Optional[Dict[str, Any]] = None,
+    progress: bool = True,
+    command: str = "",
+) -> Dict[str, Any]:
+    """Run ``methods`` (default: every method that fits) for every seed; results merge into
+    ``out/<task>/results.json`` when the preset and overrides match (so seeds and methods can be added)."""
+    from .report import write_task_report
+
+    task = TASKS[task_name](preset, device, overrides)
+    chosen = [METHODS[m] for m in (methods or METHODS) if METHODS[m].applies_to(task)]
+    skipped = [m for m in (methods or []) if not METHODS[m].applies_to(task)]
+    if skipped:
+        print(f"[{task_name}] skipping {', '.join(skipped)}: no {METHODS[skipped[0]].family} constraint in this task", file=sys.stderr)
+    task.prepare()
+    folder = out / task_name
+    results = load_results(folder / "results.json")
+    settings = {"preset": preset, "settings": task.settings, "task_hparams": task.hp}
+    if results is None or {k: results.get(k) for k in settings} != json.loads(json.dumps(settings)):
+        results = {"task": task_name, "description": task.description, "data": task.data_source, "metric": task.metric, **settings, "runs": []}
+    results.update({"versions": versions(), "device": device_name(device), "command": command})
+    for seed in seeds:
+        for method in chosen:
+            record = train_one(task, method, seed, progress)
+            results["runs"] = [r for r in results["runs"] if (r["method"], r["seed"]) != (method.name, seed)] + [record]
+            save_results(results, folder)  # after every run: Ctrl-C keeps what finished
+            last = next((r for r in reversed(record["epochs"]) if f"test_{task.metric}" in r), {})
+            metric = last.get(f"test_{task.metric}", float("nan"))
+            secs = sum(r["seconds"] for r in record["epochs"]) / max(1, len(record["epochs"]))
+            print(f"[{task_name}] {method.name:20s} seed {seed}: test {task.metric} {metric:.4f}  {secs:.2f} s/epoch  {record['status']}", flush=True)
+    write_task_report(results, folder)
+    return results

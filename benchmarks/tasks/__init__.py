@@ -1,0 +1,12 @@
+"""The benchmark tasks by name."""
+
+from typing import Dict, Type
+
+from .base import ClassificationTask, Task
+from .fmnist import FashionMLP, FashionResNet
+from .spirals import TwoSpirals
+from .text import RottenTomatoes, ShakespeareCharLM
+
+TASKS: Dict[str, Type[Task]] = {t.name: t for t in (FashionMLP, FashionResNet, RottenTomatoes, ShakespeareCharLM, TwoSpirals)}
+
+__all__ = ["TASKS", "Task", "ClassificationTask"]

@@ -1,0 +1,184 @@
+"""Fashion-MNIST tasks: the paper's 784-1000-10 MLP with circle constraints, and a small ResNet with
+orthogonal convolutions."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .. import data
+from .base import ClassificationTask
+
+# Fashion-MNIST pixel mean and standard deviation over the 60,000 training images (in [0, 1] units)
+MEAN, STD = 0.2860, 0.3530
+
+
+def _images(x: np.ndarray, device) -> torch.Tensor:
+    return ((torch.from_numpy(np.ascontiguousarray(x)).float() / 255 - MEAN) / STD).to(device)
+
+
+class FashionMLP(ClassificationTask):
+    name = "fmnist-mlp"
+    description = "784-1000-10 ReLU MLP on 10,000 Fashion-MNIST images, tested on the rest; circle constraints (paper's Figure 7)"
+    data_source = "Fashion-MNIST, Debian package dataset-fashion-mnist"
+    families = ("circle",)
+    presets = {
+        "smoke": {"train_size": 2000, "test_size": 2000, "epochs": 2, "batch_size": 128, "eval_every": 1},
+        "quick": {"train_size": 10000, "test_size": 10000, "epochs": 40, "batch_size": 128, "eval_every": 2},
+        # the paper: 10k training images, tested on the other 60k, batch 128; 400 epochs, evaluated every 5
+        "paper": {"train_size": 10000, "test_size": 60000, "epochs": 400, "batch_size": 128, "eval_every": 5},
+    }
+    hparams = {
+        "lr": 0.1,  # sgd
+        "momentum_lr": 0.03,  # sgd-momentum, sgd-wd (lr / (1 - momentum) = 0.3, as the Langevin methods)
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "adam_lr": 1e-3,
+        # the paper's c-CoLA-ud: h = 0.3, gamma = 1 -> momentum exp(-0.3), lr = h^2 (1 + c) / 2
+        "ud_lr": 0.3**2 * (1 + math.exp(-0.3)) / 2,
+        "ud_momentum": math.exp(-0.3),
+        "od_lr": 0.3,
+        "temperature": 1e-5,  # ours (the paper used 0): a cold posterior, N * T = 0.1
+        "radius_1": 0.05,  # first layer (paper)
+        "radius_2": 0.1,  # second layer (paper)
+    }
+
+    def prepare(self) -> None:
+        d = data.load_fashion_mnist()
+        x = np.concatenate([d["train_x"], d["test_x"]])
+        y = np.concatenate([d["train_y"], d["test_y"]])
+        # a fixed split, the same for every seed: train_size images to train on, the rest to test
+        order = np.random.default_rng(0).permutation(len(y))
+        n, m = self.settings["train_size"], self.settings["test_size"]
+        tr, te = order[:n], order[n : n + m]
+        self.x_train, self.y_train = _images(x[tr], self.device).flatten(1), torch.from_numpy(y[tr]).to(self.device)
+        self.x_test, self.y_test = _images(x[te], self.device).flatten(1), torch.from_numpy(y[te]).to(self.device)
+
+    def build_model(self) -> nn.Module:
+        # default PyTorch init: |w| <= 1/sqrt(fan_in) = 0.036 and 0.032, inside both circles
+        return nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 10))
+
+    def constrained(self, model, family) -> Dict[str, Any]:
+        assert family == "circle"
+        return {
+            "0.weight": ("circle", {"radius": self.hp["radius_1"]}),
+            "2.weight": ("circle", {"radius": self.hp["radius_2"]}),
+        }
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = None
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class SmallResNet(nn.Module):
+    """A CPU-sized ResNet: a 3x3 stem, three stages of basic blocks (16, 32, 64 channels), pooling, linear."""
+
+    def __init__(self, in_channels: int = 1, classes: int = 10, widths=(16, 32, 64), blocks: int = 1):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(widths[0])
+        layers, c = [], widths[0]
+        for i, w in enumerate(widths):
+            for b in range(blocks):
+                layers.append(BasicBlock(c, w, 2 if (i > 0 and b == 0) else 1))
+                c = w
+        self.stages = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c, classes)
+
+    def forward(self, x):
+        x = F.relu(self.stem_bn(self.stem(x)))
+        x = self.stages(x)
+        return self.classifier(x.mean((2, 3)))
+
+
+class FashionResNet(ClassificationTask):
+    name = "fmnist-resnet"
+    description = "small ResNet on Fashion-MNIST; orthogonal convolutions (all but the stem) against SGD-momentum (the paper's Figure 6 setting scaled to CPU)"
+    data_source = "Fashion-MNIST, Debian package dataset-fashion-mnist (CIFAR-10 with --set dataset=cifar10)"
+    families = ("orthogonal",)
+    presets = {
+        "smoke": {"train_size": 1000, "test_size": 1000, "epochs": 1, "batch_size": 128, "eval_every": 1, "dataset": "fmnist"},
+        "quick": {"train_size": 10000, "test_size": 10000, "epochs": 4, "batch_size": 128, "eval_every": 1, "dataset": "fmnist"},
+        # the paper (ResNet-34 on CIFAR-10): 200 epochs, batch 128, lr 0.1 with warm-up, /10 twice; hours on a GPU
+        "paper": {"train_size": 60000, "test_size": 10000, "epochs": 200, "batch_size": 128, "eval_every": 5, "dataset": "fmnist"},
+    }
+    hparams = {
+        "lr": 0.1,
+        "momentum_lr": 0.1,  # the paper's lr and momentum, for SGD-momentum and o-CoLA-ud alike
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "adam_lr": 1e-3,
+        "ud_lr": 0.1,  # in our units o-CoLA-ud at T = 0 is SGD-momentum with the same lr and momentum
+        "ud_momentum": 0.9,
+        "od_lr": 0.1,
+        "temperature": 1e-6,  # ours (the paper used 0); N * T = 0.06 on the full set
+        "warmup_epochs": 1,
+    }
+
+    def prepare(self) -> None:
+        if self.settings["dataset"] == "cifar10":
+            self._prepare_cifar10()
+            return
+        d = data.load_fashion_mnist()
+        n, m = self.settings["train_size"], self.settings["test_size"]
+        rng = np.random.default_rng(0)
+        tr = rng.permutation(len(d["train_y"]))[:n]
+        te = rng.permutation(len(d["test_y"]))[:m]
+        self.in_channels = 1
+        self.x_train = _images(d["train_x"][tr], self.device)[:, None]
+        self.y_train = torch.from_numpy(d["train_y"][tr]).to(self.device)
+        self.x_test = _images(d["test_x"][te], self.device)[:, None]
+        self.y_test = torch.from_numpy(d["test_y"][te]).to(self.device)
+
+    def _prepare_cifar10(self) -> None:
+        try:
+            from torchvision.datasets import CIFAR10
+        except Exception as e:  # noqa: BLE001
+            raise data.DataUnavailable(f"--set dataset=cifar10 needs torchvision (and CIFAR-10 or internet): {e}") from None
+        root = data.cache_dir() / "cifar10"
+        sets = [CIFAR10(str(root), train=t, download=True) for t in (True, False)]
+        mean = torch.tensor([0.4914, 0.4822, 0.4465])[:, None, None]
+        std = torch.tensor([0.2470, 0.2435, 0.2616])[:, None, None]
+        xs = [((torch.from_numpy(s.data).permute(0, 3, 1, 2).float() / 255) - mean) / std for s in sets]
+        ys = [torch.tensor(s.targets) for s in sets]
+        n, m = self.settings["train_size"], self.settings["test_size"]
+        self.in_channels = 3
+        self.x_train, self.y_train = xs[0][:n].to(self.device), ys[0][:n].to(self.device)
+        self.x_test, self.y_test = xs[1][:m].to(self.device), ys[1][:m].to(self.device)
+
+    def build_model(self) -> nn.Module:
+        return SmallResNet(in_channels=getattr(self, "in_channels", 1))
+
+    def constrained(self, model, family) -> Dict[str, Any]:
+        assert family == "orthogonal"
+        return {name: "orthogonal" for name, p in model.named_parameters() if p.dim() == 4 and not name.startswith("stem")}
+
+    def scheduler(self, optimizer, steps_per_epoch):
+        # linear warm-up, then lr / 10 at half and three quarters of the epochs (the paper's shape)
+        total = self.epochs * steps_per_epoch
+        warm = max(1, int(self.hp["warmup_epochs"] * steps_per_epoch))
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            return 0.01 if step >= 0.75 * total else 0.1 if step >= 0.5 * total else 1.0
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,75 @@
+"""Two interleaved spirals (generated): the papers' overview experiment."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict
+
+import torch
+from torch import nn
+
+from .base import ClassificationTask
+
+
+def two_spirals(n_per_class: int, noise: float, generator: torch.Generator):
+    """Points on two interleaved spiral arms (angle 0.5 to 3 pi + 0.5) with Gaussian noise; labels 0/1."""
+    t = torch.rand(n_per_class, generator=generator) * 3 * math.pi + 0.5
+    arm = torch.stack([t * torch.cos(t), t * torch.sin(t)], 1) / (3 * math.pi)
+    x = torch.cat([arm, -arm]) + noise * torch.randn(2 * n_per_class, 2, generator=generator)
+    y = torch.cat([torch.zeros(n_per_class, dtype=torch.long), torch.ones(n_per_class, dtype=torch.long)])
+    return x, y
+
+
+class TwoSpirals(ClassificationTask):
+    name = "two-spirals"
+    description = "two noisy interleaved spirals, few training points, 2-100-100-2 MLP; orthogonal and circle constraints"
+    data_source = "generated (fixed seed)"
+    families = ("orthogonal", "circle")
+    presets = {
+        "smoke": {"train_per_class": 100, "test_per_class": 500, "epochs": 20, "batch_size": 25, "eval_every": 5},
+        "quick": {"train_per_class": 100, "test_per_class": 2000, "epochs": 1000, "batch_size": 25, "eval_every": 25},
+        "paper": {"train_per_class": 100, "test_per_class": 5000, "epochs": 3000, "batch_size": 25, "eval_every": 50},
+    }
+    hparams = {
+        "noise": 0.08,
+        "lr": 0.2,
+        "momentum_lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 1e-3,
+        "adam_lr": 3e-3,
+        "ud_lr": 0.05,
+        "ud_momentum": 0.9,
+        "od_lr": 0.2,
+        "temperature": 1e-3,
+        "radius": 0.5,
+        "orthogonal_scale": 1.0,
+    }
+
+    def prepare(self) -> None:
+        g = torch.Generator().manual_seed(1234)  # the same data for every seed and method
+        x, y = two_spirals(self.settings["train_per_class"], self.hp["noise"], g)
+        xt, yt = two_spirals(self.settings["test_per_class"], self.hp["noise"], g)
+        self.x_train, self.y_train = x.to(self.device), y.to(self.device)
+        self.x_test, self.y_test = xt.to(self.device), yt.to(self.device)
+
+    def build_model(self) -> nn.Module:
+        return nn.Sequential(nn.Linear(2, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 2))
+
+    def constrained(self, model, family) -> Dict[str, Any]:
+        if family == "orthogonal":
+            return {"2.weight": ("orthogonal", {"scale": self.hp["orthogonal_scale"]})}
+        return {name: ("circle", {"radius": self.hp["radius"]}) for name in ("0.weight", "2.weight", "4.weight")}
+
+    GRID = 80  # decision boundary drawn on a GRID x GRID lattice over [-LIM, LIM]^2
+    LIM = 1.3
+
+    @torch.no_grad()
+    def snapshot(self, model: nn.Module) -> Dict[str, Any]:
+        """The trained model's probability of class 1 on a grid, for ``boundaries.png``."""
+        model.eval()
+        axis = torch.linspace(-self.LIM, self.LIM, self.GRID)
+        xx, yy = torch.meshgrid(axis, axis, indexing="xy")
+        grid = torch.stack([xx.flatten(), yy.flatten()], 1).to(self.device)
+        prob = torch.softmax(model(grid), 1)[:, 1].view(self.GRID, self.GRID)
+        model.train()
+        return {"lim": self.LIM, "prob1": [[round(v, 3) for v in row] for row in prob.cpu().tolist()]}

