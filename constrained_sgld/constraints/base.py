@@ -71,6 +71,11 @@ class Constraint:
     #: True when ``tangent_force``/``tangent_noise`` return their input unchanged (ambient tangent
     #: vectors, tangent space = everything): the optimisers then update momenta in place.
     tangent_is_identity: bool = False
+    #: True when tangent coordinates do not depend on the position and drifts compose additively:
+    #: ``drift_(x, u, s)`` then ``drift_(x, v, t)`` moves ``x`` exactly as one ``drift_(x, u s + v t, 1)``
+    #: and leaves velocities unchanged (flat space; the circle's rotations). The underdamped
+    #: scheme then merges ``A/2 O A/2`` into one drift (half the drift cost, same update).
+    additive_drift: bool = False
 
     def __new__(cls, *args: Any, **kwargs: Any):
         if args:
@@ -162,6 +167,7 @@ class Unconstrained(Constraint):
 
     name = "unconstrained"
     tangent_is_identity = True
+    additive_drift = True
 
     def project(self, p: Tensor) -> Tensor:
         return p.clone()

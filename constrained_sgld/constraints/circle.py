@@ -33,6 +33,7 @@ class Circle(Constraint):
     """``w^2 + z^2 = radius^2`` per entry, with the auxiliary ``z`` held by the optimiser."""
 
     is_inequality = True  # as a set of w alone: the interval [-r, r]
+    additive_drift = True  # rotations of one plane commute: rotating by a then b is rotating by a + b
 
     def __init__(self, *, radius: float = 1.0):
         self.radius = check_positive(radius, "radius", "circle")
@@ -73,20 +74,21 @@ class Circle(Constraint):
         # the projection of isotropic plane noise onto the 1-D tangent is N(0, std^2)
         return xi * std
 
-    def _rotate_(self, p: Tensor, arc: Tensor, state: Dict[str, Tensor]) -> None:
+    def _rotate_(self, p: Tensor, arc: Tensor, state: Dict[str, Tensor], scale: float = 1.0) -> None:
+        """Rotate each pair ``(w, z)`` by the angle ``scale * arc / radius`` (in place, from the old pair)."""
         z = state["aux"]
-        alpha = arc / self.radius
+        alpha = arc * (scale / self.radius)
         cos, sin = torch.cos(alpha), torch.sin(alpha)
-        w_new = p * cos + z * sin
-        z_new = z * cos - p * sin
+        w_new = torch.addcmul(p * cos, z, sin)
+        z_new = torch.addcmul(z * cos, p, sin, value=-1.0)
         # rounding only: rescale the pair onto the circle so nothing accumulates
-        rescale = self.radius / torch.hypot(w_new, z_new)
-        p.copy_(w_new * rescale)
-        z.copy_(z_new * rescale)
+        rescale = torch.hypot(w_new, z_new).reciprocal_().mul_(self.radius)
+        torch.mul(w_new, rescale, out=p)
+        torch.mul(z_new, rescale, out=z)
 
     def retract_(self, p: Tensor, step: Tensor, state: Dict[str, Tensor]) -> None:
         self._rotate_(p, step, state)
 
     def drift_(self, p: Tensor, velocity: Tensor, t: float, state: Dict[str, Tensor]) -> Tensor:
-        self._rotate_(p, velocity * t, state)
+        self._rotate_(p, velocity, state, scale=t)
         return velocity

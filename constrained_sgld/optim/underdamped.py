@@ -63,6 +63,13 @@ def _single_tensor_underdamped(params, grads, states, constraint, *, lr, momentu
     noise_std = math.sqrt(temperature * (1.0 - c * c))
     for i, (x, g, state) in enumerate(zip(params, grads, states)):
         p = state["momentum"] + constraint.tangent_force(x, scaled_force(g, x, weight_decay, -h), state)  # B
+        if constraint.additive_drift and h > 0:  # A/2 O A/2 as one drift by h/2 (p + p')
+            p_new = p * c
+            if temperature > 0:
+                p_new.add_(constraint.tangent_noise(x, noise[i], noise_std, state))
+            constraint.drift_(x, p.add_(p_new), 0.5 * h, state)
+            state["momentum"].copy_(p_new)
+            continue
         if h > 0:
             p = constraint.drift_(x, p, 0.5 * h, state)  # A/2
         p = p.mul_(c)  # O (p is a fresh tensor since B)
@@ -86,6 +93,14 @@ def _multi_tensor_underdamped(params, grads, states, constraint, *, lr, momentum
     else:
         forces = scaled_forces(grads, params, weight_decay, -h)
         p = torch._foreach_add(buffers, constraint.tangent_force_many(params, forces, states))  # B
+        if constraint.additive_drift and h > 0:  # A/2 O A/2 as one drift by h/2 (p + p')
+            torch._foreach_mul_(buffers, 0.0)
+            torch._foreach_add_(buffers, p, alpha=c)  # O: p' = c p (+ noise)
+            if temperature > 0:
+                torch._foreach_add_(buffers, constraint.tangent_noise_many(params, noise, noise_std, states))
+            torch._foreach_add_(p, buffers)
+            constraint.drift_many_(params, p, 0.5 * h, states)
+            return
     if h > 0:
         p = constraint.drift_many_(params, p, 0.5 * h, states)  # A/2
     torch._foreach_mul_(p, c)  # O
