@@ -29,7 +29,7 @@ class FashionMLP(ClassificationTask):
     families = ("circle",)
     presets = {
         "smoke": {"train_size": 2000, "test_size": 2000, "epochs": 2, "batch_size": 128, "eval_every": 1},
-        "quick": {"train_size": 10000, "test_size": 10000, "epochs": 40, "batch_size": 128, "eval_every": 2},
+        "quick": {"train_size": 10000, "test_size": 10000, "epochs": 20, "batch_size": 128, "eval_every": 2},
         # the paper: 10k training images, tested on the other 60k, batch 128; 400 epochs, evaluated every 5
         "paper": {"train_size": 10000, "test_size": 60000, "epochs": 400, "batch_size": 128, "eval_every": 5},
     }
@@ -116,7 +116,7 @@ class FashionResNet(ClassificationTask):
     families = ("orthogonal",)
     presets = {
         "smoke": {"train_size": 1000, "test_size": 1000, "epochs": 1, "batch_size": 128, "eval_every": 1, "dataset": "fmnist"},
-        "quick": {"train_size": 10000, "test_size": 10000, "epochs": 4, "batch_size": 128, "eval_every": 1, "dataset": "fmnist"},
+        "quick": {"train_size": 5000, "test_size": 5000, "epochs": 3, "batch_size": 128, "eval_every": 1, "dataset": "fmnist"},
         # the paper (ResNet-34 on CIFAR-10): 200 epochs, batch 128, lr 0.1 with warm-up, /10 twice; hours on a GPU
         "paper": {"train_size": 60000, "test_size": 10000, "epochs": 200, "batch_size": 128, "eval_every": 5, "dataset": "fmnist"},
     }

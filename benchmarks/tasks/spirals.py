@@ -27,7 +27,7 @@ class TwoSpirals(ClassificationTask):
     families = ("orthogonal", "circle")
     presets = {
         "smoke": {"train_per_class": 100, "test_per_class": 500, "epochs": 20, "batch_size": 25, "eval_every": 5},
-        "quick": {"train_per_class": 100, "test_per_class": 2000, "epochs": 1000, "batch_size": 25, "eval_every": 25},
+        "quick": {"train_per_class": 100, "test_per_class": 2000, "epochs": 600, "batch_size": 25, "eval_every": 25},
         "paper": {"train_per_class": 100, "test_per_class": 5000, "epochs": 3000, "batch_size": 25, "eval_every": 50},
     }
     hparams = {
@@ -41,7 +41,7 @@ class TwoSpirals(ClassificationTask):
         "ud_momentum": 0.9,
         "od_lr": 0.2,
         "temperature": 1e-3,
-        "radius": 0.5,
+        "radius": 1.0,
         "orthogonal_scale": 1.0,
     }
 

@@ -60,7 +60,7 @@ class RottenTomatoes(ClassificationTask):
     families = ("orthogonal",)
     presets = {
         "smoke": {"train_size": 1000, "test_size": 500, "epochs": 1, "batch_size": 64, "eval_every": 1},
-        "quick": {"train_size": None, "test_size": None, "epochs": 6, "batch_size": 64, "eval_every": 1},
+        "quick": {"train_size": None, "test_size": None, "epochs": 5, "batch_size": 64, "eval_every": 1},
         "paper": {"train_size": None, "test_size": None, "epochs": 20, "batch_size": 64, "eval_every": 1},
     }
     hparams = {
@@ -103,7 +103,7 @@ class RottenTomatoes(ClassificationTask):
 
 
 class CharLSTM(nn.Module):
-    def __init__(self, vocab_size: int, embed: int = 32, hidden: int = 256):
+    def __init__(self, vocab_size: int, embed: int = 32, hidden: int = 128):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed)
         self.rnn = nn.LSTM(embed, hidden, batch_first=True)
@@ -124,7 +124,7 @@ class ShakespeareCharLM(Task):
     TEST_PLAYS = ("hamlet", "tempest", "twelfth_night", "julius_caesar")
     presets = {
         "smoke": {"steps_per_epoch": 20, "epochs": 1, "batch_size": 32, "seq_len": 64, "eval_chars": 20000, "eval_every": 1},
-        "quick": {"steps_per_epoch": 150, "epochs": 5, "batch_size": 32, "seq_len": 128, "eval_chars": 100000, "eval_every": 1},
+        "quick": {"steps_per_epoch": 100, "epochs": 4, "batch_size": 32, "seq_len": 128, "eval_chars": 50000, "eval_every": 1},
         "paper": {"steps_per_epoch": 1000, "epochs": 20, "batch_size": 64, "seq_len": 128, "eval_chars": None, "eval_every": 1},
     }
     hparams = {

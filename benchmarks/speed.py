@@ -1,0 +1,314 @@
+"""``python -m benchmarks speed``: what a step and a training iteration cost, against the alternatives.
+
+Every row is measured in one process: each candidate is warmed up, then the candidates are timed
+in turn (interleaved, so that a slow phase of the machine hits them all), ``repeats`` times, and the
+median is reported as a ratio to the row's baseline. Rows:
+
+1. step only, unconstrained: both optimisers at temperature 0 and > 0 against foreach
+   ``torch.optim.SGD(momentum=0.9)``, on the small ResNet of ``fmnist-resnet`` and a 784-1000-10 MLP;
+   ``torch.randn`` for as many entries is shown as the floor of any noisy step;
+2. a full training iteration (forward, backward, step) of that ResNet at batch 128 with every conv
+   but the stem orthogonal, ``ConstrainedUnderdampedSGLD``, against the iteration with SGD-momentum;
+3. the same iteration with ``geotorch``'s orthogonal parametrisation of those convs and SGD-momentum;
+4. the step of a re-implementation of the authors' research script (written here from the
+   description in THEORY.md: a Python loop over parameters, tangent projections after the kick and
+   the OU step, exactly 10 SHAKE iterations, RATTLE velocity correction) on those parameters,
+   against our step;
+5. optimiser state per parameter entry, per constraint set, against SGD-momentum's one buffer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from constrained_sgld import ConstrainedSGLD, ConstrainedUnderdampedSGLD, Orthogonal
+
+from .methods import FlatOrthogonal
+from .tasks.fmnist import SmallResNet
+
+PRESETS = {
+    # smoke: CI checks that every row runs; the numbers mean little
+    "smoke": {"repeats": 3, "steps": 2, "iterations": 1, "batch": 16},
+    "quick": {"repeats": 15, "steps": 20, "iterations": 3, "batch": 128},
+}
+TEMPERATURE = 1e-4
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(candidates: Dict[str, Callable[[], None]], repeats: int, calls: int, device) -> Dict[str, float]:
+    """Median seconds per call of each candidate, timed in turn ``repeats`` times after a warm-up."""
+    for fn in candidates.values():
+        fn()
+        fn()
+    samples: Dict[str, List[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            _sync(device)
+            samples[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 10))
+
+
+def orthogonal_convs(model: nn.Module) -> Dict[str, str]:
+    return {n: "orthogonal" for n, p in model.named_parameters() if p.dim() == 4 and not n.startswith("stem")}
+
+
+def _with_grads(model: nn.Module, device) -> nn.Module:
+    model = model.to(device)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    return model
+
+
+# ---------------------------------------------------------------------------- row 4: the research-script-style step
+class ResearchScriptStep:
+    """The authors' o-CoLA-ud step as their script does it (re-implemented from THEORY.md, not copied).
+
+    Per parameter, in a Python loop: B ``p <- Pi(p - h g)``; A/2 ``W <- W + h/2 p`` followed by
+    exactly 10 SHAKE iterations ``W <- W - 1/2 W_old (W^T W - I)`` and the RATTLE velocity
+    ``p <- Pi((W - W_old) / (h/2))``; O ``p <- Pi(c p + d R)``; A/2 again. Orthogonal weights are
+    handled as tall matrices (a wide one transposed); the rest get the same BAOAB steps unprojected.
+    """
+
+    def __init__(self, named_params, constrained: Dict[str, str], lr: float, momentum: float, temperature: float):
+        self.params = [(p, name in constrained) for name, p in named_params]
+        self.c = momentum
+        self.h = math.sqrt(2 * lr / (1 + momentum))
+        self.d = math.sqrt(temperature * (1 - momentum**2))
+        self.momenta = [torch.zeros_like(p) for p, _ in self.params]
+
+    @staticmethod
+    def _tall(w: torch.Tensor) -> Tuple[torch.Tensor, bool]:
+        m = w.reshape(w.shape[0], -1)
+        return (m.t(), True) if m.shape[0] < m.shape[1] else (m, False)
+
+    @staticmethod
+    def _project(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return v - 0.5 * w @ (v.t() @ w + w.t() @ v)
+
+    def _drift(self, w, p, t):
+        w_old = w.clone()
+        w = w + t * p
+        eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
+        for _ in range(10):
+            w = w - 0.5 * w_old @ (w.t() @ w - eye)
+        return w, self._project(w, (w - w_old) / t)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        h, c, d = self.h, self.c, self.d
+        for (param, constrained), buf in zip(self.params, self.momenta):
+            if not constrained:
+                buf.add_(param.grad, alpha=-h)
+                param.add_(buf, alpha=h / 2)
+                buf.mul_(c).add_(torch.randn_like(buf), alpha=d)
+                param.add_(buf, alpha=h / 2)
+                continue
+            w, transposed = self._tall(param)
+            g, _ = self._tall(param.grad)
+            p, _ = self._tall(buf)
+            p = self._project(w, p - h * g)  # B
+            w, p = self._drift(w, p, h / 2)  # A/2
+            p = self._project(w, c * p + d * torch.randn_like(p))  # O
+            w, p = self._drift(w, p, h / 2)  # A/2
+            if transposed:
+                w, p = w.t(), p.t()
+            param.copy_(w.reshape(param.shape))
+            buf.copy_(p.reshape(buf.shape))
+
+
+# ---------------------------------------------------------------------------- rows
+def row_step_only(model_name: str, build: Callable[[], nn.Module], cfg, device) -> List[Dict]:
+    model = _with_grads(build(), device)
+    numel = sum(p.numel() for p in model.parameters())
+    params = list(model.named_parameters())
+    opts = {
+        "SGD-momentum (foreach)": torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=True),
+        "ConstrainedSGLD T=0": ConstrainedSGLD(params, lr=1e-3, seed=0),
+        f"ConstrainedSGLD T={TEMPERATURE:g}": ConstrainedSGLD(params, lr=1e-3, temperature=TEMPERATURE, seed=0),
+        "ConstrainedUnderdampedSGLD T=0": ConstrainedUnderdampedSGLD(params, lr=1e-3, momentum=0.9, seed=0),
+        f"ConstrainedUnderdampedSGLD T={TEMPERATURE:g}": ConstrainedUnderdampedSGLD(params, lr=1e-3, momentum=0.9, temperature=TEMPERATURE, seed=0),
+    }
+    candidates = {name: opt.step for name, opt in opts.items()}
+    noise = torch.empty(numel, device=device)
+    candidates[f"torch.randn of {numel:,} entries"] = lambda: noise.normal_()
+    times = interleaved(candidates, cfg["repeats"], cfg["steps"], device)
+    base = times["SGD-momentum (foreach)"]
+    return [
+        {"row": 1, "what": f"step only, {model_name}, unconstrained", "candidate": name, "seconds": t, "ratio": t / base, "baseline": "SGD-momentum (foreach)"}
+        for name, t in times.items()
+    ]
+
+
+def row_iteration(cfg, device) -> List[Dict]:
+    batch = cfg["batch"]
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def make(kind: str):
+        torch.manual_seed(0)
+        model = SmallResNet().to(device)
+        constraints = orthogonal_convs(model)
+        for name, p in model.named_parameters():
+            if name in constraints:
+                with torch.no_grad():
+                    Orthogonal().init_(p)
+        if kind == "sgd":
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        elif kind == "ours":
+            opt = ConstrainedUnderdampedSGLD(model.named_parameters(), constraints=constraints, lr=0.1, momentum=0.9, seed=0)
+        elif kind == "ours-T":
+            opt = ConstrainedUnderdampedSGLD(model.named_parameters(), constraints=constraints, lr=0.1, momentum=0.9, temperature=TEMPERATURE, seed=0)
+        elif kind == "geotorch":
+            modules = dict(model.named_modules())
+            for name in constraints:
+                owner, _, attr = name.rpartition(".")
+                torch.nn.utils.parametrize.register_parametrization(modules[owner], attr, FlatOrthogonal(getattr(modules[owner], attr).shape))
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        elif kind == "research":
+            opt = ResearchScriptStep(list(model.named_parameters()), constraints, lr=0.1, momentum=0.9, temperature=0.0)
+
+        def iteration():
+            for p in model.parameters():
+                p.grad = None
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        return iteration
+
+    names = {
+        "SGD-momentum": "sgd",
+        "ConstrainedUnderdampedSGLD, orthogonal convs, T=0": "ours",
+        f"ConstrainedUnderdampedSGLD, orthogonal convs, T={TEMPERATURE:g}": "ours-T",
+        "geotorch.orthogonal (Stiefel, expm) + SGD-momentum": "geotorch",
+        "research-script-style o-CoLA-ud, T=0": "research",
+    }
+    times = interleaved({n: make(k) for n, k in names.items()}, cfg["repeats"], cfg["iterations"], device)
+    base = times["SGD-momentum"]
+    rows = []
+    for name, t in times.items():
+        row = 3 if "geotorch" in name else 2
+        rows.append({"row": row, "what": f"training iteration, small ResNet, batch {batch}", "candidate": name, "seconds": t, "ratio": t / base, "baseline": "SGD-momentum"})
+    return rows
+
+
+def row_research_step(cfg, device) -> List[Dict]:
+    torch.manual_seed(0)
+    model = _with_grads(SmallResNet(), device)
+    constraints = orthogonal_convs(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in constraints:
+                Orthogonal().init_(p)
+    params = list(model.named_parameters())
+    # each candidate gets its own copy of the parameters so that neither disturbs the other
+    ours_params = [(n, p.detach().clone().requires_grad_()) for n, p in params]
+    research_params = [(n, p.detach().clone().requires_grad_()) for n, p in params]
+    for (_, a), (_, b), (_, p) in zip(ours_params, research_params, params):
+        a.grad, b.grad = p.grad.clone(), p.grad.clone()
+    ours = ConstrainedUnderdampedSGLD(ours_params, constraints=constraints, lr=0.1, momentum=0.9, temperature=TEMPERATURE, seed=0)
+    research = ResearchScriptStep(research_params, constraints, lr=0.1, momentum=0.9, temperature=TEMPERATURE)
+    times = interleaved({"research-script-style step": research.step, "ConstrainedUnderdampedSGLD step": ours.step}, cfg["repeats"], cfg["steps"], device)
+    base = times["ConstrainedUnderdampedSGLD step"]
+    return [
+        {"row": 4, "what": f"step only, small ResNet, orthogonal convs, T={TEMPERATURE:g}", "candidate": name, "seconds": t, "ratio": t / base, "baseline": "ConstrainedUnderdampedSGLD step"}
+        for name, t in times.items()
+    ]
+
+
+def row_memory(device) -> List[Dict]:
+    """Bytes of optimiser state per byte of constrained parameter, after one step."""
+    rows = []
+    w = torch.nn.Parameter(torch.rand(64, 32, device=device) * 0.5 + 0.1)
+    sgd = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    w.grad = torch.randn_like(w)
+    sgd.step()
+    param_bytes = w.numel() * w.element_size()
+    sgd_bytes = sum(t.numel() * t.element_size() for t in sgd.state[w].values() if torch.is_tensor(t))
+    for spec in ["orthogonal", "sphere", "ball", "circle", "nonnegative", ("box", {"lower": 0.0, "upper": 1.0}), None]:
+        for cls in (ConstrainedUnderdampedSGLD, ConstrainedSGLD):
+            p = torch.nn.Parameter(w.detach().clone())
+            opt = cls([p], lr=0.01, constraints={p: spec}, seed=0, temperature=TEMPERATURE)
+            p.grad = torch.randn_like(p) * 1e-3
+            with torch.no_grad():
+                if spec is not None:
+                    c = opt.param_groups[0]["constraint"]
+                    p.copy_(c.project(p))
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                opt.step()
+            state = opt.state[p]
+            state_bytes = sum(t.numel() * t.element_size() for t in state.values() if torch.is_tensor(t) and t.dim() > 0)
+            name = spec if isinstance(spec, str) else (spec[0] if spec else "unconstrained")
+            rows.append(
+                {
+                    "row": 5,
+                    "what": "optimiser state per parameter (x parameter size)",
+                    "candidate": f"{cls.__name__}, {name}",
+                    "state": sorted(k for k, t in state.items() if torch.is_tensor(t) and t.dim() > 0),
+                    "ratio": state_bytes / param_bytes,
+                    "baseline": f"SGD-momentum: {sgd_bytes / param_bytes:g}",
+                }
+            )
+    return rows
+
+
+def markdown(rows: List[Dict], header: str) -> str:
+    out = [header, "", "| row | what | candidate | median time | ratio | baseline |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        t = f"{r['seconds'] * 1e3:.3f} ms" if "seconds" in r else ", ".join(r.get("state", [])) or "none"
+        out.append(f"| {r['row']} | {r['what']} | {r['candidate']} | {t} | {r['ratio']:.2f}x | {r['baseline']} |")
+    return "\n".join(out) + "\n"
+
+
+def main(args) -> int:
+    from .runner import device_name, versions
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available to this torch")
+    cfg = PRESETS[args.preset]
+    rows: List[Dict] = []
+    rows += row_step_only("small ResNet (fmnist-resnet)", SmallResNet, cfg, device)
+    rows += row_step_only("784-1000-10 MLP", mlp, cfg, device)
+    rows += row_iteration(cfg, device)
+    rows += row_research_step(cfg, device)
+    rows += row_memory(device)
+    folder = Path(args.out) / "speed"
+    folder.mkdir(parents=True, exist_ok=True)
+    info = {"preset": args.preset, "settings": cfg, "device": device_name(device), "versions": versions(), "temperature": TEMPERATURE}
+    (folder / "speed.json").write_text(json.dumps({**info, "rows": rows}, indent=1))
+    header = (
+        f"# Speed ({args.preset}; {info['device']}; torch {info['versions']['torch']})\n\n"
+        f"Command: `python -m benchmarks speed --preset {args.preset} --device {args.device}`. Median of "
+        f"{cfg['repeats']} interleaved timings after warm-up; ratios are to the row's baseline."
+    )
+    text = markdown(rows, header)
+    (folder / "speed.md").write_text(text)
+    print(text)
+    print(f"written: {folder / 'speed.json'}, {folder / 'speed.md'}")
+    return 0

@@ -1,0 +1,109 @@
+"""The benchmark CLI end to end on the generated two-spirals task (no download), in-process."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import runner
+from benchmarks.__main__ import main
+from benchmarks.methods import METHODS
+from benchmarks.speed import ResearchScriptStep
+from benchmarks.tasks import TASKS
+from constrained_sgld import ConstrainedUnderdampedSGLD, Orthogonal
+
+TINY = ["--set", "epochs=2", "--set", "eval_every=1", "--set", "train_per_class=20", "--set", "test_per_class=50", "--no-progress"]
+
+
+def test_list_names_every_task_method_and_preset(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in list(TASKS) + list(METHODS) + ["smoke", "quick", "paper"]:
+        assert name in out
+
+
+def test_run_writes_results_and_merges_seeds(tmp_path):
+    out = tmp_path / "res"
+    args = ["run", "--task", "two-spirals", "--preset", "smoke", "--methods", "sgd-momentum,o-cola-ud,c-cola-od", "--out", str(out)]
+    assert main(args + TINY) == 0
+    assert main(args + ["--first-seed", "1"] + TINY) == 0
+    folder = out / "two-spirals"
+    results = json.loads((folder / "results.json").read_text())
+    assert {(r["method"], r["seed"]) for r in results["runs"]} == {(m, s) for m in ("sgd-momentum", "o-cola-ud", "c-cola-od") for s in (0, 1)}
+    run = next(r for r in results["runs"] if r["method"] == "o-cola-ud")
+    assert len(run["epochs"]) == 2 and {"train_loss", "test_accuracy", "seconds", "violation"} <= set(run["epochs"][-1])
+    assert run["max_violation"] < 1e-4 and run["hyperparameters"]["constraints"] == {"2.weight": "orthogonal(scale=1)"}
+    assert results["versions"]["torch"] == torch.__version__
+    table = (folder / "results.md").read_text()
+    assert "| o-cola-ud | 2 |" in table and "time vs sgd-momentum" in table
+    assert (folder / "curves.png").stat().st_size > 0 and (folder / "boundaries.png").stat().st_size > 0
+    (folder / "results.md").unlink()
+    assert main(["report", "--out", str(out)]) == 0
+    assert (folder / "results.md").is_file() and (out / "report.md").is_file()
+
+
+def test_interrupt_keeps_finished_runs(tmp_path, monkeypatch):
+    real = runner.train_one
+    calls = []
+
+    def train_then_interrupt(task, method, seed, progress=True):
+        calls.append(method.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(task, method, seed, progress)
+
+    monkeypatch.setattr(runner, "train_one", train_then_interrupt)
+    out = tmp_path / "res"
+    code = main(["run", "--task", "two-spirals", "--preset", "smoke", "--methods", "sgd,adam", "--out", str(out)] + TINY)
+    assert code == 130
+    results = json.loads((out / "two-spirals" / "results.json").read_text())
+    assert [r["method"] for r in results["runs"]] == ["sgd"]
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="--set nonsense"):
+        main(["run", "--task", "two-spirals", "--preset", "smoke", "--set", "nonsense=1", "--no-progress"])
+    with pytest.raises(SystemExit, match="--methods 'nope'"):
+        main(["run", "--task", "two-spirals", "--methods", "nope"])
+    with pytest.raises(SystemExit, match="--task 'nope'"):
+        main(["run", "--task", "nope"])
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_builds_and_steps_on_spirals(name):
+    task = TASKS["two-spirals"]("smoke", torch.device("cpu"), {"train_per_class": 10, "test_per_class": 10})
+    method = METHODS[name]
+    assert method.applies_to(task)
+    task.prepare()
+    model = task.build_model()
+    optimizer, hparams, constraints = method.build(model, task, 0)
+    for inputs, targets in task.batches(torch.Generator().manual_seed(0)):
+        optimizer.zero_grad()
+        task.loss(model, inputs, targets)[0].backward()
+        optimizer.step()
+    assert bool(constraints) == (method.family is not None)
+    violation = runner.largest_violation(model, optimizer, constraints)
+    assert violation is None or violation < 1e-4
+
+
+def test_research_script_step_matches_ours_at_zero_temperature():
+    """The speed benchmark's baseline is a faithful o-CoLA-ud step: at T = 0 it follows our
+    trajectory up to its fixed 10 SHAKE iterations (tall and wide matrices, conv-shaped)."""
+    torch.manual_seed(0)
+    shapes = {"tall": (12, 4), "wide": (3, 10), "conv": (8, 2, 3, 3), "bias": (5,)}
+    ours = {n: torch.nn.Parameter(torch.empty(s, dtype=torch.float64)) for n, s in shapes.items()}
+    constraints = {n: "orthogonal" for n in ("tall", "wide", "conv")}
+    with torch.no_grad():
+        for n, p in ours.items():
+            Orthogonal().init_(p) if n in constraints else p.normal_()
+    theirs = {n: torch.nn.Parameter(p.detach().clone()) for n, p in ours.items()}
+    opt = ConstrainedUnderdampedSGLD(list(ours.items()), constraints=constraints, lr=0.01, momentum=0.8)
+    research = ResearchScriptStep(list(theirs.items()), constraints, lr=0.01, momentum=0.8, temperature=0.0)
+    for _ in range(20):
+        grads = {n: torch.randn(s, dtype=torch.float64) for n, s in shapes.items()}
+        for n in shapes:
+            ours[n].grad, theirs[n].grad = grads[n], grads[n].clone()
+        opt.step()
+        research.step()
+    for n in shapes:
+        torch.testing.assert_close(theirs[n], ours[n], rtol=0, atol=1e-6)
