@@ -77,6 +77,12 @@ class Constraint:
     #: scheme then merges ``A/2 O A/2`` into one drift (half the drift cost, same update).
     additive_drift: bool = False
 
+    def shard_local(self, p: Tensor, sharded_dims: Tuple[int, ...]) -> bool:
+        """True when this set's operations on a shard (``p`` split along ``sharded_dims``) equal
+        the operations on the whole tensor restricted to the shard. Default: only when nothing is
+        split. Element-wise sets say True; sets over rows say True when the rows stay whole."""
+        return not sharded_dims
+
     def __new__(cls, *args: Any, **kwargs: Any):
         if args:
             raise TypeError(
@@ -168,6 +174,9 @@ class Unconstrained(Constraint):
     name = "unconstrained"
     tangent_is_identity = True
     additive_drift = True
+
+    def shard_local(self, p, sharded_dims):
+        return True
 
     def project(self, p: Tensor) -> Tensor:
         return p.clone()

@@ -35,6 +35,9 @@ class Circle(Constraint):
     is_inequality = True  # as a set of w alone: the interval [-r, r]
     additive_drift = True  # rotations of one plane commute: rotating by a then b is rotating by a + b
 
+    def shard_local(self, p, sharded_dims):
+        return True  # one (w, z) pair per entry
+
     def __init__(self, *, radius: float = 1.0):
         self.radius = check_positive(radius, "radius", "circle")
 

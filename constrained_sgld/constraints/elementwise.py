@@ -21,6 +21,9 @@ from .base import Constraint, check_boundary, register_constraint
 class _Interval(Constraint):
     is_inequality = True
     tangent_is_identity = True
+
+    def shard_local(self, p, sharded_dims):
+        return True  # entry by entry
     lower: float = 0.0
     upper: float = math.inf
     boundary: str = "reflect"

@@ -39,6 +39,12 @@ class _NormSet(Constraint):
         self.radius = check_positive(radius, "radius", self._owner())
         self.dim = _check_dim(dim, self._owner())
 
+    def shard_local(self, p, sharded_dims):
+        """Whole norms only: no reduced dim may be split (``dim="rows"`` with rows split is fine)."""
+        dims = reduction_dims(p, self.dim)
+        reduced = set(range(p.ndim)) if dims is None else {d % max(p.ndim, 1) for d in dims}
+        return not (reduced & {d % max(p.ndim, 1) for d in sharded_dims})
+
     @classmethod
     def _owner(cls) -> str:
         return cls.name or cls.__name__.lower()

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .. import distributed
 from ..constraints.base import UNCONSTRAINED, Constraint, make_constraint
 
 __all__ = ["ConstrainedLangevinOptimizer", "scaled_force", "scaled_forces"]
@@ -62,11 +63,14 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         constraints: Optional[Mapping[Any, Any]] = None,
         seed: Optional[int] = None,
         check_finite: bool = True,
+        chain_id: int = 0,
     ) -> None:
         if isinstance(params, Tensor):
             raise TypeError("params must be an iterable of tensors, (name, tensor) pairs or dicts, not a Tensor")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")
+        if not isinstance(chain_id, int) or isinstance(chain_id, bool) or chain_id < 0:
+            raise ValueError(f"chain_id must be an int >= 0, got {chain_id!r}")
         for option, value in defaults.items():
             self._check_option(option, value, "")
         self._constraint_rules = self._parse_constraint_map(constraints)
@@ -75,9 +79,15 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         self._moved: List[str] = []
         self._in_init = True
         self.check_finite = bool(check_finite)
-        # construction-time draw from the global RNG when no seed is given (never inside step)
-        self._base_seed = int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        # construction-time draw from the global RNG when no seed is given (never inside step);
+        # under torch.distributed every rank takes rank 0's, so that DDP replicas add the same noise
+        if seed is None:
+            seed = distributed.broadcast_seed(int(torch.randint(0, 2**62, (1,)).item()))
+        self._base_seed = int(seed)
+        self._chain_id = chain_id
         self._generators: Dict[str, torch.Generator] = {}
+        self._stream_keys: Dict[Tuple[str, Optional[int]], str] = {}  # (device, shard rank) -> stream
+        self._pending_rng: Dict[str, Any] = {}  # loaded generator states not yet bound to a device
         super().__init__(params, defaults)
         self._in_init = False
         self._warn_moved()
@@ -180,6 +190,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
             constraint = group_constraint if has_key else self._constraint_from_map(t, names and label)
             if constraint is not None:
                 constraint.check(t, label)
+                self._check_sharding(t, label, constraint)
             key = constraint if constraint is not None else UNCONSTRAINED
             sub = split.setdefault(key, {"params": [], "names": [], "constraint": constraint})
             sub["params"].append(t)
@@ -199,11 +210,24 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         if not getattr(self, "_in_init", False):
             self._warn_moved()
 
+    @staticmethod
+    def _check_sharding(t: Tensor, label: str, constraint: Constraint) -> None:
+        dims = distributed.sharded_dims(t)
+        if dims and not constraint.shard_local(t, dims):
+            raise ValueError(
+                f"parameter {label!r} is sharded along dim(s) {list(dims)} (a DTensor, e.g. from FSDP's "
+                f"fully_shard), but the '{constraint.name}' constraint needs the whole "
+                f"{'matrix' if constraint.name == 'orthogonal' else 'norm'} on one rank. Keep this parameter "
+                "unsharded (apply fully_shard to the other modules only, or shard along dims the set does "
+                "not couple), or use a set that acts entry by entry (circle, nonnegative, box)"
+            )
+
     @torch.no_grad()
     def _make_feasible(self, constraint: Constraint, params: List[Tensor]) -> None:
         for p in params:
-            if not bool(constraint.violation(p.detach()) <= constraint.tolerance(p.dtype)):
-                p.copy_(constraint.project(p.detach()))
+            piece = distributed.local(p.detach())
+            if not bool(constraint.violation(piece) <= constraint.tolerance(p.dtype)):
+                piece.copy_(constraint.project(piece))
                 self._moved.append(self._label(p))
 
     def _warn_moved(self) -> None:
@@ -216,16 +240,50 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
             self._moved = []
 
     # ------------------------------------------------------------------ noise generators
-    def _generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
+    def _generator(self, device: torch.device, shard: Optional[int] = None) -> torch.Generator:
+        """The noise stream for ``device`` (and for the pieces of sharded parameters on rank ``shard``).
+
+        Streams are named by device type and the order in which this optimiser first used devices
+        of that type ("cpu", "cuda:0", "cuda:1", ... with "cuda:0" the first GPU used, whatever its
+        index): DDP ranks, each on its own GPU, therefore share one stream, and a checkpoint saved
+        on one rank resumes on any other. Seeds depend on ``seed``, ``chain_id``, that order and the
+        shard rank only.
+        """
+        device = torch.device(device)
+        key = self._stream_key(device, shard)
         gen = self._generators.get(key)
         if gen is None:
             gen = torch.Generator(device=device)
-            index = device.index if device.index is not None else -1
-            # distinct, reproducible streams per device
-            gen.manual_seed((self._base_seed + 1_000_003 * (index + 1)) % (2**63))
+            gen.manual_seed(self._stream_seed(key))
+            pending = self._pending_rng.pop(key, None)
+            if pending is not None:
+                gen.set_state(pending.cpu() if isinstance(pending, Tensor) else pending)
             self._generators[key] = gen
         return gen
+
+    def _stream_key(self, device: torch.device, shard: Optional[int]) -> str:
+        binding = (str(device), shard)
+        key = self._stream_keys.get(binding)
+        if key is None:
+            if shard is not None:
+                key = f"{self._stream_key(device, None)}/shard{shard}"
+            elif device.type == "cpu":
+                key = "cpu"
+            else:
+                used = sum(1 for d, s in self._stream_keys if s is None and torch.device(d).type == device.type)
+                key = f"{device.type}:{used}"
+            self._stream_keys[binding] = key
+        return key
+
+    def _stream_seed(self, key: str) -> int:
+        device_key, _, shard = key.partition("/shard")
+        ordinal = -1 if device_key == "cpu" else int(device_key.rpartition(":")[2])
+        # distinct, reproducible streams: odd multipliers keep the low 32 bits (all that the CPU's
+        # Mersenne Twister uses) distinct across chains, devices and shards
+        seed = self._base_seed + 0x9E3779B97F4A7C15 * self._chain_id + 1_000_003 * (ordinal + 1)
+        if shard:
+            seed += 7_777_777 * (int(shard) + 1)
+        return seed % (2**63)
 
     # ------------------------------------------------------------------ step
     def _collect(self) -> List[Tuple[Dict[str, Any], List[Tensor], List[Tensor]]]:
@@ -251,7 +309,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         return plan
 
     def _raise_on_nonfinite(self, plan) -> None:
-        grads = [g for _, _, gs in plan for g in gs]
+        grads = [distributed.local(g) for _, _, gs in plan for g in gs]
         if not grads:
             return
         # fast screen: a sum is non-finite whenever its tensor holds an inf or nan (one cheap pass, one
@@ -272,8 +330,9 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
     def _param_state(self, p: Tensor, constraint: Constraint) -> Dict[str, Any]:
         state = self.state[p]
         if not state:
-            state.update(constraint.init_state(p.detach()))
-            self._init_param_state(p, constraint, state)
+            piece = distributed.local(p.detach())
+            state.update(constraint.init_state(piece))
+            self._init_param_state(piece, constraint, state)
         return state
 
     @torch.no_grad()
@@ -291,19 +350,26 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
                 continue
             constraint = group["constraint"] if group["constraint"] is not None else UNCONSTRAINED
             states = [self._param_state(p, constraint) for p in params]
-            noise = self._standard_normal_like(params) if group["temperature"] > 0 else None
-            self._update_group(group, constraint, params, grads, states, noise)
+            # sharded (DTensor) parameters: update this rank's piece in place
+            pieces = [distributed.local(p) for p in params]
+            grads = [distributed.local(g) for g in grads]
+            noise = None
+            if group["temperature"] > 0:
+                noise = self._standard_normal_like(pieces, [distributed.shard_rank(p) for p in params])
+            self._update_group(group, constraint, pieces, grads, states, noise)
         return loss
 
-    def _standard_normal_like(self, params: List[Tensor]) -> List[Tensor]:
-        """N(0, 1) tensors shaped like ``params``: one draw per (device, dtype), split into views."""
-        buckets: Dict[Tuple[torch.device, torch.dtype], List[int]] = {}
+    def _standard_normal_like(self, params: List[Tensor], shards: Optional[List[Optional[int]]] = None) -> List[Tensor]:
+        """N(0, 1) tensors shaped like ``params``: one draw per (device, dtype, shard rank), split
+        into views. ``shards[i]`` is this rank for a sharded parameter's piece (its own stream)."""
+        shards = shards or [None] * len(params)
+        buckets: Dict[Tuple[torch.device, torch.dtype, Optional[int]], List[int]] = {}
         for i, p in enumerate(params):
-            buckets.setdefault((p.device, p.dtype), []).append(i)
+            buckets.setdefault((p.device, p.dtype, shards[i]), []).append(i)
         out: List[Optional[Tensor]] = [None] * len(params)
-        for (device, dtype), idx in buckets.items():
+        for (device, dtype, shard), idx in buckets.items():
             sizes = [params[i].numel() for i in idx]
-            flat = torch.randn(sum(sizes), generator=self._generator(device), device=device, dtype=dtype)
+            flat = torch.randn(sum(sizes), generator=self._generator(device, shard), device=device, dtype=dtype)
             for i, chunk in zip(idx, flat.split(sizes)):
                 out[i] = chunk.view(params[i].shape)
         return out  # type: ignore[return-value]
@@ -325,10 +391,11 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
             vals = [torch.zeros((), dtype=torch.float64)]
             if c is not None:
                 for p in group["params"]:
-                    v = c.violation(p.detach())
+                    piece = distributed.local(p.detach())  # a sharded parameter: this rank's piece
+                    v = c.violation(piece)
                     aux = self.state.get(p, {}).get("aux")
                     if aux is not None and hasattr(c, "aux_violation"):
-                        v = torch.maximum(v, c.aux_violation(p.detach(), aux))
+                        v = torch.maximum(v, c.aux_violation(piece, aux))
                     vals.append(v.detach().to("cpu", torch.float64))
             out.append(torch.stack(vals).amax())
         return out
@@ -339,10 +406,9 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         for g in sd["param_groups"]:
             c = g.get("constraint")
             g["constraint"] = None if c is None else list(c.spec())
-        sd["rng"] = {
-            "base_seed": self._base_seed,
-            "generators": {k: g.get_state() for k, g in self._generators.items()},
-        }
+        generators = dict(self._pending_rng)  # loaded, not yet bound to a device: kept as loaded
+        generators.update({k: g.get_state() for k, g in self._generators.items()})
+        sd["rng"] = {"base_seed": self._base_seed, "chain_id": self._chain_id, "generators": generators}
         return sd
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -366,10 +432,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         super().load_state_dict(sd)
         if rng is not None:
             self._base_seed = int(rng["base_seed"])
-            self._generators = {}
-            for key, gen_state in rng["generators"].items():
-                try:
-                    gen = self._generator(torch.device(key))
-                except RuntimeError:  # a device this machine lacks: its stream starts afresh if used
-                    continue
-                gen.set_state(gen_state.cpu() if isinstance(gen_state, Tensor) else gen_state)
+            self._chain_id = int(rng.get("chain_id", 0))
+            # streams are bound to devices again on first use, in the same order as before
+            self._generators, self._stream_keys = {}, {}
+            self._pending_rng = dict(rng["generators"])

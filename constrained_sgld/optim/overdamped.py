@@ -90,7 +90,10 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
         temperature: ``T`` in ``exp(-U/T)``; noise variance per step is ``2 * lr * T``.
         weight_decay: adds ``weight_decay / 2 * |x|^2`` to ``U``.
         seed: seeds the optimiser's own noise generator(s), one per device (``None``: drawn from
-            torch's global RNG at construction).
+            torch's global RNG at construction; under ``torch.distributed``, rank 0's draw is
+            broadcast so that DDP replicas add the same noise).
+        chain_id: an independent chain: a distinct, reproducible noise stream for the same ``seed``
+            (give each process of a parallel-chains run its own, e.g. its rank). Default 0.
         check_finite: raise ``FloatingPointError`` on a non-finite gradient before changing anything
             (costs one device-to-host read per step).
         foreach: use the multi-tensor path (``torch._foreach_*`` calls, same-shaped orthogonal
@@ -108,9 +111,10 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
         seed: Optional[int] = None,
         check_finite: bool = True,
         foreach: bool = True,
+        chain_id: int = 0,
     ) -> None:
         defaults = dict(lr=lr, temperature=temperature, weight_decay=weight_decay, foreach=foreach)
-        super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite)
+        super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id)
 
     def _update_group(self, group, constraint, params, grads, states, noise) -> None:
         overdamped_update(
