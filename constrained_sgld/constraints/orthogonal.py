@@ -20,7 +20,7 @@ On the unit-scale tall matrix ``X = W / s``:
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import geotorch.so
 import torch
@@ -162,25 +162,45 @@ class Orthogonal(Constraint):
     def drift_(self, p: Tensor, velocity: Tensor, t: float, state: Dict[str, Tensor]) -> Tensor:
         return self.drift_many_([p], [velocity], t, [state])[0]
 
-    # -- multi-tensor twins: same-shaped matrices are stacked and run as one batch
-    def _buckets(self, tensors: List[Tensor]) -> List[List[int]]:
+    # -- multi-tensor twins: matrices are stacked and run as one batch. Small tall matrices with the
+    # same column count share a batch even when their row counts differ: they are padded with zero
+    # rows, which is exact (zero rows change neither W^T W, nor the tangent projection, nor the SHAKE
+    # correction, and stay zero) and trades a little arithmetic for far fewer kernel launches.
+    SMALL = 1 << 16  #: matrices with at most this many entries are padded into shared batches
+
+    def _buckets(self, tensors: List[Tensor]) -> List[Tuple[List[int], int]]:
+        """Groups of indices that run as one batch, each with its (padded) row count."""
         buckets: Dict[tuple, List[int]] = {}
         for i, t in enumerate(tensors):
-            buckets.setdefault((self._matrix(t).shape, t.dtype, t.device), []).append(i)
-        return list(buckets.values())
+            m = self._matrix(t)
+            small = self.batch_dims == 0 and m.numel() <= self.SMALL
+            key = (m.shape[-1], t.dtype, t.device) if small else (tuple(m.shape), t.dtype, t.device)
+            buckets.setdefault(key, []).append(i)
+        return [(idx, max(self._matrix(tensors[i]).shape[-2] for i in idx)) for idx in buckets.values()]
 
-    def _stack(self, tensors: List[Tensor], idx: List[int]) -> Tensor:
-        if len(idx) == 1:
-            return self._matrix(tensors[idx[0]]).unsqueeze(0)
-        return torch.stack([self._matrix(tensors[i]) for i in idx])
+    def _stack(self, tensors: List[Tensor], idx: List[int], rows: int) -> Tensor:
+        mats = [self._matrix(tensors[i]) for i in idx]
+        if len(mats) == 1:
+            return mats[0].unsqueeze(0)
+        if all(m.shape[-2] == rows for m in mats):
+            return torch.stack(mats)
+        out = mats[0].new_zeros((len(mats), *mats[0].shape[:-2], rows, mats[0].shape[-1]))
+        for j, m in enumerate(mats):
+            out[j][..., : m.shape[-2], :].copy_(m)
+        return out
+
+    def _unstack(self, batch: Tensor, j: int, like: Tensor) -> Tensor:
+        """Item ``j`` of a batch, without its padding rows, shaped like ``like``."""
+        rows = self._matrix(like).shape[-2]
+        return self._unmatrix(batch[j][..., :rows, :], like)
 
     def _tangent_many(self, params: List[Tensor], vectors: List[Tensor], factor: float) -> List[Tensor]:
         out: List[Optional[Tensor]] = [None] * len(params)
-        for idx in self._buckets(params):
-            x = self._stack(params, idx) / self.scale
-            t = self._tangent_unit(x, self._stack(vectors, idx) * factor)
+        for idx, rows in self._buckets(params):
+            x = self._stack(params, idx, rows) / self.scale
+            t = self._tangent_unit(x, self._stack(vectors, idx, rows) * factor)
             for j, i in enumerate(idx):
-                out[i] = self._unmatrix(t[j], params[i])
+                out[i] = self._unstack(t, j, params[i])
         return out  # type: ignore[return-value]
 
     def tangent_force_many(self, params, forces, states):
@@ -191,24 +211,24 @@ class Orthogonal(Constraint):
 
     def retract_many_(self, params, steps, states):
         s = self.scale
-        for idx in self._buckets(params):
-            x = self._stack(params, idx) / s
-            y = x + self._stack(steps, idx) / s
+        for idx, rows in self._buckets(params):
+            x = self._stack(params, idx, rows) / s
+            y = x + self._stack(steps, idx, rows) / s
             new = shake_correct(x, y, self.max_iter) * s
             for j, i in enumerate(idx):
-                params[i].copy_(self._unmatrix(new[j], params[i]))
+                params[i].copy_(self._unstack(new, j, params[i]))
 
     def drift_many_(self, params, velocities, t, states):
         """SHAKE for the position, then RATTLE: ``v' = T_x'((x' - x) / t)``."""
         s = self.scale
         out: List[Optional[Tensor]] = [None] * len(params)
-        for idx in self._buckets(params):
-            x = self._stack(params, idx) / s
-            y = x + self._stack(velocities, idx) * (t / s)
+        for idx, rows in self._buckets(params):
+            x = self._stack(params, idx, rows) / s
+            y = x + self._stack(velocities, idx, rows) * (t / s)
             new = shake_correct(x, y, self.max_iter)
             v = self._tangent_unit(new, (new - x) * (s / t))
             new = new * s
             for j, i in enumerate(idx):
-                params[i].copy_(self._unmatrix(new[j], params[i]))
-                out[i] = self._unmatrix(v[j], params[i])
+                params[i].copy_(self._unstack(new, j, params[i]))
+                out[i] = self._unstack(v, j, params[i])
         return out
