@@ -211,3 +211,13 @@ def rebuild(out: Path) -> List[Path]:
     if found:
         (out / "report.md").write_text("# Benchmark results\n\n" + "\n".join(sections))
     return found
+
+
+def compact_table(results: Dict[str, Any]) -> str:
+    """The short table README shows: final test metric and loss, time ratio, largest violation."""
+    name = "test accuracy" if results["metric"] == "accuracy" else "test bits/char"
+    lines = [f"| method | {name} (final) | test loss (final) | time/epoch vs {BASELINE} | max violation |", "|---|---|---|---|---|"]
+    for r in summary_rows(results):
+        status = "" if r["status"] == "done" else f" ({r['status']})"
+        lines.append(f"| {r['method']}{status} | {r['final']} | {r['test_loss']} | {r['ratio']} | {r['violation']} |")
+    return "\n".join(lines)
