@@ -95,7 +95,7 @@ def task_markdown(results: Dict[str, Any], heading: str = "#") -> str:
         f"Command: `{results.get('command') or 'python -m benchmarks run --task ' + results['task'] + ' --preset ' + results['preset']}`",
         "",
         "Mean ± standard deviation over seeds; *final* is the last evaluated epoch, *best* the best evaluated epoch "
-        f"(an optimistic number: there is no separate validation set). Time is the training part of an epoch.",
+        "(an optimistic number: there is no separate validation set). Time is the training part of an epoch.",
         "",
         markdown_table(results),
         "",

@@ -7,21 +7,16 @@ under a minute on 2 CPU cores. The data are generated, so nothing is downloaded.
 """
 
 import argparse
-import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for benchmarks/
+
+from benchmarks.tasks.spirals import two_spirals  # noqa: E402  (the same data as the two-spirals task)
 from constrained_sgld import ConstrainedSGLD, ConstrainedUnderdampedSGLD, Orthogonal, Sphere
-
-
-def two_spirals(n, noise, generator):
-    """``n`` points per class on two interleaved spirals, with Gaussian noise."""
-    t = torch.rand(n, generator=generator) * 3 * math.pi + 0.5
-    arm = torch.stack([t * torch.cos(t), t * torch.sin(t)], 1) / (3 * math.pi)
-    x = torch.cat([arm, -arm]) + noise * torch.randn(2 * n, 2, generator=generator)
-    y = torch.cat([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)])
-    return x, y
 
 
 def make_model(seed):
