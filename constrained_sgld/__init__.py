@@ -12,13 +12,18 @@ from .constraints import (
     make_constraint,
     register_constraint,
 )
+from . import distributed
 from .optim import ConstrainedSGLD, ConstrainedUnderdampedSGLD
+from .samples import CyclicalLR, SampleCollector
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConstrainedSGLD",
     "ConstrainedUnderdampedSGLD",
+    "SampleCollector",
+    "CyclicalLR",
+    "distributed",
     "Constraint",
     "register_constraint",
     "available_constraints",

@@ -77,6 +77,10 @@ class Constraint:
     #: scheme then merges ``A/2 O A/2`` into one drift (half the drift cost, same update).
     additive_drift: bool = False
 
+    def tangent_dim(self, p: Tensor) -> int:
+        """Dimension of the tangent space at ``p`` (degrees of freedom; default: every entry)."""
+        return p.numel()
+
     def shard_local(self, p: Tensor, sharded_dims: Tuple[int, ...]) -> bool:
         """True when this set's operations on a shard (``p`` split along ``sharded_dims``) equal
         the operations on the whole tensor restricted to the shard. Default: only when nothing is

@@ -18,6 +18,7 @@ left) or clamps (``x -> r x / |x|``, outward radial velocity dropped).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Dict
 
 import torch
@@ -71,6 +72,11 @@ class _NormSet(Constraint):
 
 @register_constraint("sphere")
 class Sphere(_NormSet):
+    def tangent_dim(self, p: Tensor) -> int:
+        dims = reduction_dims(p, self.dim)
+        norms = 1 if dims is None else p.numel() // max(1, math.prod(p.shape[d] for d in dims))
+        return p.numel() - norms  # one constraint per norm
+
     """``|x| = radius`` over ``dim`` (default: each row / output unit)."""
 
     def project(self, p: Tensor) -> Tensor:

@@ -124,6 +124,11 @@ class Orthogonal(Constraint):
             m = m.transpose(-2, -1)
         return m.reshape(like.shape)
 
+    def tangent_dim(self, p: Tensor) -> int:
+        m = self._matrix(p)
+        n, k = m.shape[-2:]
+        return (m.numel() // (n * k)) * (n * k - k * (k + 1) // 2)  # nk - k(k+1)/2 per matrix
+
     # -- set operations
     def project(self, p: Tensor) -> Tensor:
         return self._unmatrix(polar(self._matrix(p)) * self.scale, p)

@@ -88,6 +88,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         self._generators: Dict[str, torch.Generator] = {}
         self._stream_keys: Dict[Tuple[str, Optional[int]], str] = {}  # (device, shard rank) -> stream
         self._pending_rng: Dict[str, Any] = {}  # loaded generator states not yet bound to a device
+        self._noise_norms: Dict[int, Tensor] = {}  # id(group) -> norm of the last step's noise
         super().__init__(params, defaults)
         self._in_init = False
         self._warn_moved()
@@ -356,6 +357,11 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
             noise = None
             if group["temperature"] > 0:
                 noise = self._standard_normal_like(pieces, [distributed.shard_rank(p) for p in params])
+                # for diagnostics(): a tensor, read by nobody unless asked (no host sync here)
+                group_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(noise)).float())
+                self._noise_norms[id(group)] = group_norm * self._noise_scale(group)
+            else:
+                self._noise_norms.pop(id(group), None)
             self._update_group(group, constraint, pieces, grads, states, noise)
         return loss
 
@@ -399,6 +405,41 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
                     vals.append(v.detach().to("cpu", torch.float64))
             out.append(torch.stack(vals).amax())
         return out
+
+    # ------------------------------------------------------------------ diagnostics
+    def _noise_scale(self, group: Dict[str, Any]) -> float:
+        """Standard deviation per entry of the Gaussian noise this scheme adds (before projection)."""
+        raise NotImplementedError
+
+    def diagnostics(self) -> List[Dict[str, Tensor]]:
+        """One dict of 0-dim tensors per parameter group (nothing is read to the host here):
+
+        - ``violation``: the largest constraint violation (as :meth:`violations`);
+        - ``grad_norm``: the norm of the group's current gradients;
+        - ``noise_norm``: the norm of the Gaussian noise the last step drew for the group, times its
+          scale per entry (0 at temperature 0);
+        - ``kinetic_temperature`` (underdamped only): the temperature the momenta show,
+          ``sum |p|^2 / d`` with ``d`` the tangent dimension; at equilibrium it equals ``temperature``.
+        """
+        out = []
+        violations = self.violations()
+        for group, violation in zip(self.param_groups, violations):
+            pieces = [distributed.local(p.grad) for p in group["params"] if p.grad is not None]
+            device = group["params"][0].device if group["params"] else torch.device("cpu")
+            grad_norm = (
+                torch.linalg.vector_norm(torch.stack(torch._foreach_norm(pieces)).float()) if pieces else torch.zeros((), device=device)
+            )
+            entry = {
+                "violation": violation,
+                "grad_norm": grad_norm,
+                "noise_norm": self._noise_norms.get(id(group), torch.zeros((), device=device)),
+            }
+            entry.update(self._extra_diagnostics(group))
+            out.append(entry)
+        return out
+
+    def _extra_diagnostics(self, group: Dict[str, Any]) -> Dict[str, Tensor]:
+        return {}
 
     # ------------------------------------------------------------------ state_dict
     def state_dict(self) -> Dict[str, Any]:

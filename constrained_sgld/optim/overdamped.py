@@ -116,6 +116,9 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
         defaults = dict(lr=lr, temperature=temperature, weight_decay=weight_decay, foreach=foreach)
         super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id)
 
+    def _noise_scale(self, group) -> float:
+        return math.sqrt(2.0 * group["lr"] * group["temperature"])
+
     def _update_group(self, group, constraint, params, grads, states, noise) -> None:
         overdamped_update(
             params,

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import torch
 from torch import Tensor
 
-from ..constraints.base import Constraint
+from ..constraints.base import UNCONSTRAINED, Constraint
 from .base import ConstrainedLangevinOptimizer, scaled_force, scaled_forces
 
 __all__ = ["ConstrainedUnderdampedSGLD", "underdamped_update", "langevin_step_size"]
@@ -146,6 +146,24 @@ class ConstrainedUnderdampedSGLD(ConstrainedLangevinOptimizer):
 
     def _init_param_state(self, p: Tensor, constraint: Constraint, state: Dict[str, Any]) -> None:
         state["momentum"] = constraint.tangent_zeros(p.detach(), state)
+
+    def _extra_diagnostics(self, group) -> Dict[str, Tensor]:
+        """``kinetic_temperature = sum |p|^2 / d``: the momenta are N(0, T) on the tangent space at
+        equilibrium (unit mass), so this estimates ``temperature`` (circle: arc-length momenta)."""
+        constraint = group["constraint"] if group["constraint"] is not None else UNCONSTRAINED
+        momenta, dims = [], 0
+        for p in group["params"]:
+            state = self.state.get(p)
+            if state and "momentum" in state:
+                momenta.append(state["momentum"])
+                dims += constraint.tangent_dim(state["momentum"] if constraint is UNCONSTRAINED else p.detach())
+        if not momenta:
+            return {"kinetic_temperature": torch.zeros(())}
+        energy = torch.stack([m.double().square().sum() for m in momenta]).sum()
+        return {"kinetic_temperature": energy / max(dims, 1)}
+
+    def _noise_scale(self, group) -> float:
+        return math.sqrt(group["temperature"] * (1.0 - group["momentum"] ** 2))
 
     def _update_group(self, group, constraint, params, grads, states, noise) -> None:
         underdamped_update(

@@ -1,0 +1,162 @@
+"""Using the samples: keep parameter snapshots along a Langevin run, average predictions over them,
+and a cyclical step-size schedule (cyclical SG-MCMC, Zhang et al. 2020).
+
+A run at temperature > 0 produces a chain of parameter values; averaging the model's predictive
+distribution over the chain (after burn-in, thinned) is the Monte Carlo estimate of the posterior
+predictive ``p(y | x, data) = E_theta[p(y | x, theta)]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
+
+__all__ = ["SampleCollector", "CyclicalLR"]
+
+
+class SampleCollector:
+    """Keeps snapshots of ``model``'s parameters (and buffers) along a run.
+
+    Call :meth:`update` after each optimiser step. Step ``k`` (counted from 1) is kept when
+    ``k > burn_in`` and ``(k - burn_in) % thin == 0``; with ``max_samples`` set, the oldest snapshot
+    is dropped when a new one would exceed it (memory stays bounded; the kept samples are the most
+    recent ones). Snapshots live on ``device`` (default CPU, so GPU memory is not spent on them).
+
+    Args:
+        model: the module being trained or sampled.
+        burn_in: steps ignored at the start.
+        thin: keep every ``thin``-th step after burn-in.
+        max_samples: the most snapshots kept (None: unbounded).
+        device: where snapshots are stored.
+        buffers: also snapshot buffers (BatchNorm statistics); default True.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        burn_in: int = 0,
+        thin: int = 1,
+        max_samples: Optional[int] = None,
+        device: Any = "cpu",
+        buffers: bool = True,
+    ) -> None:
+        for name, value, low in (("burn_in", burn_in, 0), ("thin", thin, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"SampleCollector: {name} must be an int >= {low}, got {value!r}")
+        if max_samples is not None and (not isinstance(max_samples, int) or isinstance(max_samples, bool) or max_samples < 1):
+            raise ValueError(f"SampleCollector: max_samples must be an int >= 1 or None, got {max_samples!r}")
+        self.model = model
+        self.burn_in, self.thin, self.max_samples = burn_in, thin, max_samples
+        self.device = torch.device(device)
+        self.buffers = buffers
+        self.steps = 0
+        self.samples: Deque[Dict[str, Tensor]] = deque()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _snapshot(self) -> Dict[str, Tensor]:
+        named = dict(self.model.named_parameters())
+        if self.buffers:
+            named.update(dict(self.model.named_buffers()))
+        return {k: v.detach().to(self.device, copy=True) for k, v in named.items()}
+
+    @torch.no_grad()
+    def update(self) -> bool:
+        """Count one step; snapshot the model if this step is kept. Returns whether it was kept."""
+        self.steps += 1
+        k = self.steps - self.burn_in
+        if k <= 0 or k % self.thin != 0:
+            return False
+        self.samples.append(self._snapshot())
+        if self.max_samples is not None and len(self.samples) > self.max_samples:
+            self.samples.popleft()
+        return True
+
+    @torch.no_grad()
+    def predict(self, inputs: Any, fn: Optional[Callable[[Tensor], Tensor]] = None, batch: bool = False) -> Tensor:
+        """The average of ``fn(model(inputs))`` over the kept samples (default ``fn``: softmax over
+        the last dim, i.e. the posterior predictive class probabilities).
+
+        The model is evaluated with each sample through ``torch.func.functional_call`` (the model's
+        own parameters are left untouched); it is put in eval mode for the duration.
+        """
+        if not self.samples:
+            raise RuntimeError("SampleCollector.predict: no samples kept yet (check burn_in / thin and call update())")
+        fn = fn if fn is not None else (lambda out: torch.softmax(out, dim=-1))
+        device = next(self.model.parameters()).device
+        args = inputs if isinstance(inputs, tuple) else (inputs,)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            total = None
+            for sample in self.samples:
+                moved = {k: v.to(device, non_blocking=True) for k, v in sample.items()}
+                out = fn(torch.func.functional_call(self.model, moved, args))
+                total = out if total is None else total + out
+        finally:
+            self.model.train(was_training)
+        return total / len(self.samples)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "burn_in": self.burn_in,
+            "thin": self.thin,
+            "max_samples": self.max_samples,
+            "samples": list(self.samples),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.steps = int(state["steps"])
+        self.burn_in, self.thin, self.max_samples = int(state["burn_in"]), int(state["thin"]), state["max_samples"]
+        self.samples = deque({k: v.to(self.device) for k, v in s.items()} for s in state["samples"])
+
+
+class CyclicalLR(LRScheduler):
+    """Cyclical cosine step size with an exploration and a sampling stage per cycle (cSG-MCMC).
+
+    Over ``total_steps`` split into ``cycles`` equal cycles, step ``k`` (from 0) uses
+    ``lr = base_lr / 2 * (cos(pi * r) + 1)`` with ``r = (k mod L) / L`` and ``L = ceil(total_steps /
+    cycles)`` (Zhang et al., ICLR 2020). In the first ``exploration`` fraction of each cycle the
+    groups' ``temperature`` is set to 0 (optimisation: move to a new mode fast); in the rest it is
+    the group's own temperature (sampling). :meth:`sampling` says which stage the *next* step is in,
+    so a :class:`SampleCollector` can be updated only then.
+
+    Call ``scheduler.step()`` after each ``optimizer.step()``, as every torch scheduler.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, cycles: int = 4, exploration: float = 0.5, last_epoch: int = -1):
+        if not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"CyclicalLR: total_steps must be an int >= 1, got {total_steps!r}")
+        if not isinstance(cycles, int) or not 1 <= cycles <= total_steps:
+            raise ValueError(f"CyclicalLR: cycles must be an int in [1, total_steps], got {cycles!r}")
+        if not 0.0 <= exploration < 1.0:
+            raise ValueError(f"CyclicalLR: exploration must be in [0, 1), got {exploration!r}")
+        self.total_steps, self.cycles, self.exploration = total_steps, cycles, float(exploration)
+        self.cycle_length = math.ceil(total_steps / cycles)
+        for group in optimizer.param_groups:
+            group.setdefault("initial_temperature", group.get("temperature", 0.0))
+        super().__init__(optimizer, last_epoch)
+
+    def _position(self, k: int) -> float:
+        return (k % self.cycle_length) / self.cycle_length
+
+    def sampling(self) -> bool:
+        """True when the next optimiser step is in a sampling stage."""
+        return self._position(max(self.last_epoch, 0)) >= self.exploration
+
+    def get_lr(self) -> List[float]:
+        k = max(self.last_epoch, 0)
+        factor = 0.5 * (math.cos(math.pi * self._position(k)) + 1.0)
+        sampling = self._position(k) >= self.exploration
+        for group in self.optimizer.param_groups:
+            if "temperature" in group:
+                group["temperature"] = group["initial_temperature"] if sampling else 0.0
+        return [base * factor for base in self.base_lrs]
