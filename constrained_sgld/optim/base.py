@@ -89,6 +89,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         self._stream_keys: Dict[Tuple[str, Optional[int]], str] = {}  # (device, shard rank) -> stream
         self._pending_rng: Dict[str, Any] = {}  # loaded generator states not yet bound to a device
         self._noise_norms: Dict[int, Tensor] = {}  # id(group) -> norm of the last step's noise
+        self._track_noise = False  # turned on by the first diagnostics() call (one extra pass per step)
         super().__init__(params, defaults)
         self._in_init = False
         self._warn_moved()
@@ -357,11 +358,11 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
             noise = None
             if group["temperature"] > 0:
                 noise = self._standard_normal_like(pieces, [distributed.shard_rank(p) for p in params])
-                # for diagnostics(): a tensor, read by nobody unless asked (no host sync here)
-                group_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(noise)).float())
-                self._noise_norms[id(group)] = group_norm * self._noise_scale(group)
+                if self._track_noise:  # for diagnostics(): a tensor nobody reads unless asked
+                    group_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(noise)).float())
+                    self._noise_norms[id(group)] = group_norm * self._noise_scale(group)
             else:
-                self._noise_norms.pop(id(group), None)
+                self._noise_norms[id(group)] = torch.zeros((), device=params[0].device)
             self._update_group(group, constraint, pieces, grads, states, noise)
         return loss
 
@@ -417,10 +418,13 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         - ``violation``: the largest constraint violation (as :meth:`violations`);
         - ``grad_norm``: the norm of the group's current gradients;
         - ``noise_norm``: the norm of the Gaussian noise the last step drew for the group, times its
-          scale per entry (0 at temperature 0);
+          scale per entry (0 at temperature 0). Recording it costs one pass over the noise, so it is
+          recorded only once ``diagnostics()`` has been called: call it once before training to have
+          it from the first step; until then it is NaN;
         - ``kinetic_temperature`` (underdamped only): the temperature the momenta show,
           ``sum |p|^2 / d`` with ``d`` the tangent dimension; at equilibrium it equals ``temperature``.
         """
+        self._track_noise = True
         out = []
         violations = self.violations()
         for group, violation in zip(self.param_groups, violations):
@@ -432,7 +436,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
             entry = {
                 "violation": violation,
                 "grad_norm": grad_norm,
-                "noise_norm": self._noise_norms.get(id(group), torch.zeros((), device=device)),
+                "noise_norm": self._noise_norms.get(id(group), torch.full((), float("nan"), device=device)),
             }
             entry.update(self._extra_diagnostics(group))
             out.append(entry)

@@ -38,6 +38,8 @@ def test_noise_norm_matches_its_scale(optimizer_cls):
     opt = optimizer_cls([x], lr=lr, temperature=temperature, seed=1, **kwargs)
     x.grad = torch.zeros_like(x)
     opt.step()
+    assert math.isnan(opt.diagnostics()[0]["noise_norm"].item())  # not recorded before the first call
+    opt.step()
     scale = math.sqrt(temperature * (1 - momentum**2)) if kwargs else math.sqrt(2 * lr * temperature)
     # |xi|^2 ~ chi^2_n: mean n, sd sqrt(2n); so |xi| = sqrt(n) within Z / sqrt(2) standard errors
     assert abs(opt.diagnostics()[0]["noise_norm"].item() / scale - math.sqrt(n)) < Z / math.sqrt(2)
