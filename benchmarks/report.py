@@ -61,22 +61,40 @@ def summary_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                 "seconds": f"{sec[m]:.2f}" if m in sec else "–",
                 "ratio": f"{sec[m] / sec[BASELINE]:.2f}x" if m in sec and BASELINE in sec else "–",
                 "violation": f"{max(violations):.1e}" if violations else "–",
+                "ece": _mean_std([_final(r, "test_ece") for r in runs]),
+                "post_acc": _mean_std([_final(r, "posterior_accuracy") for r in runs]),
+                "post_nll": _mean_std([_final(r, "posterior_nll") for r in runs]),
+                "post_ece": _mean_std([_final(r, "posterior_ece") for r in runs]),
                 "status": "; ".join(sorted({r["status"] for r in runs if r["status"] != "done"})) or "done",
             }
         )
     return rows
 
 
+def _has_posterior(rows: List[Dict[str, Any]]) -> bool:
+    return any(r["post_acc"] != "–" for r in rows)
+
+
 def markdown_table(results: Dict[str, Any]) -> str:
     metric = results["metric"]
     name = "accuracy" if metric == "accuracy" else "bits/char"
+    rows = summary_rows(results)
+    extra_head, extra_rule = "", ""
+    if metric == "accuracy":
+        extra_head, extra_rule = " final test ECE |", "---|"
+    if _has_posterior(rows):
+        extra_head += " posterior accuracy | posterior NLL | posterior ECE |"
+        extra_rule += "---|---|---|"
     lines = [
-        f"| method | seeds | final test {name} | best test {name} | final test loss | final train loss | s/epoch | time vs {BASELINE} | max violation | status |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| method | seeds | final test {name} | best test {name} | final test loss | final train loss |{extra_head} s/epoch | time vs {BASELINE} | max violation | status |",
+        f"|---|---|---|---|---|---|{extra_rule}---|---|---|---|",
     ]
-    for r in summary_rows(results):
+    for r in rows:
+        extra = f" {r['ece']} |" if metric == "accuracy" else ""
+        if _has_posterior(rows):
+            extra += f" {r['post_acc']} | {r['post_nll']} | {r['post_ece']} |"
         lines.append(
-            f"| {r['method']} | {r['seeds']} | {r['final']} | {r['best']} | {r['test_loss']} | {r['train_loss']} | {r['seconds']} | {r['ratio']} | {r['violation']} | {r['status']} |"
+            f"| {r['method']} | {r['seeds']} | {r['final']} | {r['best']} | {r['test_loss']} | {r['train_loss']} |{extra} {r['seconds']} | {r['ratio']} | {r['violation']} | {r['status']} |"
         )
     return "\n".join(lines)
 
@@ -95,7 +113,9 @@ def task_markdown(results: Dict[str, Any], heading: str = "#") -> str:
         f"Command: `{results.get('command') or 'python -m benchmarks run --task ' + results['task'] + ' --preset ' + results['preset']}`",
         "",
         "Mean ± standard deviation over seeds; *final* is the last evaluated epoch, *best* the best evaluated epoch "
-        "(an optimistic number: there is no separate validation set). Time is the training part of an epoch.",
+        "(an optimistic number: there is no separate validation set). Time is the training part of an epoch. "
+        "ECE: expected calibration error (15 bins). *Posterior*: the prediction averaged over 20 snapshots taken "
+        "in the second half of a tempered run (SampleCollector), against the single final model.",
         "",
         markdown_table(results),
         "",

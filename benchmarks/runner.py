@@ -58,6 +58,10 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True) -> D
     if clip:
         record["hyperparameters"]["grad_clip_norm"] = clip
     worst = 0.0 if constraints else None
+    diagnostics = getattr(optimizer, "diagnostics", None)
+    if diagnostics is not None:
+        diagnostics()  # switch on the noise-norm record from the first step
+    collector = _posterior_collector(task, model, optimizer, steps)
     bar = _progress(task, method, seed, progress)
     try:
         for epoch in range(1, task.epochs + 1):
@@ -74,6 +78,8 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True) -> D
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
+                if collector is not None:
+                    collector.update()
                 loss_sum += loss.detach().double() * len(targets)
                 correct += right
                 seen += len(targets)
@@ -88,8 +94,12 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True) -> D
                 violation = largest_violation(model, optimizer, constraints)
                 worst = max(worst, violation)
                 row["violation"] = violation
+            if diagnostics is not None:
+                row["diagnostics"] = [{k: v.item() for k, v in d.items()} for d in diagnostics()]
             if epoch % task.eval_every == 0 or epoch == task.epochs:
                 row.update(task.evaluate(model))
+            if epoch == task.epochs and collector is not None and len(collector):
+                row.update(task.evaluate_posterior(collector))
             record["epochs"].append(row)
             if bar is not None:
                 bar.update(1)
@@ -103,6 +113,22 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True) -> D
     if hasattr(task, "snapshot"):
         record["snapshot"] = task.snapshot(model)
     return record
+
+
+POSTERIOR_SAMPLES = 20  # snapshots averaged for the posterior prediction
+
+
+def _posterior_collector(task: Task, model, optimizer, steps_per_epoch: int):
+    """For tempered Langevin methods on classification tasks: keep POSTERIOR_SAMPLES snapshots
+    spread over the second half of the run (the first half is burn-in)."""
+    from constrained_sgld import SampleCollector
+
+    tempered = any(g.get("temperature", 0) > 0 for g in optimizer.param_groups)
+    if not tempered or not hasattr(task, "evaluate_posterior"):
+        return None
+    total = task.epochs * steps_per_epoch
+    burn_in = total // 2
+    return SampleCollector(model, burn_in=burn_in, thin=max(1, (total - burn_in) // POSTERIOR_SAMPLES), max_samples=POSTERIOR_SAMPLES)
 
 
 def _progress(task: Task, method: Method, seed: int, enabled: bool):

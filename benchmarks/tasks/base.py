@@ -109,13 +109,28 @@ class ClassificationTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> Dict[str, float]:
         model.eval()
-        total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        n = len(self.y_test)
-        for i in range(0, n, 1000):
-            logits = model(self.x_test[i : i + 1000])
-            y = self.y_test[i : i + 1000]
-            total_loss += F.cross_entropy(logits, y, reduction="sum").double()
-            correct += (logits.argmax(1) == y).sum()
+        probs = torch.cat([torch.softmax(model(self.x_test[i : i + 1000]).double(), -1) for i in range(0, len(self.y_test), 1000)])
         model.train()
-        return {"test_loss": total_loss.item() / n, "test_accuracy": correct.item() / n}
+        scores = classification_scores(probs, self.y_test)
+        return {"test_loss": scores["nll"], "test_accuracy": scores["accuracy"], "test_ece": scores["ece"]}
+
+    @torch.no_grad()
+    def evaluate_posterior(self, collector) -> Dict[str, float]:
+        """Accuracy, NLL and ECE of the prediction averaged over a SampleCollector's samples."""
+        probs = torch.cat([collector.predict(self.x_test[i : i + 1000]).double() for i in range(0, len(self.y_test), 1000)])
+        scores = classification_scores(probs, self.y_test)
+        return {"posterior_accuracy": scores["accuracy"], "posterior_nll": scores["nll"], "posterior_ece": scores["ece"], "posterior_samples": len(collector)}
+
+
+def classification_scores(probs: Tensor, y: Tensor, bins: int = 15) -> Dict[str, float]:
+    """Accuracy, negative log-likelihood and expected calibration error (``bins`` equal-width bins
+    of the top probability: ``sum_b n_b / N |accuracy_b - confidence_b|``, Guo et al. 2017)."""
+    confidence, predicted = probs.max(1)
+    right = (predicted == y).double()
+    nll = -torch.log(probs.gather(1, y[:, None]).clamp_min(1e-12)).mean()
+    which = (confidence * bins).long().clamp(max=bins - 1)
+    count = torch.zeros(bins, dtype=torch.float64, device=probs.device).index_add_(0, which, torch.ones_like(right))
+    acc = torch.zeros_like(count).index_add_(0, which, right)
+    conf = torch.zeros_like(count).index_add_(0, which, confidence.double())
+    ece = (acc - conf).abs().sum() / len(y)
+    return {"accuracy": right.mean().item(), "nll": nll.item(), "ece": ece.item()}

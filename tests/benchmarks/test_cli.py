@@ -1,6 +1,7 @@
 """The benchmark CLI end to end on the generated two-spirals task (no download), in-process."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -107,3 +108,24 @@ def test_research_script_step_matches_ours_at_zero_temperature():
         research.step()
     for n in shapes:
         torch.testing.assert_close(theirs[n], ours[n], rtol=0, atol=1e-6)
+
+
+def test_classification_scores():
+    from benchmarks.tasks.base import classification_scores
+
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]], dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0])
+    s = classification_scores(probs, y, bins=10)
+    assert s["accuracy"] == 0.75
+    assert s["nll"] == pytest.approx(-(math.log(0.9) + math.log(0.2) + math.log(0.7) + math.log(0.6)) / 4)
+    # bins: 0.9 -> right (|1 - 0.9|), 0.8 -> wrong (|0 - 0.8|), 0.7 -> right (0.3), 0.6 -> right (0.4)
+    assert s["ece"] == pytest.approx((0.1 + 0.8 + 0.3 + 0.4) / 4)
+
+
+def test_tempered_runs_record_posterior_and_diagnostics(tmp_path):
+    out = tmp_path / "res"
+    assert main(["run", "--task", "two-spirals", "--preset", "smoke", "--methods", "c-cola-ud", "--out", str(out)] + TINY) == 0
+    last = json.loads((out / "two-spirals" / "results.json").read_text())["runs"][0]["epochs"][-1]
+    assert {"posterior_accuracy", "posterior_nll", "posterior_ece", "test_ece"} <= set(last)
+    assert {"kinetic_temperature", "noise_norm", "grad_norm"} <= set(last["diagnostics"][0])
+    assert "posterior accuracy" in (out / "two-spirals" / "results.md").read_text()
