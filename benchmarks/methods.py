@@ -90,6 +90,44 @@ def _constrained(family: str, underdamped: bool):
     return build
 
 
+class ClampedSGD(torch.optim.SGD):
+    """SGD-momentum that clamps chosen parameters to ``>= 0`` after every step: the usual way to
+    train input-convex networks (a projection with no regard for the dynamics)."""
+
+    def __init__(self, params, clamped, **kwargs):
+        super().__init__(params, **kwargs)
+        self.clamped = list(clamped)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for p in self.clamped:
+            p.clamp_(min=0.0)
+        return loss
+
+
+def _sgd_clamp(model, task, seed):
+    constraints = task.constrained(model, "nonnegative")
+    start_on_set(model, constraints)
+    params = dict(model.named_parameters())
+    hp = {"lr": task.hp["momentum_lr"], "momentum": task.hp["momentum"]}
+    optim = ClampedSGD(model.parameters(), [params[n] for n in constraints], **hp)
+    return optim, dict(hp, clamped=sorted(constraints)), constraints
+
+
+def _nonnegative_icnn(model, task, seed):
+    """ConstrainedSGLD on the non-negative weights, started from the ICNN initialisation."""
+    from constrained_sgld.init import icnn_
+
+    constraints = task.constrained(model, "nonnegative")
+    params = dict(model.named_parameters())
+    for name in constraints:
+        bias = params.get(name[: -len("weight")] + "bias")
+        icnn_(params[name], bias)
+    optim, hp, constraints = _constrained("nonnegative", False)(model, task, seed)
+    return optim, dict(hp, init="icnn_"), constraints
+
+
 def _spec_text(spec) -> str:
     c = make_constraint(spec)
     name, kwargs = c.spec()
@@ -141,6 +179,9 @@ METHODS: Dict[str, Method] = {
         Method("c-cola-ud", "ConstrainedUnderdampedSGLD, circle constraints", "circle", _constrained("circle", True)),
         Method("o-cola-od", "ConstrainedSGLD, orthogonal constraints", "orthogonal", _constrained("orthogonal", False)),
         Method("o-cola-ud", "ConstrainedUnderdampedSGLD, orthogonal constraints", "orthogonal", _constrained("orthogonal", True)),
+        Method("sgd-clamp", "SGD-momentum, non-negative weights clamped after every step", "nonnegative", _sgd_clamp),
+        Method("n-cola-od", "ConstrainedSGLD, non-negative weights (default init, projected)", "nonnegative", _constrained("nonnegative", False)),
+        Method("n-cola-od-icnn", "ConstrainedSGLD, non-negative weights, ICNN initialisation (init.icnn_)", "nonnegative", _nonnegative_icnn),
         Method("geotorch-orthogonal", "geotorch's orthogonal parametrisation of the same layers, SGD-momentum", "orthogonal", _geotorch),
     ]
 }

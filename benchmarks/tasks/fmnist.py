@@ -182,3 +182,68 @@ class FashionResNet(ClassificationTask):
             return 0.01 if step >= 0.75 * total else 0.1 if step >= 0.5 * total else 1.0
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class InputConvexNet(nn.Module):
+    """An input-convex MLP: every logit is a convex function of the image.
+
+    ``z1 = relu(A0 x + b0)``, ``z2 = relu(W1 z1 [+ A1 x] + b1)``, ``logits = W2 z2 [+ A2 x] + b2``
+    with ``W1, W2 >= 0`` (the constrained weights); ``A1, A2`` are the optional skip connections from
+    the input (unconstrained), ``[...]`` present when ``skip``.
+    """
+
+    def __init__(self, hidden: int = 256, classes: int = 10, skip: bool = True):
+        super().__init__()
+        self.input = nn.Linear(784, hidden)
+        self.hidden = nn.Linear(hidden, hidden)
+        self.output = nn.Linear(hidden, classes)
+        self.skip_hidden = nn.Linear(784, hidden, bias=False) if skip else None
+        self.skip_output = nn.Linear(784, classes, bias=False) if skip else None
+
+    def forward(self, x):
+        z = F.relu(self.input(x))
+        h = self.hidden(z)
+        if self.skip_hidden is not None:
+            h = h + self.skip_hidden(x)
+        out = self.output(F.relu(h))
+        if self.skip_output is not None:
+            out = out + self.skip_output(x)
+        return out
+
+
+class FashionICNN(FashionMLP):
+    name = "fmnist-icnn"
+    description = "input-convex MLP (784-256-256-10, non-negative hidden-to-hidden weights) on Fashion-MNIST; clamping vs the nonnegative set, default vs ICNN initialisation"
+    families = ("nonnegative",)
+    presets = {
+        "smoke": {"train_size": 2000, "test_size": 2000, "epochs": 2, "batch_size": 128, "eval_every": 1, "skip": True},
+        "quick": {"train_size": 10000, "test_size": 10000, "epochs": 15, "batch_size": 128, "eval_every": 1, "skip": True},
+        "paper": {"train_size": 60000, "test_size": 10000, "epochs": 50, "batch_size": 128, "eval_every": 5, "skip": True},
+    }
+    hparams = {
+        "lr": 0.1,
+        "momentum_lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "adam_lr": 1e-3,
+        "ud_lr": 0.01,
+        "ud_momentum": 0.9,
+        "od_lr": 0.1,
+        "temperature": 1e-6,
+    }
+
+    def prepare(self) -> None:
+        super().prepare()
+        if self.settings["train_size"] == 60000:  # the full training set, tested on the test set
+            d = data.load_fashion_mnist()
+            self.x_train = _images(d["train_x"], self.device).flatten(1)
+            self.y_train = torch.from_numpy(d["train_y"]).to(self.device)
+            self.x_test = _images(d["test_x"], self.device).flatten(1)
+            self.y_test = torch.from_numpy(d["test_y"]).to(self.device)
+
+    def build_model(self) -> nn.Module:
+        return InputConvexNet(skip=bool(self.settings["skip"]))
+
+    def constrained(self, model, family) -> Dict[str, Any]:
+        assert family == "nonnegative"
+        return {"hidden.weight": "nonnegative", "output.weight": "nonnegative"}
