@@ -158,7 +158,10 @@ def plot_curves(results: Dict[str, Any], path: Path) -> None:
             color = line.get_color()
             if any(len(curves[e]) > 1 for e in epochs):
                 sd = [statistics.stdev(curves[e]) if len(curves[e]) > 1 else 0.0 for e in epochs]
-                ax.fill_between(epochs, [a - b for a, b in zip(mean, sd)], [a + b for a, b in zip(mean, sd)], color=color, alpha=0.15)
+                low = [a - b for a, b in zip(mean, sd)]
+                if k == "train_loss":  # log axis: keep the band above zero
+                    low = [max(lo, a / 10) for lo, a in zip(low, mean)]
+                ax.fill_between(epochs, low, [a + b for a, b in zip(mean, sd)], color=color, alpha=0.15)
     axes[0].set_ylabel("test accuracy" if metric == "accuracy" else "test bits per character")
     axes[1].set_ylabel("training loss")
     axes[1].set_yscale("log")
