@@ -201,6 +201,8 @@ def plot_boundaries(results: Dict[str, Any], path: Path) -> None:
     for ax, name in zip(axes.flat, names):
         snap = runs[name]["snapshot"]
         lim = snap["lim"]
+        if "prob1_percent_rows" in snap:
+            snap = dict(snap, prob1=[[int(v) / 100 for v in row.split()] for row in snap["prob1_percent_rows"]])
         ax.imshow(snap["prob1"], extent=(-lim, lim, -lim, lim), origin="lower", cmap="RdBu", vmin=0, vmax=1, alpha=0.6)
         ax.contour(snap["prob1"], levels=[0.5], extent=(-lim, lim, -lim, lim), origin="lower", colors="k", linewidths=0.8)
         ax.scatter(x[:, 0], x[:, 1], c=y, cmap="RdBu", s=5, edgecolors="k", linewidths=0.2)

@@ -148,7 +148,7 @@ def load_results(path: Path) -> Optional[Dict[str, Any]]:
 def save_results(results: Dict[str, Any], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
+    tmp.write_text(json.dumps(results, separators=(",", ":")))  # compact: long runs have many epochs
     tmp.replace(folder / "results.json")  # atomic: an interrupted write never leaves half a file
 
 

@@ -72,4 +72,6 @@ class TwoSpirals(ClassificationTask):
         grid = torch.stack([xx.flatten(), yy.flatten()], 1).to(self.device)
         prob = torch.softmax(model(grid), 1)[:, 1].view(self.GRID, self.GRID)
         model.train()
-        return {"lim": self.LIM, "prob1": [[round(v, 3) for v in row] for row in prob.cpu().tolist()]}
+        # compact: each grid row as a string of percentages (a JSON list of floats is 50x larger)
+        rows = [" ".join(str(int(round(100 * v))) for v in row) for row in prob.cpu().tolist()]
+        return {"lim": self.LIM, "prob1_percent_rows": rows}
