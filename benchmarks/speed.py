@@ -23,6 +23,7 @@ import json
 import math
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
 
@@ -248,14 +249,14 @@ def row_memory(device) -> List[Dict]:
     for spec in ["orthogonal", "sphere", "ball", "circle", "nonnegative", ("box", {"lower": 0.0, "upper": 1.0}), None]:
         for cls in (ConstrainedUnderdampedSGLD, ConstrainedSGLD):
             p = torch.nn.Parameter(w.detach().clone())
-            opt = cls([p], lr=0.01, constraints={p: spec}, seed=0, temperature=TEMPERATURE)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the start is projected onto each set: expected here
+                opt = cls([p], lr=0.01, constraints={p: spec}, seed=0, temperature=TEMPERATURE)
             p.grad = torch.randn_like(p) * 1e-3
             with torch.no_grad():
                 if spec is not None:
                     c = opt.param_groups[0]["constraint"]
                     p.copy_(c.project(p))
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 opt.step()
