@@ -22,9 +22,9 @@ def two_spirals(n_per_class: int, noise: float, generator: torch.Generator):
 
 class TwoSpirals(ClassificationTask):
     name = "two-spirals"
-    description = "two noisy interleaved spirals, few training points, 2-100-100-2 MLP; orthogonal and circle constraints"
+    description = "two noisy interleaved spirals, few training points, 2-100-100-2 MLP; orthogonal, circle and non-negative constraints"
     data_source = "generated (fixed seed)"
-    families = ("orthogonal", "circle")
+    families = ("orthogonal", "circle", "nonnegative")
     presets = {
         "smoke": {"train_per_class": 100, "test_per_class": 500, "epochs": 20, "batch_size": 25, "eval_every": 5},
         "quick": {"train_per_class": 100, "test_per_class": 2000, "epochs": 600, "batch_size": 25, "eval_every": 25},
@@ -58,6 +58,8 @@ class TwoSpirals(ClassificationTask):
     def constrained(self, model, family) -> Dict[str, Any]:
         if family == "orthogonal":
             return {"2.weight": ("orthogonal", {"scale": self.hp["orthogonal_scale"]})}
+        if family == "nonnegative":  # the hidden-to-hidden and output weights: an input-convex net
+            return {"2.weight": "nonnegative", "4.weight": "nonnegative"}
         return {name: ("circle", {"radius": self.hp["radius"]}) for name in ("0.weight", "2.weight", "4.weight")}
 
     GRID = 80  # decision boundary drawn on a GRID x GRID lattice over [-LIM, LIM]^2
