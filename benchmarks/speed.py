@@ -180,6 +180,10 @@ def row_iteration(cfg, device) -> List[Dict]:
             opt = ConstrainedUnderdampedSGLD(model.named_parameters(), constraints=constraints, lr=0.1, momentum=0.9, seed=0)
         elif kind == "ours-T":
             opt = ConstrainedUnderdampedSGLD(model.named_parameters(), constraints=constraints, lr=0.1, momentum=0.9, temperature=TEMPERATURE, seed=0)
+        elif kind == "ours-T-sync-free":
+            opt = ConstrainedUnderdampedSGLD(
+                model.named_parameters(), constraints=constraints, lr=0.1, momentum=0.9, temperature=TEMPERATURE, seed=0, sync_free=True
+            )
         elif kind == "geotorch":
             modules = dict(model.named_modules())
             for name in constraints:
@@ -201,6 +205,7 @@ def row_iteration(cfg, device) -> List[Dict]:
         "SGD-momentum": "sgd",
         "ConstrainedUnderdampedSGLD, orthogonal convs, T=0": "ours",
         f"ConstrainedUnderdampedSGLD, orthogonal convs, T={TEMPERATURE:g}": "ours-T",
+        f"ConstrainedUnderdampedSGLD, orthogonal convs, T={TEMPERATURE:g}, sync_free": "ours-T-sync-free",
         "geotorch.orthogonal (Stiefel, expm) + SGD-momentum": "geotorch",
         "research-script-style o-CoLA-ud, T=0": "research",
     }
@@ -223,13 +228,24 @@ def row_research_step(cfg, device) -> List[Dict]:
                 Orthogonal().init_(p)
     params = list(model.named_parameters())
     # each candidate gets its own copy of the parameters so that neither disturbs the other
-    ours_params = [(n, p.detach().clone().requires_grad_()) for n, p in params]
-    research_params = [(n, p.detach().clone().requires_grad_()) for n, p in params]
-    for (_, a), (_, b), (_, p) in zip(ours_params, research_params, params):
-        a.grad, b.grad = p.grad.clone(), p.grad.clone()
+    copies = []
+    for _ in range(3):
+        copy = [(n, p.detach().clone().requires_grad_()) for n, p in params]
+        for (_, c), (_, p) in zip(copy, params):
+            c.grad = p.grad.clone()
+        copies.append(copy)
+    ours_params, sync_free_params, research_params = copies
     ours = ConstrainedUnderdampedSGLD(ours_params, constraints=constraints, lr=0.1, momentum=0.9, temperature=TEMPERATURE, seed=0)
+    sync_free = ConstrainedUnderdampedSGLD(
+        sync_free_params, constraints=constraints, lr=0.1, momentum=0.9, temperature=TEMPERATURE, seed=0, sync_free=True
+    )
     research = ResearchScriptStep(research_params, constraints, lr=0.1, momentum=0.9, temperature=TEMPERATURE)
-    times = interleaved({"research-script-style step": research.step, "ConstrainedUnderdampedSGLD step": ours.step}, cfg["repeats"], cfg["steps"], device)
+    candidates = {
+        "research-script-style step": research.step,
+        "ConstrainedUnderdampedSGLD step": ours.step,
+        "ConstrainedUnderdampedSGLD step, sync_free": sync_free.step,
+    }
+    times = interleaved(candidates, cfg["repeats"], cfg["steps"], device)
     base = times["ConstrainedUnderdampedSGLD step"]
     return [
         {"row": 4, "what": f"step only, small ResNet, orthogonal convs, T={TEMPERATURE:g}", "candidate": name, "seconds": t, "ratio": t / base, "baseline": "ConstrainedUnderdampedSGLD step"}

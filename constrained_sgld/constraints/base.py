@@ -36,8 +36,9 @@ them with ``torch._foreach_*`` calls or by stacking same-shaped matrices into ba
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -50,9 +51,37 @@ __all__ = [
     "get_constraint_class",
     "make_constraint",
     "ConstraintSpec",
+    "sync_free",
+    "sync_free_log",
 ]
 
 _REGISTRY: Dict[str, Type["Constraint"]] = {}
+
+# Set while an optimiser steps in sync-free mode: a list that collects, as device tensors, the
+# number of moves a set had to reject because a decision would otherwise have needed a host read.
+_SYNC_FREE_LOG: Optional[List[Tensor]] = None
+
+
+@contextlib.contextmanager
+def sync_free() -> Iterator[List[Tensor]]:
+    """While active, constraint operations never read a tensor value on the host (no device sync).
+
+    Where a set would branch on a value (the orthogonal set's SHAKE convergence test and polar
+    fallback), it decides on the device instead; matrices whose move it cannot finish stay where
+    they were, and their count is appended to the yielded list as a 0-dim tensor.
+    """
+    global _SYNC_FREE_LOG
+    previous, log = _SYNC_FREE_LOG, []
+    _SYNC_FREE_LOG = log
+    try:
+        yield log
+    finally:
+        _SYNC_FREE_LOG = previous
+
+
+def sync_free_log() -> Optional[List[Tensor]]:
+    """The active :func:`sync_free` list, or ``None`` when host reads are allowed."""
+    return _SYNC_FREE_LOG
 
 C = TypeVar("C", bound=Type["Constraint"])
 

@@ -15,7 +15,9 @@ On the unit-scale tall matrix ``X = W / s``:
   ``F(L) = P + Q^T L + L Q + L A L - I``, solved by Newton steps with the Jacobian inverted to
   first order (see ``shake_correct``). Each iteration costs only k x k products; it stops once
   ``max |F| <= eps^(3/4)`` of the dtype and falls back to ``polar(Y)`` for any matrix that has not
-  converged after ``max_iter`` iterations (very large steps).
+  converged after ``max_iter`` iterations (very large steps). In sync-free mode
+  (:func:`~constrained_sgld.constraints.base.sync_free`) it runs a fixed, dtype-aware number of
+  iterations instead and rejects the move of a matrix that has not converged (no host read).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import geotorch.so
 import torch
 from torch import Tensor
 
-from .base import Constraint, check_positive, register_constraint
+from .base import Constraint, check_positive, register_constraint, sync_free_log
 
 
 def _sym(a: Tensor) -> Tensor:
@@ -43,16 +45,16 @@ def shake_tolerance(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps ** 0.75
 
 
-def shake_correct(x: Tensor, y: Tensor, max_iter: int = 12) -> Tensor:
-    """Bring the proposal ``y`` back onto the Stiefel manifold along the normal space at ``x``.
+def sync_free_iterations(dtype: torch.dtype) -> int:
+    """SHAKE iterations run without a convergence test: enough to reach the tolerance from a step
+    of spectral norm up to about 0.6 (float32) or 0.3 (float64); see docs/performance.md."""
+    return 6 if torch.finfo(dtype).eps < 1e-10 else 4
 
-    ``x`` and ``y`` are (batches of) tall matrices with unit scale; ``x`` is (nearly) feasible.
-    Newton's method on ``F(L) = 0`` needs the Jacobian ``D -> M^T D + D M`` with ``M = Q + A L``
-    (= I + E, E small); its inverse is applied to first order in E:
-    ``D = -F/2 + (E^T F + F E) / 4``, so the error shrinks like ``|step|^2`` per iteration.
-    Convergence is checked after a few iterations (one host read in the common case); matrices
-    still unconverged after ``max_iter`` get the exact polar projection of ``y``.
-    """
+
+def _shake_iterate(x: Tensor, y: Tensor, iterations: int, check_from: Optional[int]) -> Tuple[Tensor, Tensor, bool]:
+    """Newton iterations on ``F(L) = 0``; returns ``(L, max |F| per matrix, converged)``. With
+    ``check_from``, stops early once every matrix has converged (a host read per check; then
+    ``converged`` is True); without, runs them all and ``converged`` is False (unknown)."""
     xt = x.transpose(-2, -1)
     p = y.transpose(-2, -1) @ y
     q = xt @ y
@@ -60,25 +62,60 @@ def shake_correct(x: Tensor, y: Tensor, max_iter: int = 12) -> Tensor:
     eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
     tol = shake_tolerance(y.dtype)
     lam = torch.zeros_like(p)
-    err = None
-    for it in range(max_iter + 1):
+    for it in range(iterations + 1):
         lq = lam @ q
         residual = p + lq.transpose(-2, -1) + lq + lam @ a @ lam - eye
         err = residual.abs().amax(dim=(-2, -1))
-        if it >= 2 and bool((err <= tol).all()):
-            return y + x @ lam
-        if it == max_iter:
-            break
+        if check_from is not None and it >= check_from and bool((err <= tol).all()):
+            return lam, err, True
+        if it == iterations:
+            return lam, err, False
         e = q + a @ lam - eye
         fe = residual @ e
         lam = lam - 0.5 * residual + 0.25 * (fe + fe.transpose(-2, -1))
+    raise AssertionError("unreachable")
+
+
+def shake_correct(x: Tensor, y: Tensor, max_iter: int = 12) -> Tensor:
+    """Bring the proposal ``y`` back onto the Stiefel manifold along the normal space at ``x``.
+
+    ``x`` and ``y`` are (batches of) tall matrices with unit scale; ``x`` is (nearly) feasible.
+    Newton's method on ``F(L) = 0`` needs the Jacobian ``D -> M^T D + D M`` with ``M = Q + A L``
+    (= I + E, E small); its inverse is applied to first order in E:
+    ``D = -F/2 + (E^T F + F E) / 4``, so the error shrinks like ``|step|^2`` per iteration.
+    Convergence is checked from the second iteration on (one host read in the common case);
+    matrices still unconverged after ``max_iter`` get the exact polar projection of ``y``.
+    """
+    lam, err, converged = _shake_iterate(x, y, max_iter, check_from=2)
     out = y + x @ lam
-    bad = ~(err <= tol)  # NaN counts as not converged
+    if converged:
+        return out
+    bad = ~(err <= shake_tolerance(y.dtype))  # NaN counts as not converged
     if out.ndim == 2:
         return polar(y)
     out = out.clone()
     out[bad] = polar(y[bad])
     return out
+
+
+def shake_correct_sync_free(x: Tensor, y: Tensor, max_iter: int = 12) -> Tuple[Tensor, Tensor]:
+    """:func:`shake_correct` without host reads: a fixed number of iterations
+    (:func:`sync_free_iterations`, at most ``max_iter``), and a matrix that has not converged is
+    not moved (``x`` is returned for it: the move is rejected). Returns ``(new, rejected)``, with
+    ``rejected`` a boolean tensor per matrix."""
+    lam, err, _ = _shake_iterate(x, y, min(max_iter, sync_free_iterations(y.dtype)), check_from=None)
+    rejected = ~(err <= shake_tolerance(y.dtype))
+    return torch.where(rejected[..., None, None], x, y + x @ lam), rejected
+
+
+def _shake(x: Tensor, y: Tensor, max_iter: int) -> Tensor:
+    """SHAKE as the current mode asks: with host reads and the polar fallback, or sync-free."""
+    log = sync_free_log()
+    if log is None:
+        return shake_correct(x, y, max_iter)
+    new, rejected = shake_correct_sync_free(x, y, max_iter)
+    log.append(rejected.sum())
+    return new
 
 
 @register_constraint("orthogonal")
@@ -162,7 +199,7 @@ class Orthogonal(Constraint):
         s = self.scale
         x = self._matrix(p) / s
         y = x + self._matrix(step) / s
-        p.copy_(self._unmatrix(shake_correct(x, y, self.max_iter) * s, p))
+        p.copy_(self._unmatrix(_shake(x, y, self.max_iter) * s, p))
 
     def drift_(self, p: Tensor, velocity: Tensor, t: float, state: Dict[str, Tensor]) -> Tensor:
         return self.drift_many_([p], [velocity], t, [state])[0]
@@ -219,7 +256,7 @@ class Orthogonal(Constraint):
         for idx, rows in self._buckets(params):
             x = self._stack(params, idx, rows) / s
             y = x + self._stack(steps, idx, rows) / s
-            new = shake_correct(x, y, self.max_iter) * s
+            new = _shake(x, y, self.max_iter) * s
             for j, i in enumerate(idx):
                 params[i].copy_(self._unstack(new, j, params[i]))
 
@@ -230,7 +267,7 @@ class Orthogonal(Constraint):
         for idx, rows in self._buckets(params):
             x = self._stack(params, idx, rows) / s
             y = x + self._stack(velocities, idx, rows) * (t / s)
-            new = shake_correct(x, y, self.max_iter)
+            new = _shake(x, y, self.max_iter)
             v = self._tangent_unit(new, (new - x) * (s / t))
             new = new * s
             for j, i in enumerate(idx):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .. import distributed
-from ..constraints.base import UNCONSTRAINED, Constraint, make_constraint
+from ..constraints.base import UNCONSTRAINED, Constraint, make_constraint, sync_free
 
 __all__ = ["ConstrainedLangevinOptimizer", "scaled_force", "scaled_forces"]
 
@@ -64,6 +64,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         seed: Optional[int] = None,
         check_finite: bool = True,
         chain_id: int = 0,
+        sync_free: bool = False,
     ) -> None:
         if isinstance(params, Tensor):
             raise TypeError("params must be an iterable of tensors, (name, tensor) pairs or dicts, not a Tensor")
@@ -78,7 +79,14 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         self._labels: Dict[Tensor, str] = {}
         self._moved: List[str] = []
         self._in_init = True
-        self.check_finite = bool(check_finite)
+        if not isinstance(check_finite, bool):
+            raise ValueError(f"check_finite must be True or False, got {check_finite!r}")
+        if not isinstance(sync_free, bool):
+            raise ValueError(f"sync_free must be True or False, got {sync_free!r}")
+        self.check_finite = check_finite
+        self.sync_free = sync_free
+        self._skipped_steps: Optional[Tensor] = None  # sync-free: steps skipped for a non-finite gradient
+        self._rejected_moves: Dict[int, Tensor] = {}  # sync-free: id(group) -> moves a set rejected
         # construction-time draw from the global RNG when no seed is given (never inside step);
         # under torch.distributed every rank takes rank 0's, so that DDP replicas add the same noise
         if seed is None:
@@ -345,26 +353,76 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         plan = self._collect()
-        if self.check_finite:
-            self._raise_on_nonfinite(plan)
+        if not self.sync_free:
+            if self.check_finite:
+                self._raise_on_nonfinite(plan)
+            for group, params, grads in plan:
+                self._step_group(group, params, grads)
+            return loss
+        # sync-free: nothing is read on the host; a non-finite gradient makes the whole step a no-op
+        # on the device (parameters and states restored from a snapshot) instead of raising
+        finite = self._all_finite(plan) if self.check_finite else None
+        snapshot = self._snapshot(plan) if finite is not None else None
         for group, params, grads in plan:
-            if not params:
-                continue
-            constraint = group["constraint"] if group["constraint"] is not None else UNCONSTRAINED
-            states = [self._param_state(p, constraint) for p in params]
-            # sharded (DTensor) parameters: update this rank's piece in place
-            pieces = [distributed.local(p) for p in params]
-            grads = [distributed.local(g) for g in grads]
-            noise = None
-            if group["temperature"] > 0:
-                noise = self._standard_normal_like(pieces, [distributed.shard_rank(p) for p in params])
-                if self._track_noise:  # for diagnostics(): a tensor nobody reads unless asked
-                    group_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(noise)).float())
-                    self._noise_norms[id(group)] = group_norm * self._noise_scale(group)
-            else:
-                self._noise_norms[id(group)] = torch.zeros((), device=params[0].device)
-            self._update_group(group, constraint, pieces, grads, states, noise)
+            if finite is not None:
+                grads = [torch.where(self._on(finite, g), distributed.local(g), 0.0) for g in grads]  # keep NaN out
+            with sync_free() as rejected:
+                self._step_group(group, params, grads)
+            if rejected:
+                count = torch.stack([r.to(rejected[0].device) for r in rejected]).sum()
+                if finite is not None:
+                    count = count * self._on(finite, count)
+                previous = self._rejected_moves.get(id(group))
+                self._rejected_moves[id(group)] = count if previous is None else previous + count.to(previous.device)
+        if snapshot is not None:
+            current, saved = snapshot
+            for t, old in zip(current, saved):
+                t.copy_(torch.where(self._on(finite, t), t, old))
+            skipped = (~finite).long()
+            self._skipped_steps = skipped if self._skipped_steps is None else self._skipped_steps + skipped
         return loss
+
+    @staticmethod
+    def _on(flag: Tensor, like: Tensor) -> Tensor:
+        return flag if flag.device == like.device else flag.to(like.device, non_blocking=True)
+
+    def _all_finite(self, plan) -> Tensor:
+        """One 0-dim boolean tensor (no host read): every gradient of the step is finite."""
+        grads = [distributed.local(g) for _, _, gs in plan for g in gs]
+        if not grads:
+            return torch.ones((), dtype=torch.bool)
+        device = grads[0].device
+        flags = [g.isfinite().all() for g in grads]
+        return torch.stack([f.to(device, non_blocking=True) for f in flags]).all()
+
+    def _snapshot(self, plan) -> Tuple[List[Tensor], List[Tensor]]:
+        """Copies of every tensor a step may change (parameters and their states, created first)."""
+        current: List[Tensor] = []
+        for group, params, _ in plan:
+            constraint = group["constraint"] if group["constraint"] is not None else UNCONSTRAINED
+            for p in params:
+                state = self._param_state(p, constraint)
+                current.append(distributed.local(p))
+                current.extend(v for v in state.values() if isinstance(v, Tensor))
+        return current, [t.clone() for t in current]
+
+    def _step_group(self, group: Dict[str, Any], params: List[Tensor], grads: List[Tensor]) -> None:
+        if not params:
+            return
+        constraint = group["constraint"] if group["constraint"] is not None else UNCONSTRAINED
+        states = [self._param_state(p, constraint) for p in params]
+        # sharded (DTensor) parameters: update this rank's piece in place
+        pieces = [distributed.local(p) for p in params]
+        grads = [distributed.local(g) for g in grads]
+        noise = None
+        if group["temperature"] > 0:
+            noise = self._standard_normal_like(pieces, [distributed.shard_rank(p) for p in params])
+            if self._track_noise:  # for diagnostics(): a tensor nobody reads unless asked
+                group_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(noise)).float())
+                self._noise_norms[id(group)] = group_norm * self._noise_scale(group)
+        else:
+            self._noise_norms[id(group)] = torch.zeros((), device=params[0].device)
+        self._update_group(group, constraint, pieces, grads, states, noise)
 
     def _standard_normal_like(self, params: List[Tensor], shards: Optional[List[Optional[int]]] = None) -> List[Tensor]:
         """N(0, 1) tensors shaped like ``params``: one draw per (device, dtype, shard rank), split
@@ -423,6 +481,10 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
           it from the first step; until then it is NaN;
         - ``kinetic_temperature`` (underdamped only): the temperature the momenta show,
           ``sum |p|^2 / d`` with ``d`` the tangent dimension; at equilibrium it equals ``temperature``.
+
+        With ``sync_free=True`` two counters since construction are added: ``rejected_moves``, the
+        matrices whose move the set rejected (SHAKE not converged in its fixed iterations), and
+        ``skipped_steps``, the steps skipped for a non-finite gradient (the same for every group).
         """
         self._track_noise = True
         out = []
@@ -439,6 +501,10 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
                 "noise_norm": self._noise_norms.get(id(group), torch.full((), float("nan"), device=device)),
             }
             entry.update(self._extra_diagnostics(group))
+            if self.sync_free:
+                zero = torch.zeros((), dtype=torch.long, device=device)
+                entry["rejected_moves"] = self._rejected_moves.get(id(group), zero)
+                entry["skipped_steps"] = self._skipped_steps if self._skipped_steps is not None else zero
             out.append(entry)
         return out
 

@@ -95,7 +95,15 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
         chain_id: an independent chain: a distinct, reproducible noise stream for the same ``seed``
             (give each process of a parallel-chains run its own, e.g. its rank). Default 0.
         check_finite: raise ``FloatingPointError`` on a non-finite gradient before changing anything
-            (costs one device-to-host read per step).
+            (costs one device-to-host read per step; with ``sync_free=True`` the step is skipped on
+            the device instead, see below).
+        sync_free: a ``step`` that never reads a tensor value on the host (no device sync; like
+            ``capturable=True`` in ``torch.optim``): a non-finite gradient (with ``check_finite``)
+            leaves every parameter and state as it was and counts in ``diagnostics()``'s
+            ``skipped_steps``, at the cost of a snapshot of the parameters and states per step; the
+            orthogonal set runs a fixed number of SHAKE iterations and rejects the move of a matrix
+            that has not converged (``rejected_moves``) instead of falling back to the polar
+            projection. Default False.
         foreach: use the multi-tensor path (``torch._foreach_*`` calls, same-shaped orthogonal
             matrices batched); ``False`` runs the simple per-tensor loop. Same results either way.
     """
@@ -112,9 +120,10 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
         check_finite: bool = True,
         foreach: bool = True,
         chain_id: int = 0,
+        sync_free: bool = False,
     ) -> None:
         defaults = dict(lr=lr, temperature=temperature, weight_decay=weight_decay, foreach=foreach)
-        super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id)
+        super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id, sync_free=sync_free)
 
     def _noise_scale(self, group) -> float:
         return math.sqrt(2.0 * group["lr"] * group["temperature"])

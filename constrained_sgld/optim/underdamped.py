@@ -118,7 +118,7 @@ class ConstrainedUnderdampedSGLD(ConstrainedLangevinOptimizer):
     """Underdamped (momentum) Langevin dynamics that keeps chosen parameters on constraint sets.
 
     Args:
-        params, constraints, temperature, weight_decay, seed, check_finite, foreach, chain_id: as for
+        params, constraints, temperature, weight_decay, seed, check_finite, foreach, chain_id, sync_free: as for
             :class:`~constrained_sgld.ConstrainedSGLD`.
         lr: learning rate in SGD units; the Langevin step is ``h = sqrt(2 lr / (1 + momentum))``.
             At ``temperature=0`` without constraints the trajectory is that of
@@ -140,9 +140,10 @@ class ConstrainedUnderdampedSGLD(ConstrainedLangevinOptimizer):
         check_finite: bool = True,
         foreach: bool = True,
         chain_id: int = 0,
+        sync_free: bool = False,
     ) -> None:
         defaults = dict(lr=lr, momentum=momentum, temperature=temperature, weight_decay=weight_decay, foreach=foreach)
-        super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id)
+        super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id, sync_free=sync_free)
 
     def _init_param_state(self, p: Tensor, constraint: Constraint, state: Dict[str, Any]) -> None:
         state["momentum"] = constraint.tangent_zeros(p.detach(), state)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from constrained_sgld import ConstrainedSGLD, ConstrainedUnderdampedSGLD
+from constrained_sgld import ConstrainedUnderdampedSGLD
 
 Z = 4.5  # as in tests/statistical: standard errors allowed
 
