@@ -79,9 +79,14 @@ def cmd_run(args) -> int:
     device = _device(args.device)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    tensorboard = Path(args.tensorboard) if args.tensorboard else None
+    if tensorboard is not None:
+        from .runner import require_tensorboard
+
+        require_tensorboard()  # fails now, saying what to install, rather than after the first run
     try:
         for t in tasks:
-            run_task(t, args.preset, seeds, methods, Path(args.out), device, overrides, progress=not args.no_progress, command=command)
+            run_task(t, args.preset, seeds, methods, Path(args.out), device, overrides, progress=not args.no_progress, command=command, tensorboard=tensorboard)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished runs are saved in {args.out}/<task>/results.json; "
               f"`python -m benchmarks report --out {args.out}` rebuilds the tables", file=sys.stderr)
@@ -125,6 +130,10 @@ def main(argv=None) -> int:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset setting or hyper-parameter (repeatable)")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--tensorboard", metavar="DIR", default=None,
+        help="also write each epoch's metrics and optimiser diagnostics for TensorBoard to DIR/<task>/<method>/seed<n> (needs tensorboard)",
+    )
     run.set_defaults(fn=cmd_run)
 
     lst = sub.add_parser("list", help="list tasks, methods and presets")

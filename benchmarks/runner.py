@@ -42,8 +42,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_one(task: Task, method: Method, seed: int, progress: bool = True) -> Dict[str, Any]:
-    """One training run; returns its record (per-epoch metrics, hyper-parameters, status)."""
+def train_one(task: Task, method: Method, seed: int, progress: bool = True, tensorboard: Optional[Path] = None) -> Dict[str, Any]:
+    """One training run; returns its record (per-epoch metrics, hyper-parameters, status).
+    With ``tensorboard``, every epoch's metrics and optimiser diagnostics are also written there,
+    one run per ``<task>/<method>/seed<seed>`` folder."""
     device = task.device
     torch.manual_seed(seed)
     model = task.build_model().to(device)
@@ -63,6 +65,7 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True) -> D
         diagnostics()  # switch on the noise-norm record from the first step
     collector = _posterior_collector(task, model, optimizer, steps)
     bar = _progress(task, method, seed, progress)
+    writer = tensorboard_writer(tensorboard / task.name / method.name / f"seed{seed}") if tensorboard else None
     try:
         for epoch in range(1, task.epochs + 1):
             _sync(device)
@@ -101,6 +104,8 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True) -> D
             if epoch == task.epochs and collector is not None and len(collector):
                 row.update(task.evaluate_posterior(collector))
             record["epochs"].append(row)
+            if writer is not None:
+                log_epoch(writer, row)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith("test_") or k == "train_loss"})
@@ -109,10 +114,42 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True) -> D
     finally:
         if bar is not None:
             bar.close()
+        if writer is not None:
+            writer.close()
     record["max_violation"] = worst
     if hasattr(task, "snapshot"):
         record["snapshot"] = task.snapshot(model)
     return record
+
+
+def require_tensorboard():
+    """``torch.utils.tensorboard.SummaryWriter``, or exit saying what to install."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise SystemExit(
+            f"--tensorboard needs the tensorboard package ({e}); install it with "
+            "pip install tensorboard (or pip install -e \".[tensorboard]\")"
+        ) from None
+    return SummaryWriter
+
+
+def tensorboard_writer(log_dir: Path):
+    """A TensorBoard ``SummaryWriter`` writing to ``log_dir``."""
+    return require_tensorboard()(log_dir=str(log_dir))
+
+
+def log_epoch(writer, row: Dict[str, Any]) -> None:
+    """Scalars of one epoch row: ``metrics/<name>`` for the metrics, ``diagnostics/group<i>/<key>``
+    for the optimiser's per-group diagnostics (violation, grad_norm, noise_norm, ...)."""
+    epoch = row["epoch"]
+    for key, value in row.items():
+        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            writer.add_scalar(f"metrics/{key}", value, epoch)
+    for i, group in enumerate(row.get("diagnostics", [])):
+        for key, value in group.items():
+            writer.add_scalar(f"diagnostics/group{i}/{key}", value, epoch)
+    writer.flush()
 
 
 POSTERIOR_SAMPLES = 20  # snapshots averaged for the posterior prediction
@@ -162,6 +199,7 @@ def run_task(
     overrides: Optional[Dict[str, Any]] = None,
     progress: bool = True,
     command: str = "",
+    tensorboard: Optional[Path] = None,
 ) -> Dict[str, Any]:
     """Run ``methods`` (default: every method that fits) for every seed; results merge into
     ``out/<task>/results.json`` when the preset and overrides match (so seeds and methods can be added)."""
@@ -181,7 +219,7 @@ def run_task(
     results.update({"versions": versions(), "device": device_name(device), "command": command})
     for seed in seeds:
         for method in chosen:
-            record = train_one(task, method, seed, progress)
+            record = train_one(task, method, seed, progress, tensorboard)
             results["runs"] = [r for r in results["runs"] if (r["method"], r["seed"]) != (method.name, seed)] + [record]
             save_results(results, folder)  # after every run: Ctrl-C keeps what finished
             last = next((r for r in reversed(record["epochs"]) if f"test_{task.metric}" in r), {})

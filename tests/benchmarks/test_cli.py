@@ -47,11 +47,11 @@ def test_interrupt_keeps_finished_runs(tmp_path, monkeypatch):
     real = runner.train_one
     calls = []
 
-    def train_then_interrupt(task, method, seed, progress=True):
+    def train_then_interrupt(task, method, seed, *args):
         calls.append(method.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(task, method, seed, progress)
+        return real(task, method, seed, *args)
 
     monkeypatch.setattr(runner, "train_one", train_then_interrupt)
     out = tmp_path / "res"
@@ -129,3 +129,35 @@ def test_tempered_runs_record_posterior_and_diagnostics(tmp_path):
     assert {"posterior_accuracy", "posterior_nll", "posterior_ece", "test_ece"} <= set(last)
     assert {"kinetic_temperature", "noise_norm", "grad_norm"} <= set(last["diagnostics"][0])
     assert "posterior accuracy" in (out / "two-spirals" / "results.md").read_text()
+
+
+def test_tensorboard_writer_logs_metrics_and_diagnostics(tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    out, logs = tmp_path / "res", tmp_path / "tb"
+    args = ["run", "--task", "two-spirals", "--preset", "smoke", "--methods", "sgd-momentum,c-cola-ud", "--out", str(out)]
+    assert main(args + ["--tensorboard", str(logs)] + TINY) == 0
+    runs = {p.parent.relative_to(logs).as_posix() for p in logs.rglob("events.out.tfevents.*")}
+    assert runs == {"two-spirals/sgd-momentum/seed0", "two-spirals/c-cola-ud/seed0"}
+    acc = event_accumulator.EventAccumulator(str(logs / "two-spirals" / "c-cola-ud" / "seed0"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"metrics/train_loss", "metrics/test_accuracy", "diagnostics/group0/violation", "diagnostics/group0/kinetic_temperature"} <= tags
+    assert [e.step for e in acc.Scalars("metrics/train_loss")] == [1, 2]
+    saved = json.loads((out / "two-spirals" / "results.json").read_text())
+    run = next(r for r in saved["runs"] if r["method"] == "c-cola-ud")
+    assert acc.Scalars("metrics/train_loss")[-1].value == pytest.approx(run["epochs"][-1]["train_loss"], rel=1e-6)
+
+
+def test_tensorboard_missing_is_named(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("No module named 'tensorboard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(SystemExit, match="pip install tensorboard"):
+        main(["run", "--task", "two-spirals", "--preset", "smoke", "--out", str(tmp_path), "--tensorboard", str(tmp_path / "tb")] + TINY)
