@@ -239,10 +239,25 @@ def rebuild(out: Path) -> List[Path]:
 
 
 def compact_table(results: Dict[str, Any]) -> str:
-    """The short table README shows: final test metric and loss, time ratio, largest violation."""
-    name = "test accuracy" if results["metric"] == "accuracy" else "test bits/char"
-    lines = [f"| method | {name} (final) | test loss (final) | time/epoch vs {BASELINE} | max violation |", "|---|---|---|---|---|"]
-    for r in summary_rows(results):
+    """The short table README shows: final test metric, loss and ECE; the posterior-averaged
+    accuracy, NLL and ECE where tempered runs recorded them; time ratio; largest violation."""
+    rows = summary_rows(results)
+    accuracy = results["metric"] == "accuracy"
+    name = "test accuracy" if accuracy else "test bits/char"
+    posterior = _has_posterior(rows)
+    head = f"| method | {name} (final) | test loss (final) |"
+    if accuracy:
+        head += " test ECE (final) |"
+    if posterior:
+        head += " posterior accuracy | posterior NLL | posterior ECE |"
+    head += f" time/epoch vs {BASELINE} | max violation |"
+    lines = [head, "|" + "---|" * head.count(" |")]
+    for r in rows:
         status = "" if r["status"] == "done" else f" ({r['status']})"
-        lines.append(f"| {r['method']}{status} | {r['final']} | {r['test_loss']} | {r['ratio']} | {r['violation']} |")
+        line = f"| {r['method']}{status} | {r['final']} | {r['test_loss']} |"
+        if accuracy:
+            line += f" {r['ece']} |"
+        if posterior:
+            line += f" {r['post_acc']} | {r['post_nll']} | {r['post_ece']} |"
+        lines.append(line + f" {r['ratio']} | {r['violation']} |")
     return "\n".join(lines)

@@ -24,16 +24,23 @@ from torch import Tensor
 __all__ = ["dtensor_type", "is_dtensor", "local", "sharded_dims", "shard_rank", "broadcast_seed"]
 
 
+_UNSET = object()
+_DTENSOR: object = _UNSET  # torch's DTensor class once looked up (None: this torch has none)
+
+
 def dtensor_type():
-    """torch's DTensor class, or None where this torch has none."""
-    try:
-        from torch.distributed.tensor import DTensor  # torch >= 2.4
-    except ImportError:
+    """torch's DTensor class, or None where this torch has none (looked up once: step asks often)."""
+    global _DTENSOR
+    if _DTENSOR is _UNSET:
         try:
-            from torch.distributed._tensor import DTensor  # older releases
+            from torch.distributed.tensor import DTensor  # torch >= 2.4
         except ImportError:
-            return None
-    return DTensor
+            try:
+                from torch.distributed._tensor import DTensor  # older releases
+            except ImportError:
+                DTensor = None
+        _DTENSOR = DTensor
+    return _DTENSOR
 
 
 def is_dtensor(t: Tensor) -> bool:

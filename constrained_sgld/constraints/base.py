@@ -153,6 +153,15 @@ class Constraint:
     def init_state(self, p: Tensor) -> Dict[str, Tensor]:
         return {}
 
+    def packing(self, params: List[Tensor]) -> Optional["Packing"]:
+        """A batched stand-in for a whole group, or ``None`` (the default: no packing).
+
+        The multi-tensor paths then pack the group's parameters, momenta, gradients and noise
+        once per step, run the whole update on the packed tensors with ``packing.constraint``,
+        and unpack once, instead of stacking and unstacking in every operation. Only for sets
+        without per-parameter state (``init_state`` empty)."""
+        return None
+
     def tangent_zeros(self, p: Tensor, state: Dict[str, Tensor]) -> Tensor:
         return torch.zeros_like(p, memory_format=torch.preserve_format)
 
@@ -199,6 +208,18 @@ class Constraint:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._spec_kwargs.items())
         return f"{type(self).__name__}({args})"
+
+
+class Packing:
+    """How a group's tensors are packed into batches (see :meth:`Constraint.packing`).
+
+    ``pack(tensors)`` gives the packed list (new tensors), ``unpack_(packed, targets)`` copies
+    packed values back into ``targets`` in place, and ``constraint`` acts on packed tensors."""
+
+    def __init__(self, constraint: "Constraint", pack: Callable[[List[Tensor]], List[Tensor]], unpack_: Callable[[List[Tensor], List[Tensor]], None]):
+        self.constraint = constraint
+        self.pack = pack
+        self.unpack_ = unpack_
 
 
 class Unconstrained(Constraint):

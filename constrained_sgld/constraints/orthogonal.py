@@ -11,8 +11,8 @@ On the unit-scale tall matrix ``X = W / s``:
 - projection:              ``polar(Y) = U V^T`` from the thin SVD ``Y = U S V^T``
 - SHAKE position update:   from a feasible ``X`` and a proposal ``Y``, find symmetric ``L`` with
   ``(Y + X L)^T (Y + X L) = I`` (the correction lies along the normal space at the old point).
-  Writing ``P = Y^T Y``, ``Q = X^T Y``, ``A = X^T X`` (all k x k), the residual is
-  ``F(L) = P + Q^T L + L Q + L A L - I``, solved by Newton steps with the Jacobian inverted to
+  Writing ``P = Y^T Y``, ``Q = X^T Y``, ``A = X^T X`` (all k x k; ``A = I`` to tolerance), the
+  residual is ``F(L) = P + Q^T L + L Q + L A L - I``, solved by Newton steps with the Jacobian inverted to
   first order (see ``shake_correct``). Each iteration costs only k x k products; it stops once
   ``max |F| <= eps^(3/4)`` of the dtype and falls back to ``polar(Y)`` for any matrix that has not
   converged after ``max_iter`` iterations (very large steps). In sync-free mode
@@ -28,7 +28,7 @@ import geotorch.so
 import torch
 from torch import Tensor
 
-from .base import Constraint, check_positive, register_constraint, sync_free_log
+from .base import Constraint, Packing, check_positive, register_constraint, sync_free_log
 
 
 def _sym(a: Tensor) -> Tensor:
@@ -54,26 +54,33 @@ def sync_free_iterations(dtype: torch.dtype) -> int:
 def _shake_iterate(x: Tensor, y: Tensor, iterations: int, check_from: Optional[int]) -> Tuple[Tensor, Tensor, bool]:
     """Newton iterations on ``F(L) = 0``; returns ``(L, max |F| per matrix, converged)``. With
     ``check_from``, stops early once every matrix has converged (a host read per check; then
-    ``converged`` is True); without, runs them all and ``converged`` is False (unknown)."""
-    xt = x.transpose(-2, -1)
+    ``converged`` is True); without, runs them all and ``converged`` is False (unknown).
+
+    ``A = X^T X`` is taken as ``I``: ``x`` is feasible to the set's tolerance, and the error this
+    makes in ``F`` is ``L (A - I) L``, second order in the (small) correction, so the new point's
+    violation is at most the tolerance plus ``|L|^2`` times the old one (no accumulation). That
+    saves one n x k x k product per call and one k x k product per iteration.
+    """
     p = y.transpose(-2, -1) @ y
-    q = xt @ y
-    a = xt @ x
+    q = x.transpose(-2, -1) @ y
     eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
     tol = shake_tolerance(y.dtype)
-    lam = torch.zeros_like(p)
-    for it in range(iterations + 1):
+    # iteration 0 at L = 0: F = P - I and E = Q - I, no products needed
+    residual = p - eye
+    fe = residual @ (q - eye)
+    lam = 0.25 * (fe + fe.transpose(-2, -1)) - 0.5 * residual
+    err = residual.abs().amax(dim=(-2, -1))
+    for it in range(1, iterations + 1):
         lq = lam @ q
-        residual = p + lq.transpose(-2, -1) + lq + lam @ a @ lam - eye
+        residual = p + lq.transpose(-2, -1) + lq + lam @ lam - eye
         err = residual.abs().amax(dim=(-2, -1))
         if check_from is not None and it >= check_from and bool((err <= tol).all()):
             return lam, err, True
         if it == iterations:
-            return lam, err, False
-        e = q + a @ lam - eye
-        fe = residual @ e
+            break
+        fe = residual @ (q + lam - eye)
         lam = lam - 0.5 * residual + 0.25 * (fe + fe.transpose(-2, -1))
-    raise AssertionError("unreachable")
+    return lam, err, False
 
 
 def shake_correct(x: Tensor, y: Tensor, max_iter: int = 12) -> Tensor:
@@ -83,10 +90,10 @@ def shake_correct(x: Tensor, y: Tensor, max_iter: int = 12) -> Tensor:
     Newton's method on ``F(L) = 0`` needs the Jacobian ``D -> M^T D + D M`` with ``M = Q + A L``
     (= I + E, E small); its inverse is applied to first order in E:
     ``D = -F/2 + (E^T F + F E) / 4``, so the error shrinks like ``|step|^2`` per iteration.
-    Convergence is checked from the second iteration on (one host read in the common case);
+    Convergence is checked from the first iteration on (one host read in the common case);
     matrices still unconverged after ``max_iter`` get the exact polar projection of ``y``.
     """
-    lam, err, converged = _shake_iterate(x, y, max_iter, check_from=2)
+    lam, err, converged = _shake_iterate(x, y, max_iter, check_from=1)
     out = y + x @ lam
     if converged:
         return out
@@ -236,11 +243,36 @@ class Orthogonal(Constraint):
         rows = self._matrix(like).shape[-2]
         return self._unmatrix(batch[j][..., :rows, :], like)
 
+    def packing(self, params: List[Tensor]) -> Optional[Packing]:
+        """The group's matrices packed into its batches once per step (see ``Constraint.packing``):
+        the packed tensors are ``(batch, ..., rows, k)`` tall stacks, handled by the same set with
+        one more batch dim."""
+        buckets = self._buckets(params)
+        if all(len(idx) == 1 for idx, _ in buckets):
+            return None  # every matrix is its own batch already: packing would only copy
+
+        def pack(tensors: List[Tensor]) -> List[Tensor]:
+            return [self._stack(tensors, idx, rows) for idx, rows in buckets]
+
+        def unpack_(packed: List[Tensor], targets: List[Tensor]) -> None:
+            for batch, (idx, _) in zip(packed, buckets):
+                for j, i in enumerate(idx):
+                    piece = self._unstack(batch, j, targets[i])
+                    if piece.data_ptr() != targets[i].data_ptr():  # a lone matrix's "stack" is a view
+                        targets[i].copy_(piece)
+
+        inner = Orthogonal(scale=self.scale, batch_dims=self.batch_dims + 1, max_iter=self.max_iter)
+        return Packing(inner, pack, unpack_)
+
+    def _unit(self, m: Tensor) -> Tensor:
+        """``m / scale`` (no new tensor at scale 1)."""
+        return m if self.scale == 1 else m / self.scale
+
     def _tangent_many(self, params: List[Tensor], vectors: List[Tensor], factor: float) -> List[Tensor]:
         out: List[Optional[Tensor]] = [None] * len(params)
         for idx, rows in self._buckets(params):
-            x = self._stack(params, idx, rows) / self.scale
-            t = self._tangent_unit(x, self._stack(vectors, idx, rows) * factor)
+            v = self._stack(vectors, idx, rows)
+            t = self._tangent_unit(self._unit(self._stack(params, idx, rows)), v if factor == 1 else v * factor)
             for j, i in enumerate(idx):
                 out[i] = self._unstack(t, j, params[i])
         return out  # type: ignore[return-value]
@@ -254,9 +286,10 @@ class Orthogonal(Constraint):
     def retract_many_(self, params, steps, states):
         s = self.scale
         for idx, rows in self._buckets(params):
-            x = self._stack(params, idx, rows) / s
-            y = x + self._stack(steps, idx, rows) / s
-            new = _shake(x, y, self.max_iter) * s
+            x = self._unit(self._stack(params, idx, rows))
+            y = torch.add(x, self._stack(steps, idx, rows), alpha=1 / s)
+            new = _shake(x, y, self.max_iter)
+            new = new if s == 1 else new * s
             for j, i in enumerate(idx):
                 params[i].copy_(self._unstack(new, j, params[i]))
 
@@ -265,11 +298,11 @@ class Orthogonal(Constraint):
         s = self.scale
         out: List[Optional[Tensor]] = [None] * len(params)
         for idx, rows in self._buckets(params):
-            x = self._stack(params, idx, rows) / s
-            y = x + self._stack(velocities, idx, rows) * (t / s)
+            x = self._unit(self._stack(params, idx, rows))
+            y = torch.add(x, self._stack(velocities, idx, rows), alpha=t / s)
             new = _shake(x, y, self.max_iter)
-            v = self._tangent_unit(new, (new - x) * (s / t))
-            new = new * s
+            v = self._tangent_unit(new, torch.sub(new, x).mul_(s / t))
+            new = new if s == 1 else new * s
             for j, i in enumerate(idx):
                 params[i].copy_(self._unstack(new, j, params[i]))
                 out[i] = self._unstack(v, j, params[i])

@@ -68,6 +68,21 @@ def _multi_tensor_overdamped(params, grads, states, constraint, *, lr, temperatu
         if temperature > 0:
             torch._foreach_add_(params, noise, alpha=noise_std)
         return
+    packing = constraint.packing(params)
+    if packing is not None:  # batched sets: pack once, update the packs, unpack once
+        packed_params = packing.pack(params)
+        _multi_tensor_overdamped(
+            packed_params,
+            packing.pack(grads),
+            [{} for _ in packed_params],
+            packing.constraint,
+            lr=lr,
+            temperature=temperature,
+            weight_decay=weight_decay,
+            noise=None if noise is None else packing.pack(noise),
+        )
+        packing.unpack_(packed_params, params)
+        return
     steps = constraint.tangent_force_many(params, scaled_forces(grads, params, weight_decay, -lr), states)
     if temperature > 0:
         steps = torch._foreach_add(steps, constraint.tangent_noise_many(params, noise, noise_std, states))

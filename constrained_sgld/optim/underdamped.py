@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import torch
 from torch import Tensor
 
-from ..constraints.base import UNCONSTRAINED, Constraint
+from ..constraints.base import UNCONSTRAINED, Constraint, Unconstrained
 from .base import ConstrainedLangevinOptimizer, scaled_force, scaled_forces
 
 __all__ = ["ConstrainedUnderdampedSGLD", "underdamped_update", "langevin_step_size"]
@@ -81,10 +81,38 @@ def _single_tensor_underdamped(params, grads, states, constraint, *, lr, momentu
 
 
 def _multi_tensor_underdamped(params, grads, states, constraint, *, lr, momentum, temperature, weight_decay, noise):
+    packing = constraint.packing(params)
+    if packing is not None:  # batched sets: pack once, update the packs, unpack once
+        buffers = [state["momentum"] for state in states]
+        packed_params, packed_buffers = packing.pack(params), packing.pack(buffers)
+        _multi_tensor_underdamped(
+            packed_params,
+            packing.pack(grads),
+            [{"momentum": b} for b in packed_buffers],
+            packing.constraint,
+            lr=lr,
+            momentum=momentum,
+            temperature=temperature,
+            weight_decay=weight_decay,
+            noise=None if noise is None else packing.pack(noise),
+        )
+        packing.unpack_(packed_params, params)
+        packing.unpack_(packed_buffers, buffers)
+        return
     c = momentum
     h = langevin_step_size(lr, c)
     noise_std = math.sqrt(temperature * (1.0 - c * c))
     buffers = [state["momentum"] for state in states]
+    if isinstance(constraint, Unconstrained):  # flat: B A/2 O A/2 in three in-place passes (+2 for noise)
+        if weight_decay != 0:
+            torch._foreach_add_(buffers, params, alpha=-h * weight_decay)
+        torch._foreach_add_(buffers, grads, alpha=-h)  # B: p
+        torch._foreach_add_(params, buffers, alpha=0.5 * h * (1.0 + c))  # A/2 with p, A/2 with c p
+        torch._foreach_mul_(buffers, c)  # O
+        if temperature > 0:
+            torch._foreach_add_(buffers, noise, alpha=noise_std)
+            torch._foreach_add_(params, noise, alpha=0.5 * h * noise_std)  # A/2 with the noise part
+        return
     if constraint.tangent_is_identity:  # ambient momenta: kick the buffers in place (no allocation)
         p = buffers
         if weight_decay != 0:

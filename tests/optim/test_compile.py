@@ -40,3 +40,37 @@ def test_compiled_training_step_runs_and_matches_eager(cls):
     for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
         torch.testing.assert_close(a, b)
     assert max(v.item() for v in compiled_opt.violations()) < 1e-5
+
+
+@pytest.mark.parametrize("cls", [ConstrainedSGLD, ConstrainedUnderdampedSGLD])
+def test_sync_free_step_compiles_as_one_graph(cls):
+    # fullgraph=True fails on any graph break, and a host read (.item(), bool(tensor)) is one: the
+    # sync-free step at temperature 0 traces whole. (At T > 0 the draw from the optimiser's own
+    # torch.Generator is a graph break: dynamo does not trace generator arguments.)
+    torch._dynamo.reset()  # nothing cached from other tests' compilations
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    with torch.no_grad():
+        Orthogonal().init_(model[0].weight)
+    constraints = {"0.weight": "orthogonal", "2.weight": ("circle", {"radius": 1.0}), "0.bias": "nonnegative"}
+    with torch.no_grad():
+        model[0].bias.abs_()
+    opt = cls(model.named_parameters(), constraints=constraints, lr=0.05, seed=0, sync_free=True)
+    x, y = torch.randn(16, 6), torch.randn(16, 2)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()  # states created eagerly
+    step = torch.compile(opt.step, backend="aot_eager", fullgraph=True)
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        step()
+    assert max(v.item() for v in opt.violations()) < 1e-5
+    torch._dynamo.reset()
+
+    # the default step reads the host (finite check, SHAKE's convergence test): not one graph
+    opt = cls(model.named_parameters(), constraints=constraints, lr=0.05, seed=0)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    with pytest.raises(Exception):
+        torch.compile(opt.step, backend="aot_eager", fullgraph=True)()
+    torch._dynamo.reset()
