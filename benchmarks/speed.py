@@ -38,8 +38,9 @@ from .tasks.fmnist import SmallResNet
 
 PRESETS = {
     # smoke: CI checks that every row runs; the numbers mean little
-    "smoke": {"repeats": 3, "steps": 2, "iterations": 1, "batch": 16},
-    "quick": {"repeats": 15, "steps": 20, "iterations": 3, "batch": 128},
+    "smoke": {"repeats": 3, "steps": 2, "iterations": 1, "batch": 16, "large": [(64, 64), (128, 32)], "large_steps": 1},
+    # large: row 4 again on matrices big enough that arithmetic, not per-call overhead, dominates
+    "quick": {"repeats": 15, "steps": 20, "iterations": 3, "batch": 128, "large": [(512, 512)] * 4 + [(1024, 256)] * 2, "large_steps": 3},
 }
 TEMPERATURE = 1e-4
 
@@ -148,6 +149,8 @@ def row_step_only(model_name: str, build: Callable[[], nn.Module], cfg, device) 
         "ConstrainedSGLD T=0": ConstrainedSGLD(params, lr=1e-3, seed=0),
         f"ConstrainedSGLD T={TEMPERATURE:g}": ConstrainedSGLD(params, lr=1e-3, temperature=TEMPERATURE, seed=0),
         "ConstrainedUnderdampedSGLD T=0": ConstrainedUnderdampedSGLD(params, lr=1e-3, momentum=0.9, seed=0),
+        # what the non-finite gradient check costs (one sum per gradient, read once)
+        "ConstrainedUnderdampedSGLD T=0, check_finite=False": ConstrainedUnderdampedSGLD(params, lr=1e-3, momentum=0.9, seed=0, check_finite=False),
         f"ConstrainedUnderdampedSGLD T={TEMPERATURE:g}": ConstrainedUnderdampedSGLD(params, lr=1e-3, momentum=0.9, temperature=TEMPERATURE, seed=0),
     }
     candidates = {name: opt.step for name, opt in opts.items()}
@@ -226,8 +229,24 @@ def row_research_step(cfg, device) -> List[Dict]:
         for name, p in model.named_parameters():
             if name in constraints:
                 Orthogonal().init_(p)
-    params = list(model.named_parameters())
-    # each candidate gets its own copy of the parameters so that neither disturbs the other
+    rows = _research_vs_ours(list(model.named_parameters()), constraints, 0.1, cfg["repeats"], cfg["steps"], device, "small ResNet, orthogonal convs")
+    # the same on large matrices (gradients of norm ~0.1 per entry, lr 0.01: moderate steps)
+    large = []
+    for i, shape in enumerate(cfg["large"]):
+        w = torch.empty(shape, device=device)
+        Orthogonal().init_(w)
+        w.grad = 0.1 * torch.randn(shape, device=device)
+        large.append((f"w{i}", w))
+    counts: Dict[Tuple[int, int], int] = {}
+    for shape in cfg["large"]:
+        counts[shape] = counts.get(shape, 0) + 1
+    what = "large matrices " + " + ".join(f"{c}x {r}x{k}" for (r, k), c in counts.items())
+    rows += _research_vs_ours(large, {n: "orthogonal" for n, _ in large}, 0.01, max(3, cfg["repeats"] // 2), cfg["large_steps"], device, what)
+    return rows
+
+
+def _research_vs_ours(params, constraints, lr, repeats, steps, device, what) -> List[Dict]:
+    # each candidate gets its own copy of the parameters so that none disturbs the others
     copies = []
     for _ in range(3):
         copy = [(n, p.detach().clone().requires_grad_()) for n, p in params]
@@ -235,20 +254,20 @@ def row_research_step(cfg, device) -> List[Dict]:
             c.grad = p.grad.clone()
         copies.append(copy)
     ours_params, sync_free_params, research_params = copies
-    ours = ConstrainedUnderdampedSGLD(ours_params, constraints=constraints, lr=0.1, momentum=0.9, temperature=TEMPERATURE, seed=0)
+    ours = ConstrainedUnderdampedSGLD(ours_params, constraints=constraints, lr=lr, momentum=0.9, temperature=TEMPERATURE, seed=0)
     sync_free = ConstrainedUnderdampedSGLD(
-        sync_free_params, constraints=constraints, lr=0.1, momentum=0.9, temperature=TEMPERATURE, seed=0, sync_free=True
+        sync_free_params, constraints=constraints, lr=lr, momentum=0.9, temperature=TEMPERATURE, seed=0, sync_free=True
     )
-    research = ResearchScriptStep(research_params, constraints, lr=0.1, momentum=0.9, temperature=TEMPERATURE)
+    research = ResearchScriptStep(research_params, constraints, lr=lr, momentum=0.9, temperature=TEMPERATURE)
     candidates = {
         "research-script-style step": research.step,
         "ConstrainedUnderdampedSGLD step": ours.step,
         "ConstrainedUnderdampedSGLD step, sync_free": sync_free.step,
     }
-    times = interleaved(candidates, cfg["repeats"], cfg["steps"], device)
+    times = interleaved(candidates, repeats, steps, device)
     base = times["ConstrainedUnderdampedSGLD step"]
     return [
-        {"row": 4, "what": f"step only, small ResNet, orthogonal convs, T={TEMPERATURE:g}", "candidate": name, "seconds": t, "ratio": t / base, "baseline": "ConstrainedUnderdampedSGLD step"}
+        {"row": 4, "what": f"step only, {what}, T={TEMPERATURE:g}", "candidate": name, "seconds": t, "ratio": t / base, "baseline": "ConstrainedUnderdampedSGLD step"}
         for name, t in times.items()
     ]
 

@@ -380,9 +380,16 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
                 previous = self._rejected_moves.get(id(group))
                 self._rejected_moves[id(group)] = count if previous is None else previous + count.to(previous.device)
         if snapshot is not None:
-            current, saved = snapshot
-            for t, old in zip(current, saved):
-                t.copy_(torch.where(self._on(finite, t), t, old))
+            # keep the new values or restore the old ones, as multi-tensor calls per device: with
+            # keep in {0, 1} and both sides finite, new * keep + old * (1 - keep) is exact
+            for (_, floating), (current, saved) in snapshot.items():
+                if floating:
+                    keep = self._on(finite, current[0]).to(torch.float32)
+                    torch._foreach_mul_(current, keep)
+                    torch._foreach_add_(current, torch._foreach_mul(saved, 1.0 - keep))
+                else:  # integer or boolean state of a user-defined set
+                    for t, old in zip(current, saved):
+                        t.copy_(torch.where(self._on(finite, t), t, old))
             skipped = (~finite).long()
             self._skipped_steps = skipped if self._skipped_steps is None else self._skipped_steps + skipped
         return loss
@@ -400,16 +407,17 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         # float range is skipped too (it would have been a wild step anyway)
         return self._gradient_sum(grads).isfinite().all()
 
-    def _snapshot(self, plan) -> Tuple[List[Tensor], List[Tensor]]:
-        """Copies of every tensor a step may change (parameters and their states, created first)."""
-        current: List[Tensor] = []
+    def _snapshot(self, plan) -> Dict[Tuple[torch.device, bool], Tuple[List[Tensor], List[Tensor]]]:
+        """Per (device, floating point?): every tensor a step may change (parameters and their
+        states, created first) and a copy of each."""
+        current: Dict[Tuple[torch.device, bool], List[Tensor]] = {}
         for group, params, _ in plan:
             constraint = group["constraint"] if group["constraint"] is not None else UNCONSTRAINED
             for p in params:
                 state = self._param_state(p, constraint)
-                current.append(distributed.local(p))
-                current.extend(v for v in state.values() if isinstance(v, Tensor))
-        return current, [t.clone() for t in current]
+                for t in [distributed.local(p)] + [v for v in state.values() if isinstance(v, Tensor)]:
+                    current.setdefault((t.device, t.is_floating_point()), []).append(t)
+        return {key: (ts, [t.clone() for t in ts] if not key[1] else torch._foreach_mul(ts, 1.0)) for key, ts in current.items()}
 
     def _step_group(self, group: Dict[str, Any], params: List[Tensor], grads: List[Tensor]) -> None:
         if not params:
