@@ -105,6 +105,13 @@ class Constraint:
     #: and leaves velocities unchanged (flat space; the circle's rotations). The underdamped
     #: scheme then merges ``A/2 O A/2`` into one drift (half the drift cost, same update).
     additive_drift: bool = False
+    #: True when ``drift_many_`` lands on the set by a correction along the normal space at the
+    #: *starting* point (SHAKE): a velocity's normal component there then only shifts the correction
+    #: and changes nothing. Such a set accepts ``drift_many_(..., project_velocity=False)``, which
+    #: returns the velocity ``(x' - x) / t`` without its tangent projection; the underdamped scheme
+    #: uses it between its two drifts and adds the O step's noise unprojected (same update, fewer
+    #: projections).
+    drift_absorbs_normal: bool = False
 
     def tangent_dim(self, p: Tensor) -> int:
         """Dimension of the tangent space at ``p`` (degrees of freedom; default: every entry)."""

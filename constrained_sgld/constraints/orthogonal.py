@@ -293,15 +293,20 @@ class Orthogonal(Constraint):
             for j, i in enumerate(idx):
                 params[i].copy_(self._unstack(new, j, params[i]))
 
-    def drift_many_(self, params, velocities, t, states):
-        """SHAKE for the position, then RATTLE: ``v' = T_x'((x' - x) / t)``."""
+    drift_absorbs_normal = True  # SHAKE corrects along the normal space at the old point
+
+    def drift_many_(self, params, velocities, t, states, project_velocity=True):
+        """SHAKE for the position, then RATTLE: ``v' = T_x'((x' - x) / t)`` (without the
+        projection ``T_x'`` when ``project_velocity`` is False; see ``drift_absorbs_normal``)."""
         s = self.scale
         out: List[Optional[Tensor]] = [None] * len(params)
         for idx, rows in self._buckets(params):
             x = self._unit(self._stack(params, idx, rows))
             y = torch.add(x, self._stack(velocities, idx, rows), alpha=t / s)
             new = _shake(x, y, self.max_iter)
-            v = self._tangent_unit(new, torch.sub(new, x).mul_(s / t))
+            v = torch.sub(new, x).mul_(s / t)
+            if project_velocity:
+                v = self._tangent_unit(new, v)
             new = new if s == 1 else new * s
             for j, i in enumerate(idx):
                 params[i].copy_(self._unstack(new, j, params[i]))

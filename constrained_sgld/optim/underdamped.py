@@ -129,11 +129,15 @@ def _multi_tensor_underdamped(params, grads, states, constraint, *, lr, momentum
             torch._foreach_add_(p, buffers)
             constraint.drift_many_(params, p, 0.5 * h, states)
             return
+    # sets whose drift corrects along the normal space at its start (SHAKE) ignore a velocity's
+    # normal part there: the momentum between the two drifts needs no tangent projection, neither
+    # of the first drift's velocity nor of the O step's noise (the second drift's RATTLE projects)
+    raw = constraint.drift_absorbs_normal and h > 0
     if h > 0:
-        p = constraint.drift_many_(params, p, 0.5 * h, states)  # A/2
+        p = constraint.drift_many_(params, p, 0.5 * h, states, **({"project_velocity": False} if raw else {}))  # A/2
     torch._foreach_mul_(p, c)  # O
     if temperature > 0:
-        if constraint.tangent_is_identity:
+        if constraint.tangent_is_identity or raw:
             torch._foreach_add_(p, noise, alpha=noise_std)
         else:
             torch._foreach_add_(p, constraint.tangent_noise_many(params, noise, noise_std, states))
