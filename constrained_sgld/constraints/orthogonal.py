@@ -52,7 +52,8 @@ def sync_free_iterations(dtype: torch.dtype) -> int:
 
 
 def _shake_iterate(x: Tensor, y: Tensor, iterations: int, check_from: Optional[int]) -> Tuple[Tensor, Tensor, bool]:
-    """Newton iterations on ``F(L) = 0``; returns ``(L, max |F| per matrix, converged)``. With
+    """Newton iterations on ``F(L) = 0``; returns ``(L, max |F| per matrix, converged)``, where
+    ``max |F|`` is measured before the last update (so it bounds the result's residual). With
     ``check_from``, stops early once every matrix has converged (a host read per check; then
     ``converged`` is True); without, runs them all and ``converged`` is False (unknown).
 
@@ -74,12 +75,14 @@ def _shake_iterate(x: Tensor, y: Tensor, iterations: int, check_from: Optional[i
         lq = lam @ q
         residual = p + lq.transpose(-2, -1) + lq + lam @ lam - eye
         err = residual.abs().amax(dim=(-2, -1))
-        if check_from is not None and it >= check_from and bool((err <= tol).all()):
-            return lam, err, True
-        if it == iterations:
-            break
+        converged = check_from is not None and it >= check_from and bool((err <= tol).all())
+        # update from the residual just computed, also after the test has passed: one k x k product
+        # takes the residual from just under the tolerance to about its square (a violation near
+        # float rounding rather than near the tolerance, for a fraction of a Gram product)
         fe = residual @ (q + lam - eye)
         lam = lam - 0.5 * residual + 0.25 * (fe + fe.transpose(-2, -1))
+        if converged:
+            return lam, err, True
     return lam, err, False
 
 
