@@ -3,6 +3,7 @@
 from .base import (
     Constraint,
     ConstraintSpec,
+    Packing,
     Unconstrained,
     available_constraints,
     get_constraint_class,
@@ -17,6 +18,7 @@ from .orthogonal import Orthogonal
 __all__ = [
     "Constraint",
     "ConstraintSpec",
+    "Packing",
     "Unconstrained",
     "available_constraints",
     "get_constraint_class",

@@ -51,6 +51,7 @@ __all__ = [
     "get_constraint_class",
     "make_constraint",
     "ConstraintSpec",
+    "Packing",
     "sync_free",
     "sync_free_log",
 ]

@@ -81,9 +81,9 @@ def _single_tensor_underdamped(params, grads, states, constraint, *, lr, momentu
 
 
 def _multi_tensor_underdamped(params, grads, states, constraint, *, lr, momentum, temperature, weight_decay, noise):
+    buffers = [state["momentum"] for state in states]
     packing = constraint.packing(params)
     if packing is not None:  # batched sets: pack once, update the packs, unpack once
-        buffers = [state["momentum"] for state in states]
         packed_params, packed_buffers = packing.pack(params), packing.pack(buffers)
         _multi_tensor_underdamped(
             packed_params,
@@ -102,7 +102,6 @@ def _multi_tensor_underdamped(params, grads, states, constraint, *, lr, momentum
     c = momentum
     h = langevin_step_size(lr, c)
     noise_std = math.sqrt(temperature * (1.0 - c * c))
-    buffers = [state["momentum"] for state in states]
     if isinstance(constraint, Unconstrained):  # flat: B A/2 O A/2 in three in-place passes (+2 for noise)
         if weight_decay != 0:
             torch._foreach_add_(buffers, params, alpha=-h * weight_decay)
@@ -133,8 +132,10 @@ def _multi_tensor_underdamped(params, grads, states, constraint, *, lr, momentum
     # normal part there: the momentum between the two drifts needs no tangent projection, neither
     # of the first drift's velocity nor of the O step's noise (the second drift's RATTLE projects)
     raw = constraint.drift_absorbs_normal and h > 0
-    if h > 0:
-        p = constraint.drift_many_(params, p, 0.5 * h, states, **({"project_velocity": False} if raw else {}))  # A/2
+    if raw:
+        p = constraint.drift_many_(params, p, 0.5 * h, states, project_velocity=False)  # A/2
+    elif h > 0:
+        p = constraint.drift_many_(params, p, 0.5 * h, states)  # A/2
     torch._foreach_mul_(p, c)  # O
     if temperature > 0:
         if constraint.tangent_is_identity or raw:
