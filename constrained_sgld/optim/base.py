@@ -412,17 +412,22 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         states, created first) and a copy of each."""
         current: Dict[Tuple[torch.device, bool], List[Tensor]] = {}
         for group, params, _ in plan:
-            constraint = group["constraint"] if group["constraint"] is not None else UNCONSTRAINED
+            constraint = self._group_constraint(group)
             for p in params:
                 state = self._param_state(p, constraint)
                 for t in [distributed.local(p)] + [v for v in state.values() if isinstance(v, Tensor)]:
                     current.setdefault((t.device, t.is_floating_point()), []).append(t)
         return {key: (ts, [t.clone() for t in ts] if not key[1] else torch._foreach_mul(ts, 1.0)) for key, ts in current.items()}
 
+    @staticmethod
+    def _group_constraint(group: Dict[str, Any]) -> Constraint:
+        """The group's set, with the flat set standing in for "no constraint"."""
+        return group["constraint"] if group["constraint"] is not None else UNCONSTRAINED
+
     def _step_group(self, group: Dict[str, Any], params: List[Tensor], grads: List[Tensor]) -> None:
         if not params:
             return
-        constraint = group["constraint"] if group["constraint"] is not None else UNCONSTRAINED
+        constraint = self._group_constraint(group)
         states = [self._param_state(p, constraint) for p in params]
         # sharded (DTensor) parameters: update this rank's piece in place
         pieces = [distributed.local(p) for p in params]

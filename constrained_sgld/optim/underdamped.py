@@ -184,7 +184,7 @@ class ConstrainedUnderdampedSGLD(ConstrainedLangevinOptimizer):
     def _extra_diagnostics(self, group) -> Dict[str, Tensor]:
         """``kinetic_temperature = sum |p|^2 / d``: the momenta are N(0, T) on the tangent space at
         equilibrium (unit mass), so this estimates ``temperature`` (circle: arc-length momenta)."""
-        constraint = group["constraint"] if group["constraint"] is not None else UNCONSTRAINED
+        constraint = self._group_constraint(group)
         momenta, dims = [], 0
         for p in group["params"]:
             state = self.state.get(p)
