@@ -27,9 +27,13 @@ class Method:
     description: str
     family: Optional[str]  # the constraint family it needs from the task, or None
     build: Callable[[nn.Module, Any, int], Built]
+    variant: Optional[str] = None  # the model variant it trains (an LSTM baseline), or the task's model
+    needs: Tuple[str, ...] = ()  # hyper-parameters it reads that not every task defines
 
     def applies_to(self, task) -> bool:
-        return self.family is None or self.family in task.families
+        family_ok = self.family is None or self.family in task.families
+        variant_ok = self.variant is None or self.variant in task.variants
+        return family_ok and variant_ok and all(k in task.hp for k in self.needs)
 
 
 def _sgd(model, task, seed):
@@ -52,6 +56,24 @@ def _adam(model, task, seed):
     return torch.optim.Adam(model.parameters(), **hp), hp, {}
 
 
+def _rmsprop(model, task, seed):
+    hp = {"lr": task.hp["rmsprop_lr"]}
+    return torch.optim.RMSprop(model.parameters(), **hp), hp, {}
+
+
+def _lstm_rmsprop(model, task, seed):
+    # the task built its LSTM variant (matched parameter count); RMSprop on every parameter (expRNN's baseline)
+    hp = {"lr": task.hp["lstm_lr"], "hidden": model.rnn.hidden_size, "parameters": sum(p.numel() for p in model.parameters())}
+    return torch.optim.RMSprop(model.parameters(), lr=hp["lr"]), hp, {}
+
+
+def _sgd_momentum_orth_init(model, task, seed):
+    # the orthogonal layers start where o-cola-* start, then move freely: tells the init's effect from the constraint's
+    start_on_set(model, task.constrained(model, "orthogonal"))
+    optim, hp, _ = _sgd_momentum(model, task, seed)
+    return optim, dict(hp, init="orthogonal (as o-cola-*), unconstrained"), {}
+
+
 def _ud_hparams(task) -> Dict[str, Any]:
     return {"lr": task.hp["ud_lr"], "momentum": task.hp["ud_momentum"], "temperature": task.hp["temperature"]}
 
@@ -63,15 +85,18 @@ def _sgld(model, task, seed):
 
 
 def start_on_set(model: nn.Module, constraints: Dict[str, Any]) -> None:
-    """Orthogonal weights start Haar-distributed (the papers' orthogonal init); other sets keep
-    PyTorch's default init, projected onto the set where it lies outside."""
+    """Weights the model already started on their set keep that start (a task's own init, such as
+    the RNN tasks' Henaff rotations); otherwise orthogonal weights start Haar-distributed (the papers'
+    orthogonal init), and other sets keep PyTorch's default init, projected onto the set."""
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, spec in constraints.items():
             c = make_constraint(spec, where=name)
+            if c.violation(params[name]) <= c.tolerance(params[name].dtype):
+                continue
             if isinstance(c, Orthogonal):
                 c.init_(params[name])
-            elif c.violation(params[name]) > c.tolerance(params[name].dtype):
+            else:
                 params[name].copy_(c.project(params[name]))
 
 
@@ -162,8 +187,16 @@ def _geotorch(model, task, seed):
         module = modules[owner]
         scale = make_constraint(spec).scale
         parametrize.register_parametrization(module, attr, FlatOrthogonal(getattr(module, attr).shape, scale))
-    hp = {"lr": task.hp["momentum_lr"], "momentum": task.hp["momentum"]}
-    optim = torch.optim.SGD(model.parameters(), **hp)
+    if task.hp.get("geotorch_optimizer", "sgd-momentum") == "rmsprop":
+        # expRNN's recipe: RMSprop, the orthogonal parametrisation's lr `orthogonal_lr_factor` times the rest
+        orthogonal = [p for n, p in model.named_parameters() if ".parametrizations." in f".{n}"]
+        ids = {id(p) for p in orthogonal}
+        rest = [p for p in model.parameters() if id(p) not in ids]
+        hp = {"optimizer": "rmsprop", "lr": task.hp["rmsprop_lr"], "orthogonal_lr": task.hp["rmsprop_lr"] * task.hp["orthogonal_lr_factor"]}
+        optim = torch.optim.RMSprop([{"params": rest}, {"params": orthogonal, "lr": hp["orthogonal_lr"]}], lr=hp["lr"])
+    else:
+        hp = {"lr": task.hp["momentum_lr"], "momentum": task.hp["momentum"]}
+        optim = torch.optim.SGD(model.parameters(), **hp)
     return optim, dict(hp, parametrized={k: _spec_text(v) for k, v in constraints.items()}), constraints
 
 
@@ -173,6 +206,7 @@ METHODS: Dict[str, Method] = {
         Method("sgd", "plain SGD", None, _sgd),
         Method("sgd-momentum", "SGD with heavy-ball momentum", None, _sgd_momentum),
         Method("adam", "Adam", None, _adam),
+        Method("rmsprop", "RMSprop", None, _rmsprop, needs=("rmsprop_lr",)),
         Method("sgd-wd", "SGD-momentum with weight decay", None, _sgd_wd),
         Method("sgld", "underdamped Langevin, no constraint, the same lr/momentum/temperature as *-cola-ud", None, _sgld),
         Method("c-cola-od", "ConstrainedSGLD, circle constraints", "circle", _constrained("circle", False)),
@@ -182,6 +216,8 @@ METHODS: Dict[str, Method] = {
         Method("sgd-clamp", "SGD-momentum, non-negative weights clamped after every step", "nonnegative", _sgd_clamp),
         Method("n-cola-od", "ConstrainedSGLD, non-negative weights (default init, projected)", "nonnegative", _constrained("nonnegative", False)),
         Method("n-cola-od-icnn", "ConstrainedSGLD, non-negative weights, ICNN initialisation (init.icnn_)", "nonnegative", _nonnegative_icnn),
+        Method("sgd-momentum-orth-init", "SGD-momentum from the orthogonal start of o-cola-*, unconstrained", "orthogonal", _sgd_momentum_orth_init),
+        Method("lstm-rmsprop", "an LSTM of about the same parameter count, RMSprop", None, _lstm_rmsprop, variant="lstm", needs=("lstm_lr",)),
         Method("geotorch-orthogonal", "geotorch's orthogonal parametrisation of the same layers, SGD-momentum", "orthogonal", _geotorch),
     ]
 }

@@ -30,8 +30,19 @@ def _final(run: Dict[str, Any], key: str) -> Optional[float]:
 
 
 def _best(run: Dict[str, Any], key: str, higher: bool) -> Optional[float]:
-    values = [row[key] for row in run["epochs"] if key in row]
+    """``key`` at the best evaluated epoch: the epoch with the best validation metric where the task
+    has a validation split (``val_*`` next to ``test_*``), else the best value of ``key`` itself."""
+    chooser = "val_" + key.split("_", 1)[1]
+    rows = [row for row in run["epochs"] if key in row]
+    if rows and all(chooser in row for row in rows):
+        pick = (max if higher else min)(rows, key=lambda row: row[chooser])
+        return pick[key]
+    values = [row[key] for row in rows]
     return (max if higher else min)(values) if values else None
+
+
+def _has_validation(results: Dict[str, Any]) -> bool:
+    return any(f"val_{results['metric']}" in row for run in results["runs"] for row in run["epochs"])
 
 
 def _order(methods) -> List[str]:
@@ -112,13 +123,19 @@ def task_markdown(results: Dict[str, Any], heading: str = "#") -> str:
         "",
         f"Command: `{results.get('command') or 'python -m benchmarks run --task ' + results['task'] + ' --preset ' + results['preset']}`",
         "",
-        "Mean ± standard deviation over seeds; *final* is the last evaluated epoch, *best* the best evaluated epoch "
-        "(an optimistic number: there is no separate validation set). Time is the training part of an epoch. "
+        "Mean ± standard deviation over seeds; *final* is the last evaluated epoch, *best* "
+        + ("the test value at the epoch with the best validation value (the validation split is carved from the training data). "
+           if _has_validation(results) else "the best evaluated epoch (an optimistic number: this task has no validation split). ")
+        + "Time is the training part of an epoch. "
         "ECE: expected calibration error (15 bins). *Posterior*: the prediction averaged over 20 snapshots taken "
         "in the second half of a tempered run (SampleCollector), against the single final model.",
         "",
         markdown_table(results),
         "",
+    ]
+    if "baseline" in results:
+        parts += [f"Memoryless baseline (cross-entropy per step of outputting blanks, then guessing): {results['baseline']:.4f}.", ""]
+    parts += [
         "Hyper-parameters (as run, seed 0 or the first seed):",
         "",
     ]
@@ -142,8 +159,9 @@ def plot_curves(results: Dict[str, Any], path: Path) -> None:
     by_method: Dict[str, List[Dict[str, Any]]] = {}
     for run in results["runs"]:
         by_method.setdefault(run["method"], []).append(run)
+    styles = _styles(list(by_method))
     for m in _order(by_method):
-        color = None
+        color = styles[m]["color"]
         for ax, k in ((axes[0], key), (axes[1], "train_loss")):
             curves: Dict[int, List[float]] = {}
             for run in by_method[m]:
@@ -154,26 +172,78 @@ def plot_curves(results: Dict[str, Any], path: Path) -> None:
                 continue
             epochs = sorted(curves)
             mean = [statistics.mean(curves[e]) for e in epochs]
-            line = ax.plot(epochs, mean, label=m, color=color, lw=1.4, marker="." if len(epochs) < 15 else None)[0]
-            color = line.get_color()
+            ax.plot(epochs, mean, label=m, lw=1.4, marker="." if len(epochs) < 15 else None, **styles[m])
             if any(len(curves[e]) > 1 for e in epochs):
                 sd = [statistics.stdev(curves[e]) if len(curves[e]) > 1 else 0.0 for e in epochs]
                 low = [a - b for a, b in zip(mean, sd)]
                 if k == "train_loss":  # log axis: keep the band above zero
                     low = [max(lo, a / 10) for lo, a in zip(low, mean)]
                 ax.fill_between(epochs, low, [a + b for a, b in zip(mean, sd)], color=color, alpha=0.15)
+    if "baseline" in results:
+        axes[1].axhline(results["baseline"], color="k", ls=":", lw=1, label="memoryless baseline")
     axes[0].set_ylabel("test accuracy" if metric == "accuracy" else "test bits per character")
     axes[1].set_ylabel("training loss")
     axes[1].set_yscale("log")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside the axes, off the data
     n_seeds = len({r["seed"] for r in results["runs"]})
-    fig.suptitle(f"{results['task']} ({results['preset']}, mean ± sd over {n_seeds} seed{'s' if n_seeds > 1 else ''})")
+    fig.suptitle(f"{results['task']} ({results['preset']}, " + (f"mean ± sd over {n_seeds} seeds)" if n_seeds > 1 else "one seed)"))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_gradient_profiles(results: Dict[str, Any], path: Path) -> bool:
+    """Gradient norms through time or depth (``gradient_profile`` of the runs), at the start and at
+    the end of training: one line per method (geometric mean over seeds), log scale. Vanishing
+    gradients fall off towards the early steps or layers; exploding ones rise. False if no run has one."""
+    runs: Dict[str, List[Dict[str, Any]]] = {}
+    for run in results["runs"]:
+        if "gradient_profile" in run:
+            runs.setdefault(run["method"], []).append(run["gradient_profile"])
+    if not runs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    styles = _styles(list(runs))
+    for m in _order(runs):
+        profiles = runs[m]
+        for ax, when in zip(axes, ("start", "end")):
+            logs = [[math.log10(max(v, 1e-300)) for v in p[when]] for p in profiles]
+            mean = [10 ** statistics.mean(col) for col in zip(*logs)]
+            ax.plot(profiles[0]["x"], mean, label=m, lw=1.3, **styles[m])
+    first = next(iter(runs.values()))[0]
+    for ax, when in zip(axes, ("at initialisation", "at the end of training")):
+        ax.set_yscale("log")
+        ax.set_xlabel(first["axis"])
+        ax.set_title(when, fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel(first["quantity"])
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    n_seeds = len({r["seed"] for r in results["runs"]})
+    fig.suptitle(f"{results['task']} ({results['preset']}): {first['quantity']} against {first['axis']}, " + (f"geometric mean over {n_seeds} seeds" if n_seeds > 1 else "one seed"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _styles(methods: List[str]) -> Dict[str, Dict[str, Any]]:
+    """A distinct colour and line style per method (tab10's colours, then again dashed, then dotted)."""
+    import matplotlib.pyplot as plt
+
+    colors = plt.get_cmap("tab10").colors
+    dashes = ["-", "--", ":", "-."]
+    return {m: {"color": colors[i % len(colors)], "linestyle": dashes[(i // len(colors)) % len(dashes)]} for i, m in enumerate(_order(methods))}
 
 
 def plot_boundaries(results: Dict[str, Any], path: Path) -> None:
@@ -223,6 +293,7 @@ def write_task_report(results: Dict[str, Any], folder: Path) -> None:
     plot_curves(results, folder / "curves.png")
     if results["task"] == "two-spirals":
         plot_boundaries(results, folder / "boundaries.png")
+    plot_gradient_profiles(results, folder / "gradients.png")
 
 
 def rebuild(out: Path) -> List[Path]:

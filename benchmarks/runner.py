@@ -48,8 +48,9 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True, tens
     one run per ``<task>/<method>/seed<seed>`` folder."""
     device = task.device
     torch.manual_seed(seed)
-    model = task.build_model().to(device)
+    model = (task.build_model(method.variant) if method.variant else task.build_model()).to(device)
     optimizer, hparams, constraints = method.build(model, task, seed)
+    profile_start = task.gradient_profile(model)  # after build: through any parametrisation it added
     steps = task.steps_per_epoch()
     scheduler = task.scheduler(optimizer, steps)
     clip = task.hp.get("clip")
@@ -71,7 +72,7 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True, tens
             _sync(device)
             start = time.perf_counter()
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            correct, seen = torch.zeros((), dtype=torch.long, device=device), 0
+            correct, seen = torch.zeros((), dtype=torch.float64, device=device), 0
             for inputs, targets in task.batches(order):
                 optimizer.zero_grad(set_to_none=True)
                 loss, right = task.loss(model, inputs, targets)
@@ -117,6 +118,10 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True, tens
         if writer is not None:
             writer.close()
     record["max_violation"] = worst
+    if profile_start is not None and record["status"] == "done":
+        profile = dict(profile_start, end=task.gradient_profile(model)["norms"])
+        profile["start"] = profile.pop("norms")
+        record["gradient_profile"] = profile
     if hasattr(task, "snapshot"):
         record["snapshot"] = task.snapshot(model)
     return record
@@ -206,7 +211,7 @@ def run_task(
     from .report import write_task_report
 
     task = TASKS[task_name](preset, device, overrides)
-    chosen = [METHODS[m] for m in (methods or METHODS) if METHODS[m].applies_to(task)]
+    chosen = [METHODS[m] for m in (methods or task.default_methods or METHODS) if METHODS[m].applies_to(task)]
     skipped = [m for m in (methods or []) if not METHODS[m].applies_to(task)]
     if skipped:
         print(f"[{task_name}] skipping {', '.join(skipped)}: no {METHODS[skipped[0]].family} constraint in this task", file=sys.stderr)
@@ -217,6 +222,9 @@ def run_task(
     if results is None or {k: results.get(k) for k in settings} != json.loads(json.dumps(settings)):
         results = {"task": task_name, "description": task.description, "data": task.data_source, "metric": task.metric, **settings, "runs": []}
     results.update({"versions": versions(), "device": device_name(device), "command": command})
+    if hasattr(task, "baseline"):  # a reference loss the task defines (copy: the memoryless strategy)
+        results["baseline"] = task.baseline
+        print(f"[{task_name}] memoryless baseline: cross-entropy {task.baseline:.4f} per step", flush=True)
     for seed in seeds:
         for method in chosen:
             record = train_one(task, method, seed, progress, tensorboard)

@@ -3,10 +3,15 @@
 from typing import Dict, Type
 
 from .base import ClassificationTask, Task
+from .deep import DeepMLP
 from .fmnist import FashionICNN, FashionMLP, FashionResNet
+from .recurrent import CopyMemory, PixelFashion
 from .spirals import TwoSpirals
-from .text import RottenTomatoes, ShakespeareCharLM
+from .text import RottenTomatoes, ShakespeareCharLM, ShakespeareRNN
 
-TASKS: Dict[str, Type[Task]] = {t.name: t for t in (FashionMLP, FashionResNet, RottenTomatoes, ShakespeareCharLM, TwoSpirals, FashionICNN)}
+TASKS: Dict[str, Type[Task]] = {
+    t.name: t
+    for t in (FashionMLP, FashionResNet, RottenTomatoes, ShakespeareCharLM, TwoSpirals, FashionICNN, CopyMemory, PixelFashion, DeepMLP, ShakespeareRNN)
+}
 
 __all__ = ["TASKS", "Task", "ClassificationTask"]

@@ -25,6 +25,10 @@ class Task:
     metric: str = "accuracy"
     # constraint families this task defines ("circle", "orthogonal"); decides which methods apply
     families: Tuple[str, ...] = ()
+    # model variants this task can build besides its own model (``"lstm"``); decides which methods apply
+    variants: Tuple[str, ...] = ()
+    # the methods run when --methods is not given (None: every method that applies)
+    default_methods: Optional[Tuple[str, ...]] = None
     presets: Dict[str, Dict[str, Any]] = {}
     hparams: Dict[str, Any] = {}
 
@@ -50,7 +54,8 @@ class Task:
     def prepare(self) -> None:
         raise NotImplementedError
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, variant: Optional[str] = None) -> nn.Module:
+        """The task's model, or one of its ``variants`` (a baseline model such as an LSTM)."""
         raise NotImplementedError
 
     def constrained(self, model: nn.Module, family: str) -> Dict[str, Any]:
@@ -69,6 +74,11 @@ class Task:
 
     def evaluate(self, model: nn.Module) -> Dict[str, float]:
         raise NotImplementedError
+
+    def gradient_profile(self, model: nn.Module) -> Optional[Dict[str, Any]]:
+        """Gradient norms through time or depth on a fixed batch (``{"axis", "quantity", "x",
+        "norms"}``), recorded at the start and the end of training; None where the task has none."""
+        return None
 
     def scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Optional[Any]:
         """An lr scheduler stepped once per batch, or None (constant lr)."""
@@ -106,18 +116,30 @@ class ClassificationTask(Task):
         logits = model(inputs)
         return F.cross_entropy(logits, targets), (logits.argmax(1) == targets).sum()
 
+    eval_chunk = 1000  # examples per forward pass when evaluating
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> Dict[str, float]:
+        """Loss, accuracy and ECE on the test set, and on the validation set where the task has one
+        (``x_val``, ``y_val``: carved from the training data; the report picks "best epoch" by it)."""
+        sets = [("test", self.x_test, self.y_test)]
+        if getattr(self, "x_val", None) is not None:
+            sets.insert(0, ("val", self.x_val, self.y_val))
+        out = {}
         model.eval()
-        probs = torch.cat([torch.softmax(model(self.x_test[i : i + 1000]).double(), -1) for i in range(0, len(self.y_test), 1000)])
+        for prefix, x, y in sets:
+            n = self.eval_chunk
+            probs = torch.cat([torch.softmax(model(x[i : i + n]).double(), -1) for i in range(0, len(y), n)])
+            scores = classification_scores(probs, y)
+            out.update({f"{prefix}_loss": scores["nll"], f"{prefix}_accuracy": scores["accuracy"], f"{prefix}_ece": scores["ece"]})
         model.train()
-        scores = classification_scores(probs, self.y_test)
-        return {"test_loss": scores["nll"], "test_accuracy": scores["accuracy"], "test_ece": scores["ece"]}
+        return out
 
     @torch.no_grad()
     def evaluate_posterior(self, collector) -> Dict[str, float]:
         """Accuracy, NLL and ECE of the prediction averaged over a SampleCollector's samples."""
-        probs = torch.cat([collector.predict(self.x_test[i : i + 1000]).double() for i in range(0, len(self.y_test), 1000)])
+        n = self.eval_chunk
+        probs = torch.cat([collector.predict(self.x_test[i : i + n]).double() for i in range(0, len(self.y_test), n)])
         scores = classification_scores(probs, self.y_test)
         return {"posterior_accuracy": scores["accuracy"], "posterior_nll": scores["nll"], "posterior_ece": scores["ece"], "posterior_samples": len(collector)}
 

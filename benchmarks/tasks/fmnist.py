@@ -4,7 +4,7 @@ orthogonal convolutions."""
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -20,6 +20,22 @@ MEAN, STD = 0.2860, 0.3530
 
 def _images(x: np.ndarray, device) -> torch.Tensor:
     return ((torch.from_numpy(np.ascontiguousarray(x)).float() / 255 - MEAN) / STD).to(device)
+
+
+def fashion_splits(train_size: int, val_size: int, test_size: int, device):
+    """Flattened, normalised ``(x, y)`` for training, validation and test: training and validation
+    images are disjoint random subsets of the 60,000 training images (fixed seed, the same for every
+    run), the test images a random subset of the 10,000 test images."""
+    d = data.load_fashion_mnist()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(d["train_y"]))
+    tr, va = order[:train_size], order[train_size : train_size + val_size]
+    te = rng.permutation(len(d["test_y"]))[:test_size]
+
+    def pair(x, y, idx):
+        return _images(x[idx], device).flatten(1), torch.from_numpy(y[idx]).to(device)
+
+    return pair(d["train_x"], d["train_y"], tr), pair(d["train_x"], d["train_y"], va), pair(d["test_x"], d["test_y"], te)
 
 
 class FashionMLP(ClassificationTask):
@@ -59,7 +75,7 @@ class FashionMLP(ClassificationTask):
         self.x_train, self.y_train = _images(x[tr], self.device).flatten(1), torch.from_numpy(y[tr]).to(self.device)
         self.x_test, self.y_test = _images(x[te], self.device).flatten(1), torch.from_numpy(y[te]).to(self.device)
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, variant: Optional[str] = None) -> nn.Module:
         # default PyTorch init: |w| <= 1/sqrt(fan_in) = 0.036 and 0.032, inside both circles
         return nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 10))
 
@@ -164,7 +180,7 @@ class FashionResNet(ClassificationTask):
         self.x_train, self.y_train = xs[0][:n].to(self.device), ys[0][:n].to(self.device)
         self.x_test, self.y_test = xs[1][:m].to(self.device), ys[1][:m].to(self.device)
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, variant: Optional[str] = None) -> nn.Module:
         return SmallResNet(in_channels=getattr(self, "in_channels", 1))
 
     def constrained(self, model, family) -> Dict[str, Any]:
@@ -241,7 +257,7 @@ class FashionICNN(FashionMLP):
             self.x_test = _images(d["test_x"], self.device).flatten(1)
             self.y_test = torch.from_numpy(d["test_y"]).to(self.device)
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, variant: Optional[str] = None) -> nn.Module:
         return InputConvexNet(skip=bool(self.settings["skip"]))
 
     def constrained(self, model, family) -> Dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
@@ -52,7 +52,7 @@ class TwoSpirals(ClassificationTask):
         self.x_train, self.y_train = x.to(self.device), y.to(self.device)
         self.x_test, self.y_test = xt.to(self.device), yt.to(self.device)
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, variant: Optional[str] = None) -> nn.Module:
         return nn.Sequential(nn.Linear(2, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 2))
 
     def constrained(self, model, family) -> Dict[str, Any]:

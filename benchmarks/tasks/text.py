@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -96,7 +96,7 @@ class RottenTomatoes(ClassificationTask):
         self.y_train = torch.from_numpy(labels[tr]).to(self.device)
         self.y_test = torch.from_numpy(labels[te]).to(self.device)
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, variant: Optional[str] = None) -> nn.Module:
         return GRUClassifier(len(self.vocab) + 2)
 
     def constrained(self, model, family) -> Dict[str, Any]:
@@ -125,6 +125,7 @@ class ShakespeareCharLM(Task):
     families = ("orthogonal",)
     # held out whole: never seen in training
     TEST_PLAYS = ("hamlet", "tempest", "twelfth_night", "julius_caesar")
+    VAL_PLAYS: Tuple[str, ...] = ()  # held out for choosing (best epoch); none in this task
     presets = {
         "smoke": {"steps_per_epoch": 20, "epochs": 1, "batch_size": 32, "seq_len": 64, "eval_chars": 20000, "eval_every": 1},
         "quick": {"steps_per_epoch": 100, "epochs": 4, "batch_size": 32, "seq_len": 128, "eval_chars": 50000, "eval_every": 1},
@@ -145,21 +146,26 @@ class ShakespeareCharLM(Task):
 
     def prepare(self) -> None:
         plays = data.load_shakespeare()
-        missing = [p for p in self.TEST_PLAYS if p not in plays]
+        missing = [p for p in self.TEST_PLAYS + self.VAL_PLAYS if p not in plays]
         if missing:
             raise data.DataUnavailable(f"held-out plays {missing} are not in the Shakespeare data")
-        train = "\n".join(t for name, t in sorted(plays.items()) if name not in self.TEST_PLAYS)
+        held_out = self.TEST_PLAYS + self.VAL_PLAYS
+        train = "\n".join(t for name, t in sorted(plays.items()) if name not in held_out)
         test = "\n".join(plays[name] for name in self.TEST_PLAYS)
-        chars = sorted(set(train) | set(test))
+        val = "\n".join(plays[name] for name in self.VAL_PLAYS)
+        chars = sorted(set(train) | set(test) | set(val))
         self.chars = chars
         lookup = {c: i for i, c in enumerate(chars)}
-        self.train_ids = torch.tensor([lookup[c] for c in train], dtype=torch.long, device=self.device)
-        test_ids = torch.tensor([lookup[c] for c in test], dtype=torch.long)
-        if self.settings["eval_chars"]:
-            test_ids = test_ids[: self.settings["eval_chars"]]
-        self.test_ids = test_ids.to(self.device)
 
-    def build_model(self) -> nn.Module:
+        def ids(text: str) -> Tensor:
+            out = torch.tensor([lookup[c] for c in text], dtype=torch.long)
+            return (out[: self.settings["eval_chars"]] if self.settings["eval_chars"] else out).to(self.device)
+
+        self.train_ids = torch.tensor([lookup[c] for c in train], dtype=torch.long, device=self.device)
+        self.test_ids = ids(test)
+        self.val_ids = ids(val) if self.VAL_PLAYS else None
+
+    def build_model(self, variant: Optional[str] = None) -> nn.Module:
         return CharLSTM(len(self.chars))
 
     def constrained(self, model, family) -> Dict[str, Any]:
@@ -183,16 +189,78 @@ class ShakespeareCharLM(Task):
 
     @torch.no_grad()
     def evaluate(self, model) -> Dict[str, float]:
-        """Bits per character over the held-out plays, read as 32 streams with the state carried along."""
+        """Bits per character over the held-out plays (and the validation plays, where the task has
+        them), read as 32 streams with the state carried along."""
+        out = {}
+        for prefix, ids in (("val", self.val_ids), ("test", self.test_ids)):
+            if ids is not None:
+                nats = self._nats_per_char(model, ids)
+                out.update({f"{prefix}_loss": nats, f"{prefix}_bpc": nats / math.log(2)})
+        return out
+
+    def _nats_per_char(self, model, ids: Tensor) -> float:
         model.eval()
         streams, t = 32, self.settings["seq_len"]
-        n = (len(self.test_ids) - 1) // streams
-        x = self.test_ids[: streams * n].view(streams, n)
-        y = self.test_ids[1 : streams * n + 1].view(streams, n)
+        n = (len(ids) - 1) // streams
+        x = ids[: streams * n].view(streams, n)
+        y = ids[1 : streams * n + 1].view(streams, n)
         total, state = torch.zeros((), dtype=torch.float64, device=self.device), None
         for i in range(0, n, t):
             logits, state = model(x[:, i : i + t], state)
             total += F.cross_entropy(logits.flatten(0, 1), y[:, i : i + t].flatten(), reduction="sum").double()
         model.train()
-        nats = total.item() / (streams * n)
-        return {"test_loss": nats, "test_bpc": nats / math.log(2)}
+        return total.item() / (streams * n)
+
+
+class CharRNN(nn.Module):
+    """A one-layer vanilla (tanh) RNN language model, its recurrent matrix started orthogonal."""
+
+    def __init__(self, vocab_size: int, embed: int = 32, hidden: int = 256):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed)
+        self.rnn = nn.RNN(embed, hidden, batch_first=True)
+        self.decoder = nn.Linear(hidden, vocab_size)
+        nn.init.orthogonal_(self.rnn.weight_hh_l0)
+
+    def forward(self, chars: Tensor, state=None) -> Tuple[Tensor, Any]:
+        out, state = self.rnn(self.embedding(chars), state)
+        return self.decoder(out), state
+
+
+class ShakespeareRNN(ShakespeareCharLM):
+    """The nnRNN table's setting (character-level, sequence length 150) on our Shakespeare data: a
+    vanilla RNN whose recurrent matrix is held orthogonal, against the same RNN unconstrained and an
+    LSTM of about the same parameter count (``lstm-*`` methods)."""
+
+    name = "shakespeare-rnn"
+    description = "Shakespeare's plays, character level, held-out plays; vanilla tanh RNN (256) with an orthogonal recurrent matrix, against an LSTM of matched size"
+    VAL_PLAYS = ("macbeth",)
+    variants = ("lstm",)
+    default_methods = ("sgd-momentum", "rmsprop", "adam", "lstm-rmsprop", "geotorch-orthogonal", "o-cola-ud")
+    presets = {
+        "smoke": {"steps_per_epoch": 20, "epochs": 1, "batch_size": 32, "seq_len": 150, "hidden": 64, "eval_chars": 20000, "eval_every": 1},
+        "quick": {"steps_per_epoch": 100, "epochs": 6, "batch_size": 32, "seq_len": 150, "hidden": 256, "eval_chars": 50000, "eval_every": 1},
+        "paper": {"steps_per_epoch": 1000, "epochs": 20, "batch_size": 128, "seq_len": 150, "hidden": 256, "eval_chars": None, "eval_every": 1},
+    }
+    hparams = dict(
+        ShakespeareCharLM.hparams,
+        rmsprop_lr=1e-3,  # ours, the common RNN setting (not tuned)
+        lstm_lr=1e-3,  # ours: RMSprop for the LSTM too
+        geotorch_optimizer="rmsprop",
+        orthogonal_lr_factor=0.1,  # expRNN: the orthogonal parameters' lr 10x smaller
+        temperature=0.0,
+    )
+
+    def build_model(self, variant: Optional[str] = None) -> nn.Module:
+        from .recurrent import count_parameters, matched_lstm_hidden
+
+        rnn = CharRNN(len(self.chars), hidden=self.settings["hidden"])
+        if variant is None:
+            return rnn
+        assert variant == "lstm", variant
+        # the LSTM's hidden size matching the RNN's parameters (the embedding is the same in both)
+        hidden = matched_lstm_hidden(count_parameters(rnn) - count_parameters(rnn.embedding), 32, len(self.chars))
+        return CharLSTM(len(self.chars), hidden=hidden)
+
+    def constrained(self, model, family) -> Dict[str, Any]:
+        return {"rnn.weight_hh_l0": "orthogonal"}
