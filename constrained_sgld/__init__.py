@@ -12,7 +12,7 @@ from .constraints import (
     make_constraint,
     register_constraint,
 )
-from . import distributed
+from . import distributed, init
 from .optim import ConstrainedSGLD, ConstrainedUnderdampedSGLD
 from .samples import CyclicalLR, SampleCollector
 
@@ -24,6 +24,7 @@ __all__ = [
     "SampleCollector",
     "CyclicalLR",
     "distributed",
+    "init",
     "Constraint",
     "register_constraint",
     "available_constraints",

@@ -161,6 +161,10 @@ class Constraint:
     def init_state(self, p: Tensor) -> Dict[str, Tensor]:
         return {}
 
+    def sync_state(self, p: Tensor, state: Dict[str, Tensor]) -> None:
+        """``p`` was changed outside the optimiser since its last step: bring the set's own state
+        (``init_state``'s) back in line with it. Default: nothing (no such state)."""
+
     def packing(self, params: List[Tensor]) -> Optional["Packing"]:
         """A batched stand-in for a whole group, or ``None`` (the default: no packing).
 

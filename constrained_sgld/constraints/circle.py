@@ -53,6 +53,8 @@ class Circle(Constraint):
 
     def aux_violation(self, p: Tensor, aux: Tensor) -> Tensor:
         """How far ``(w, z)`` is from the circle, relative to the radius."""
+        if not p.numel():
+            return p.new_zeros(())
         return ((torch.hypot(p, aux) - self.radius).abs() / self.radius).amax()
 
     @torch.no_grad()
@@ -69,6 +71,14 @@ class Circle(Constraint):
 
     def tangent_zeros(self, p: Tensor, state: Dict[str, Tensor]) -> Tensor:
         return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    @torch.no_grad()
+    def sync_state(self, p: Tensor, state: Dict[str, Tensor]) -> None:
+        """``w`` was changed outside the optimiser (a loaded checkpoint, say): put it back in
+        ``[-r, r]`` and re-derive ``z`` on the circle from it, keeping each ``z``'s sign."""
+        p.clamp_(-self.radius, self.radius)
+        z = state["aux"]
+        z.copy_(torch.copysign(torch.sqrt((self.radius**2 - p * p).clamp_min(0)), z))
 
     def tangent_force(self, p: Tensor, force: Tensor, state: Dict[str, Tensor]) -> Tensor:
         return force * state["aux"] / self.radius

@@ -64,6 +64,13 @@ class _NormSet(Constraint):
     def _norm(self, x: Tensor) -> Tensor:
         return torch.linalg.vector_norm(x, dim=reduction_dims(x, self.dim), keepdim=True)
 
+    def _step_norm(self, x: Tensor) -> Tensor:
+        """The norm of a step or velocity, which (unlike a point's) can be huge: where the sum of
+        squares overflows, measured again on ``x`` scaled down by 2^-64."""
+        n = self._norm(x)
+        big = 2.0**64
+        return torch.where(n.isfinite(), n, self._norm(x * (1 / big)) * big)
+
     def _inner(self, a: Tensor, b: Tensor) -> Tensor:
         dims = reduction_dims(a, self.dim)
         prod = a * b
@@ -99,7 +106,7 @@ class Sphere(_NormSet):
 
     def _geodesic_(self, p: Tensor, velocity: Tensor, t: float) -> Tensor:
         r = self.radius
-        speed = self._norm(velocity)
+        speed = self._step_norm(velocity)
         theta = speed * (t / r)
         # r sin(theta) / |v| -> t as |v| -> 0; keep the branch on the device (no host sync)
         along = torch.where(speed > 0, r * torch.sin(theta) / speed.clamp_min(torch.finfo(p.dtype).tiny), t)
@@ -184,9 +191,9 @@ class Ball(_NormSet):
         """Move straight, clamp onto the sphere and drop the outward radial velocity (inelastic)."""
         r = self.radius
         p.add_(velocity, alpha=t)
-        n = self._norm(p)
+        n = self._step_norm(p).clamp_min(torch.finfo(p.dtype).tiny)  # p may be far outside after a huge step
         outside = n > r
-        radial = self._inner(p, velocity) / n.clamp_min(torch.finfo(p.dtype).tiny) ** 2
+        radial = self._inner(p / n, velocity) / n  # <p, v> / |p|^2, without squaring a huge |p|
         velocity = velocity - torch.where(outside & (radial > 0), radial, torch.zeros_like(radial)) * p
         p.mul_(r / n.clamp_min(r))
         return velocity

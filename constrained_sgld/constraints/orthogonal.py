@@ -36,7 +36,11 @@ def _sym(a: Tensor) -> Tensor:
 
 
 def polar(y: Tensor) -> Tensor:
-    """Nearest matrix with orthonormal columns (tall ``y``), batched: ``U V^T`` of the thin SVD."""
+    """Nearest matrix with orthonormal columns (tall ``y``), batched: ``U V^T`` of the thin SVD.
+    Half-precision input is decomposed in float32 (there is no half SVD kernel on the CPU) and
+    the result cast back."""
+    if y.dtype in (torch.float16, torch.bfloat16):
+        return polar(y.float()).to(y.dtype)
     u, _, vh = torch.linalg.svd(y, full_matrices=False)
     return u @ vh
 
@@ -155,6 +159,8 @@ class Orthogonal(Constraint):
                 f"least 2 dims beyond batch_dims={self.batch_dims} (a matrix or a conv weight); "
                 f"use 'sphere' or None for vectors such as biases"
             )
+        if p.numel() == 0:
+            raise ValueError(f"parameter {name!r} is empty (shape {tuple(p.shape)}); 'orthogonal' needs at least one entry")
 
     def _matrix(self, t: Tensor) -> Tensor:
         """View ``t`` as a batch of tall matrices ``(..., n, k)``, n >= k (a wide one transposed)."""

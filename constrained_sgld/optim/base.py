@@ -76,6 +76,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
             self._check_option(option, value, "")
         self._constraint_rules = self._parse_constraint_map(constraints)
         self._matched_rules: set = set()
+        self._overridden_rules: set = set()  # matched only parameters whose group's "constraint" won
         self._labels: Dict[Tensor, str] = {}
         self._moved: List[str] = []
         self._in_init = True
@@ -98,12 +99,17 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         self._pending_rng: Dict[str, Any] = {}  # loaded generator states not yet bound to a device
         self._noise_norms: Dict[int, Tensor] = {}  # id(group) -> norm of the last step's noise
         self._track_noise = False  # turned on by the first diagnostics() call (one extra pass per step)
+        self._versions: Dict[Tensor, int] = {}  # parameter -> its version counter after our last update
         super().__init__(params, defaults)
         self._in_init = False
         self._warn_moved()
         for i, (key, _) in enumerate(self._constraint_rules):
             if isinstance(key, str) and i not in self._matched_rules:
-                warnings.warn(f"constraint pattern {key!r} matches no parameter name", UserWarning, stacklevel=3)
+                if i in self._overridden_rules:
+                    message = f"constraint pattern {key!r} matched only parameters whose group sets its own 'constraint', which wins"
+                else:
+                    message = f"constraint pattern {key!r} matches no parameter name"
+                warnings.warn(message, UserWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ constraints= mapping
     @staticmethod
@@ -120,19 +126,23 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
             rules.append((key, make_constraint(spec, where=where)))
         return rules
 
-    def _constraint_from_map(self, p: Tensor, name: Optional[str]) -> Optional[Constraint]:
+    def _constraint_from_map(self, p: Tensor, name: Optional[str], overridden: bool = False) -> Optional[Constraint]:
+        """The first rule matching ``p``; ``overridden``: the group's own key decides, so a match
+        is only recorded (for the unmatched-pattern warning)."""
         for i, (key, constraint) in enumerate(self._constraint_rules):
             if isinstance(key, Tensor):
                 hit = key is p
             else:
                 if name is None:
+                    if overridden:
+                        continue
                     raise ValueError(
                         f"constraint pattern {key!r} needs parameter names: pass model.named_parameters() "
                         f"(or (name, tensor) pairs) instead of bare tensors"
                     )
                 hit = fnmatch.fnmatchcase(name, key)
             if hit:
-                self._matched_rules.add(i)
+                (self._overridden_rules if overridden else self._matched_rules).add(i)
                 return constraint
         return None
 
@@ -190,6 +200,12 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"parameter {label!r} is given twice; each parameter may appear in one group only")
             if not (t.is_leaf or t.retains_grad):
                 raise ValueError(f"parameter {label!r} is not a leaf tensor and cannot be optimised")
+            if t.is_complex():
+                raise ValueError(
+                    f"parameter {label!r} is complex ({t.dtype}); complex parameters are not supported "
+                    "(the noise, the finiteness check and the sets assume real entries): optimise its "
+                    "real and imaginary parts as real tensors (torch.view_as_real)"
+                )
             seen.add(t)
 
         # resolve one constraint per parameter: the group's "constraint" key wins over the mapping
@@ -197,7 +213,8 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         group_constraint = make_constraint(group.pop("constraint"), where=where) if has_key else None
         split: Dict[Any, Dict[str, Any]] = {}
         for t, label in zip(tensors, labels):
-            constraint = group_constraint if has_key else self._constraint_from_map(t, names and label)
+            from_map = self._constraint_from_map(t, names and label, overridden=has_key)
+            constraint = group_constraint if has_key else from_map
             if constraint is not None:
                 constraint.check(t, label)
                 self._check_sharding(t, label, constraint)
@@ -307,6 +324,13 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
             for option in self._option_rules:
                 if option in group:
                     self._check_option(option, group[option], where, at_step=True)
+            if group.get("constraint") is not None and not isinstance(group["constraint"], Constraint):
+                raise ValueError(
+                    f"param_groups[{self.param_groups.index(group)}]['constraint'] was set to {group['constraint']!r} "
+                    f"{_STEP_TIME}; a group's constraint cannot be changed after construction (its state and "
+                    "feasibility are set up then): build a new optimiser, or add the parameters with "
+                    "add_param_group({'params': ..., 'constraint': ...}) from a fresh optimiser. No parameter was changed"
+                )
             params, grads = [], []
             for p in group["params"]:
                 if p.grad is None:
@@ -324,7 +348,8 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         entry is inf or NaN, or (rarely) finite entries sum beyond the float range. One reduction
         per tensor, the cheapest full pass there is (a max-abs norm costs ~30x more on CPU)."""
         device = grads[0].device
-        return torch.stack([g.sum().to(device, torch.float32, non_blocking=True) for g in grads])
+        # summed in float32 at least: a float16 sum passes 65504 on ordinary gradients
+        return torch.stack([g.sum(dtype=torch.promote_types(g.dtype, torch.float32)).to(device, torch.float32, non_blocking=True) for g in grads])
 
     def _raise_on_nonfinite(self, plan) -> None:
         grads = [distributed.local(g) for _, _, gs in plan for g in gs]
@@ -431,6 +456,14 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         states = [self._param_state(p, constraint) for p in params]
         # sharded (DTensor) parameters: update this rank's piece in place
         pieces = [distributed.local(p) for p in params]
+        tracking = not torch.compiler.is_compiling()  # dynamo cannot trace version counters
+        if tracking:
+            for p, piece, state in zip(params, pieces, states):
+                # changed outside step() since our last update (model.load_state_dict, a manual
+                # copy_): the version counter says so without reading the device
+                seen = self._versions.get(p)
+                if seen is not None and seen != piece._version:
+                    constraint.sync_state(piece, state)
         grads = [distributed.local(g) for g in grads]
         noise = None
         if group["temperature"] > 0:
@@ -441,6 +474,9 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         else:
             self._noise_norms.pop(id(group), None)  # diagnostics() reports 0 at temperature 0
         self._update_group(group, constraint, pieces, grads, states, noise)
+        if tracking:
+            for p, piece in zip(params, pieces):
+                self._versions[p] = piece._version
 
     def _standard_normal_like(self, params: List[Tensor], shards: Optional[List[Optional[int]]] = None) -> List[Tensor]:
         """N(0, 1) tensors shaped like ``params``: one draw per (device, dtype, shard rank), split
@@ -533,6 +569,28 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
     def _extra_diagnostics(self, group: Dict[str, Any]) -> Dict[str, Tensor]:
         return {}
 
+    def _state_keys_missing(self, state: Dict[Any, Dict[str, Any]]) -> List[str]:
+        """The per-parameter state keys this scheme needs that a loaded state lacks."""
+        return []
+
+    # ------------------------------------------------------------------ copy and pickle
+    def __getstate__(self) -> Dict[str, Any]:
+        # all of it (torch's Optimizer keeps only defaults, state and param_groups); generators as
+        # their states, bound to devices again on first use as after load_state_dict, so a copy
+        # continues the same noise stream; per-group records keyed by group index, not id
+        state = self.__dict__.copy()
+        state["_pending_rng"] = {**self._pending_rng, **{k: g.get_state() for k, g in self._generators.items()}}
+        state["_generators"], state["_stream_keys"] = {}, {}
+        index = {id(g): i for i, g in enumerate(self.param_groups)}
+        state["_noise_norms"] = {index[k]: v for k, v in self._noise_norms.items() if k in index}
+        state["_rejected_moves"] = {index[k]: v for k, v in self._rejected_moves.items() if k in index}
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._noise_norms = {id(self.param_groups[i]): v for i, v in self._noise_norms.items()}
+        self._rejected_moves = {id(self.param_groups[i]): v for i, v in self._rejected_moves.items()}
+
     # ------------------------------------------------------------------ state_dict
     def state_dict(self) -> Dict[str, Any]:
         sd = super().state_dict()
@@ -542,10 +600,17 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         generators = dict(self._pending_rng)  # loaded, not yet bound to a device: kept as loaded
         generators.update({k: g.get_state() for k, g in self._generators.items()})
         sd["rng"] = {"base_seed": self._base_seed, "chain_id": self._chain_id, "generators": generators}
+        sd["scheme"] = type(self).__name__
         return sd
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         sd = dict(state_dict)
+        scheme = sd.pop("scheme", None)
+        if scheme is not None and scheme != type(self).__name__:
+            raise ValueError(f"state_dict was saved by {scheme}, not {type(self).__name__}: its per-parameter state does not fit this scheme")
+        missing = self._state_keys_missing(sd.get("state", {}))
+        if missing:
+            raise ValueError(f"state_dict lacks {type(self).__name__}'s per-parameter state {missing} (was it saved by another optimiser?)")
         saved_groups = [dict(g) for g in sd["param_groups"]]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(
@@ -563,6 +628,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         sd["param_groups"] = saved_groups
         rng = sd.pop("rng", None)
         super().load_state_dict(sd)
+        self._versions = {}
         if rng is not None:
             self._base_seed = int(rng["base_seed"])
             self._chain_id = int(rng.get("chain_id", 0))

@@ -181,6 +181,9 @@ class ConstrainedUnderdampedSGLD(ConstrainedLangevinOptimizer):
     def _init_param_state(self, p: Tensor, constraint: Constraint, state: Dict[str, Any]) -> None:
         state["momentum"] = constraint.tangent_zeros(p.detach(), state)
 
+    def _state_keys_missing(self, state) -> List[str]:
+        return ["momentum"] if any(s and "momentum" not in s for s in state.values()) else []
+
     def _extra_diagnostics(self, group) -> Dict[str, Tensor]:
         """``kinetic_temperature = sum |p|^2 / d``: the momenta are N(0, T) on the tangent space at
         equilibrium (unit mass), so this estimates ``temperature`` (circle: arc-length momenta)."""
