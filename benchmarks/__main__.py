@@ -61,8 +61,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .data import DataCorrupted, DataUnavailable
     from .methods import METHODS
-    from .runner import run_task
+    from .runner import check_no_results_lost, check_writable, plan_task, run_task
     from .tasks import TASKS
 
     tasks = list(TASKS) if args.task == "all" else args.task.split(",")
@@ -73,28 +74,50 @@ def cmd_run(args) -> int:
     for m in methods or []:
         if m not in METHODS:
             raise SystemExit(f"--methods {m!r}: unknown; choose from {', '.join(METHODS)}")
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds {args.seeds}: the number of seeds must be at least 1")
+    if args.first_seed < 0:
+        raise SystemExit(f"--first-seed {args.first_seed}: seeds are integers >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = _overrides(args.set)
     device = _device(args.device)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    out = Path(args.out)
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     tensorboard = Path(args.tensorboard) if args.tensorboard else None
     if tensorboard is not None:
         from .runner import require_tensorboard
 
         require_tensorboard()  # fails now, saying what to install, rather than after the first run
+    # everything that can be checked is checked before the first run
+    plans = []
+    for t in tasks:
+        try:
+            plans.append(plan_task(t, args.preset, methods, device, overrides))
+        except SystemExit:
+            if args.task != "all":
+                raise
+            print(f"[{t}] skipped: none of --methods fits it", file=sys.stderr)
+    if not plans:
+        raise SystemExit(f"--methods {args.methods}: none fits any task")
+    check_writable(out)
+    for task, _ in plans:
+        check_no_results_lost(task, out)
     try:
-        for t in tasks:
-            run_task(t, args.preset, seeds, methods, Path(args.out), device, overrides, progress=not args.no_progress, command=command, tensorboard=tensorboard)
+        for task, chosen in plans:
+            run_task(task, chosen, seeds, out, progress=not args.no_progress, command=command, tensorboard=tensorboard)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished runs are saved in {args.out}/<task>/results.json; "
-              f"`python -m benchmarks report --out {args.out}` rebuilds the tables", file=sys.stderr)
+        print(f"\ninterrupted: finished runs are saved in {out}/<task>/results.json; "
+              f"`python -m benchmarks report --out {out}` rebuilds the tables", file=sys.stderr)
         return 130
+    except (DataUnavailable, DataCorrupted) as e:
+        print(f"error: {e}", file=sys.stderr)  # the message says what to do; a traceback would bury it
+        return 1
     from .report import rebuild
 
-    rebuild(Path(args.out))
-    print(f"results in {args.out}/: " + ", ".join(f"{t}/results.md" for t in tasks) + ", report.md")
+    rebuild(out)
+    print(f"results in {out}/: " + ", ".join(f"{task.name}/results.md" for task, _ in plans) + ", report.md")
     return 0
 
 
@@ -119,14 +142,23 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="train methods on a task and write results.json, results.md, curves.png")
+    from .methods import METHODS
+    from .tasks import TASKS
+
+    run = sub.add_parser(
+        "run",
+        help="train methods on a task and write results.json, results.md, curves.png",
+        description="Train methods on a task and write DIR/<task>/results.json, results.md and curves.png. "
+        f"Tasks: {', '.join(TASKS)}. Methods: {', '.join(METHODS)} (`list` shows which fit which task).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     run.add_argument("--task", default="fmnist-mlp", help="a task name, several separated by commas, or all")
-    run.add_argument("--preset", default="quick", choices=PRESETS)
-    run.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
-    run.add_argument("--first-seed", type=int, default=0)
-    run.add_argument("--methods", default=None, help="comma-separated method names (default: every method that fits the task)")
-    run.add_argument("--out", default="results")
-    run.add_argument("--device", default="cpu")
+    run.add_argument("--preset", default="quick", choices=PRESETS, help="sizes and lengths (`list` shows each task's)")
+    run.add_argument("--seeds", type=int, default=1, help="number of seeds, at least 1")
+    run.add_argument("--first-seed", type=int, default=0, help="the first seed")
+    run.add_argument("--methods", default=None, help="comma-separated method names (default: the task's own list, else every method that fits)")
+    run.add_argument("--out", default="results", help="results folder; runs of the same configuration merge there, another configuration is refused")
+    run.add_argument("--device", default="cpu", help="cpu or cuda")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset setting or hyper-parameter (repeatable)")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -194,34 +194,82 @@ def save_results(results: Dict[str, Any], folder: Path) -> None:
     tmp.replace(folder / "results.json")  # atomic: an interrupted write never leaves half a file
 
 
+def plan_task(task_name: str, preset: str, methods: Optional[Sequence[str]], device: torch.device, overrides: Optional[Dict[str, Any]] = None):
+    """The task and the methods to run on it (``methods``, else the task's defaults, else every
+    method that fits), checked before any work. Raises SystemExit when ``methods`` names none that
+    fits the task, naming those that do."""
+    task = TASKS[task_name](preset, device, overrides)
+    fitting = [name for name, m in METHODS.items() if m.applies_to(task)]
+    chosen = [METHODS[m] for m in (methods or task.default_methods or fitting) if METHODS[m].applies_to(task)]
+    skipped = [m for m in (methods or []) if m not in fitting]
+    if not chosen:
+        raise SystemExit(f"--methods {','.join(methods or [])}: none fits task {task_name!r}; methods that fit it: {', '.join(fitting)}")
+    if skipped:
+        print(f"[{task_name}] skipping {', '.join(skipped)}: they do not fit this task (methods that fit: {', '.join(fitting)})", file=sys.stderr)
+    return task, chosen
+
+
+def _configuration(task: Task) -> Dict[str, Any]:
+    return json.loads(json.dumps({"preset": task.preset_name, "settings": task.settings, "task_hparams": task.hp}))
+
+
+def check_no_results_lost(task: Task, out: Path) -> None:
+    """Runs merge into ``out/<task>/results.json`` only when the configuration (preset, settings,
+    hyper-parameters) is the same; a different one would replace finished results, so refuse,
+    before any work, saying where to write instead."""
+    path = out / task.name / "results.json"
+    results = load_results(path)
+    if results is None:
+        return
+    mine = _configuration(task)
+    theirs = {k: results.get(k) for k in mine}
+    if theirs == mine:
+        return
+    differ = sorted(
+        [k for k in ("preset",) if theirs["preset"] != mine["preset"]]
+        + [k for k in set(mine["settings"]) | set(theirs["settings"] or {}) if (theirs["settings"] or {}).get(k) != mine["settings"].get(k)]
+        + [k for k in set(mine["task_hparams"]) | set(theirs["task_hparams"] or {}) if (theirs["task_hparams"] or {}).get(k) != mine["task_hparams"].get(k)]
+    )
+    raise SystemExit(
+        f"{path} holds finished runs of another configuration (preset {theirs['preset']!r}; differing in: "
+        f"{', '.join(differ)}), which this run would replace. Write it elsewhere, e.g. --out {out / task.preset_name}, "
+        "or move that file away"
+    )
+
+
+def check_writable(out: Path) -> None:
+    """Fail now, in one line, if results cannot be written under ``out`` (not after training)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"--out {out}: cannot write results there ({e.strerror or e})") from None
+
+
 def run_task(
-    task_name: str,
-    preset: str,
+    task: Task,
+    chosen: Sequence[Method],
     seeds: Sequence[int],
-    methods: Optional[Sequence[str]],
     out: Path,
-    device: torch.device,
-    overrides: Optional[Dict[str, Any]] = None,
     progress: bool = True,
     command: str = "",
     tensorboard: Optional[Path] = None,
 ) -> Dict[str, Any]:
-    """Run ``methods`` (default: every method that fits) for every seed; results merge into
-    ``out/<task>/results.json`` when the preset and overrides match (so seeds and methods can be added)."""
+    """Run ``chosen`` methods for every seed (see :func:`plan_task`); results merge into
+    ``out/<task>/results.json`` (the same configuration: :func:`check_no_results_lost`), so seeds
+    and methods can be added."""
     from .report import write_task_report
 
-    task = TASKS[task_name](preset, device, overrides)
-    chosen = [METHODS[m] for m in (methods or task.default_methods or METHODS) if METHODS[m].applies_to(task)]
-    skipped = [m for m in (methods or []) if not METHODS[m].applies_to(task)]
-    if skipped:
-        print(f"[{task_name}] skipping {', '.join(skipped)}: no {METHODS[skipped[0]].family} constraint in this task", file=sys.stderr)
+    task_name = task.name
     task.prepare()
     folder = out / task_name
     results = load_results(folder / "results.json")
-    settings = {"preset": preset, "settings": task.settings, "task_hparams": task.hp}
-    if results is None or {k: results.get(k) for k in settings} != json.loads(json.dumps(settings)):
+    settings = _configuration(task)
+    if results is None or {k: results.get(k) for k in settings} != settings:
         results = {"task": task_name, "description": task.description, "data": task.data_source, "metric": task.metric, **settings, "runs": []}
-    results.update({"versions": versions(), "device": device_name(device), "command": command})
+    results.update({"versions": versions(), "device": device_name(task.device), "command": command})
     if hasattr(task, "baseline"):  # a reference loss the task defines (copy: the memoryless strategy)
         results["baseline"] = task.baseline
         print(f"[{task_name}] memoryless baseline: cross-entropy {task.baseline:.4f} per step", flush=True)

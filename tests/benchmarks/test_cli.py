@@ -170,3 +170,57 @@ def test_tensorboard_missing_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(SystemExit, match="pip install tensorboard"):
         main(["run", "--task", "two-spirals", "--preset", "smoke", "--out", str(tmp_path), "--tensorboard", str(tmp_path / "tb")] + TINY)
+
+
+# ---------------------------------------------------------------- a CLI that never reports success for nothing
+def test_another_configuration_never_replaces_finished_results(tmp_path, capsys):
+    out = tmp_path / "res"
+    args = ["run", "--task", "two-spirals", "--methods", "sgd", "--out", str(out)] + TINY
+    assert main(args + ["--preset", "smoke"]) == 0
+    before = (out / "two-spirals" / "results.json").read_text()
+    with pytest.raises(SystemExit, match=r"another configuration \(preset 'smoke'; differing in: preset.*--out"):
+        main(args + ["--preset", "quick"])
+    with pytest.raises(SystemExit, match="differing in: lr"):
+        main(args + ["--preset", "smoke", "--set", "lr=0.5"])
+    assert (out / "two-spirals" / "results.json").read_text() == before
+
+
+@pytest.mark.parametrize("seeds", ["0", "-1"])
+def test_no_seeds_is_an_error(tmp_path, seeds):
+    with pytest.raises(SystemExit, match=f"--seeds {seeds}"):
+        main(["run", "--task", "two-spirals", "--seeds", seeds, "--out", str(tmp_path)] + TINY)
+
+
+def test_inapplicable_methods_are_an_error_naming_those_that_fit(tmp_path):
+    with pytest.raises(SystemExit, match=r"none fits task 'fmnist-mlp'; methods that fit it: .*c-cola-ud"):
+        main(["run", "--task", "fmnist-mlp", "--methods", "o-cola-ud", "--out", str(tmp_path), "--no-progress"])
+
+
+def test_unwritable_out_fails_before_any_work(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    trained = []
+    monkeypatch.setattr(runner, "train_one", lambda *a, **k: trained.append(1))
+    with pytest.raises(SystemExit, match=r"^--out .*file/res: cannot write results there"):
+        main(["run", "--task", "two-spirals", "--methods", "sgd", "--out", str(blocker / "res")] + TINY)
+    assert not trained
+
+
+def test_data_errors_print_the_message_alone(tmp_path, monkeypatch, capsys):
+    from benchmarks import data
+
+    def unavailable(self):
+        raise data.DataUnavailable("Fashion-MNIST could not be fetched.\nTo fix: run apt-get update")
+
+    monkeypatch.setattr(TASKS["two-spirals"], "prepare", unavailable)
+    assert main(["run", "--task", "two-spirals", "--methods", "sgd", "--out", str(tmp_path)] + TINY) == 1
+    err = capsys.readouterr().err
+    assert "To fix: run apt-get update" in err and "Traceback" not in err
+
+
+def test_run_help_shows_defaults_and_task_names(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: fmnist-mlp)" in text and "(default: quick)" in text and "(default: results)" in text
+    assert all(name in text.replace("- ", "-") for name in TASKS)
