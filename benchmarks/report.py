@@ -282,7 +282,21 @@ def plot_boundaries(results: Dict[str, Any], path: Path) -> None:
         ax.set_yticks([])
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
-    fig.tight_layout()
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    cmap = plt.get_cmap("RdBu")
+    key = [
+        Patch(color=cmap(0.0), alpha=0.6, label="predicted class 0"),
+        Patch(color=cmap(1.0), alpha=0.6, label="predicted class 1"),
+        Line2D([], [], color="k", lw=0.8, label="decision boundary (p = 0.5)"),
+        Line2D([], [], ls="", marker="o", mfc=cmap(0.0), mec="k", label="training point, class 0"),
+        Line2D([], [], ls="", marker="o", mfc=cmap(1.0), mec="k", label="training point, class 1"),
+    ]
+    fig.legend(handles=key, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    n_seeds = len({r["seed"] for r in results["runs"]})
+    fig.suptitle(f"{results['task']} ({results['preset']}): decision boundaries after training, first seed of {n_seeds}")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
