@@ -77,6 +77,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         self._constraint_rules = self._parse_constraint_map(constraints)
         self._matched_rules: set = set()
         self._overridden_rules: set = set()  # matched only parameters whose group's "constraint" won
+        self._aliases: Dict[str, str] = {}  # a tied weight's further name -> the name it was given under
         self._labels: Dict[Tensor, str] = {}
         self._moved: List[str] = []
         self._in_init = True
@@ -105,10 +106,19 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         self._warn_moved()
         for i, (key, _) in enumerate(self._constraint_rules):
             if isinstance(key, str) and i not in self._matched_rules:
+                aliases = [a for a in self._aliases if fnmatch.fnmatchcase(a, key)]
                 if i in self._overridden_rules:
                     message = f"constraint pattern {key!r} matched only parameters whose group sets its own 'constraint', which wins"
+                elif aliases:
+                    message = (
+                        f"constraint pattern {key!r} names {aliases[0]!r}, an alias of {self._aliases[aliases[0]]!r} "
+                        f"(a tied weight, already given under that name): give the constraint under {self._aliases[aliases[0]]!r}"
+                    )
                 else:
-                    message = f"constraint pattern {key!r} matches no parameter name"
+                    message = (
+                        f"constraint pattern {key!r} matches no parameter name (model.named_parameters() lists a "
+                        "tied or shared weight under its first name only)"
+                    )
                 warnings.warn(message, UserWarning, stacklevel=3)
 
     # ------------------------------------------------------------------ constraints= mapping
@@ -179,8 +189,14 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         if any(pairs) and not all(pairs):
             raise ValueError("give all parameters with names (name, tensor) or all without")
         if raw and all(pairs):
-            names = [str(n) for n, _ in raw]
-            tensors = [t for _, t in raw]
+            names, tensors = [], []
+            for n, t in raw:
+                first = next((i for i, u in enumerate(tensors) if u is t), None)
+                if first is None:
+                    names.append(str(n))
+                    tensors.append(t)
+                else:  # named_parameters(remove_duplicate=False): a tied weight's second name
+                    self._aliases[str(n)] = names[first]
         else:
             tensors = raw
         n_before = sum(len(g["params"]) for g in self.param_groups)

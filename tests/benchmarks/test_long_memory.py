@@ -132,3 +132,10 @@ def test_default_methods_are_the_tasks_own():
     task = TASKS["deep-mlp"]
     assert "sgd-momentum-orth-init" in task.default_methods
     assert all(METHODS[m].applies_to(task("smoke", CPU)) for m in task.default_methods)
+
+
+def test_every_method_gets_its_own_plot_style():
+    from benchmarks.report import _styles
+
+    styles = _styles(list(METHODS))
+    assert len({(s["color"], s["linestyle"]) for s in styles.values()}) == len(METHODS)

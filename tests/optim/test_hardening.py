@@ -180,3 +180,15 @@ def test_pattern_overridden_by_a_groups_constraint_says_so():
 # ---------------------------------------------------------------- 12. the init module
 def test_init_is_reachable_from_the_package():
     assert cs.init.orthogonal_ is not None and cs.init.near_binary_ is not None
+
+
+def test_pattern_naming_a_tied_weights_alias_says_so():
+    enc = torch.nn.Linear(4, 4)
+    dec = torch.nn.Linear(4, 4)
+    dec.weight = enc.weight  # tied
+    model = torch.nn.ModuleDict({"enc": enc, "dec": dec})
+    with pytest.warns(UserWarning, match="'dec.weight', an alias of 'enc.weight'"):
+        opt = ConstrainedSGLD(model.named_parameters(remove_duplicate=False), lr=0.1, constraints={"dec.weight": "orthogonal"})
+    assert sum(len(g["params"]) for g in opt.param_groups) == 3  # the tied weight once
+    with pytest.warns(UserWarning, match="lists a tied or shared weight under its first name only"):
+        ConstrainedSGLD(model.named_parameters(), lr=0.1, constraints={"dec.weight": "orthogonal"})
