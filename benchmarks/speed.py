@@ -14,7 +14,15 @@ median is reported as a ratio to the row's baseline. Rows:
    description in THEORY.md: a Python loop over parameters, tangent projections after the kick and
    the OU step, exactly 10 SHAKE iterations, RATTLE velocity correction) on those parameters,
    against our step;
-5. optimiser state per parameter entry, per constraint set, against SGD-momentum's one buffer.
+5. optimiser state per parameter entry, per constraint set, against SGD-momentum's one buffer;
+6. step only, per set: the paper's 784-1000-10 MLP with both weight matrices on the set (biases
+   free), fixed gradients, temperature 0, each scheme against SGD-momentum stepping the same model;
+7. a full training iteration (batch 128) of the paper's c-CoLA-ud (circle radii 0.05 / 0.1) on that
+   MLP at temperature 0 and 1e-5, against SGD-momentum's iteration;
+8. the peers doing the same job, as training iterations on the MLP with its first weight matrix
+   (1000 x 784, a Stiefel point) orthogonal: geoopt's RSGLD and SGRHMC on its Stiefel manifold, and
+   posteriors' unconstrained ``sghmc`` and ``baoa`` on the whole MLP (needs the ``peers`` extra;
+   skipped with a note when missing).
 """
 
 from __future__ import annotations
@@ -140,6 +148,147 @@ class ResearchScriptStep:
 
 
 # ---------------------------------------------------------------------------- rows
+SETS = {
+    "circle": ("circle", {"radius": 0.1}),
+    "sphere": ("sphere", {"radius": 1.0}),
+    "ball": ("ball", {"radius": 1.0}),
+    "box": ("box", {"lower": -1.0, "upper": 1.0}),
+    "nonnegative": "nonnegative",
+    "orthogonal": "orthogonal",
+}
+
+
+def _on_set(model: nn.Module, constraints: Dict[str, object]) -> None:
+    from constrained_sgld import make_constraint
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, spec in constraints.items():
+            params[name].copy_(make_constraint(spec).project(params[name]))
+
+
+def row_sets(cfg, device) -> List[Dict]:
+    """Row 6: every set's step under both schemes on the paper's MLP, T = 0, against SGD-momentum."""
+    torch.manual_seed(0)
+    template = mlp()
+    model = _with_grads(_copy(template), device)
+    opts = {"SGD-momentum (foreach)": torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=True)}
+    for set_name, spec in SETS.items():
+        constraints = {"0.weight": spec, "2.weight": spec}
+        for cls, kwargs in ((ConstrainedSGLD, {}), (ConstrainedUnderdampedSGLD, {"momentum": 0.9})):
+            model = _copy(template)  # each optimiser steps its own copy, on its own set
+            _on_set(model, constraints)
+            model = _with_grads(model, device)
+            opts[f"{set_name}, {cls.__name__}"] = cls(list(model.named_parameters()), constraints=constraints, lr=1e-4, seed=0, **kwargs)
+    times = interleaved({name: opt.step for name, opt in opts.items()}, cfg["repeats"], cfg["steps"], device)
+    base = times["SGD-momentum (foreach)"]
+    return [
+        {"row": 6, "what": "step only, 784-1000-10 MLP, both weights on the set, T=0", "candidate": name, "seconds": t, "ratio": t / base, "baseline": "SGD-momentum (foreach)"}
+        for name, t in times.items()
+    ]
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _mlp_batch(cfg, device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(cfg["batch"], 784, generator=g).to(device)
+    y = torch.randint(0, 10, (cfg["batch"],), generator=g).to(device)
+    return x, y
+
+
+def _iteration(model: nn.Module, opt, x, y) -> Callable[[], None]:
+    def run():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    return run
+
+
+def row_paper_iteration(cfg, device) -> List[Dict]:
+    """Row 7: the paper's c-CoLA-ud iteration (circle radii 0.05 / 0.1, h = 0.3, gamma = 1)."""
+    x, y = _mlp_batch(cfg, device)
+    torch.manual_seed(0)
+    base_model = mlp().to(device)
+    candidates = {}
+    model = _copy(base_model)
+    candidates["SGD-momentum"] = _iteration(model, torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, foreach=True), x, y)
+    constraints = {"0.weight": ("circle", {"radius": 0.05}), "2.weight": ("circle", {"radius": 0.1})}
+    c = math.exp(-0.3)
+    for t in (0.0, 1e-5):
+        model = _copy(base_model)
+        opt = ConstrainedUnderdampedSGLD(model.named_parameters(), constraints=constraints, lr=0.09 * (1 + c) / 2, momentum=c, temperature=t, seed=0)
+        candidates[f"c-CoLA-ud T={t:g}"] = _iteration(model, opt, x, y)
+    times = interleaved(candidates, cfg["repeats"], max(1, cfg["iterations"]), device)
+    base = times["SGD-momentum"]
+    return [
+        {"row": 7, "what": f"training iteration, 784-1000-10 MLP, batch {cfg['batch']} (the paper's c-CoLA-ud)", "candidate": name, "seconds": t, "ratio": t / base, "baseline": "SGD-momentum"}
+        for name, t in times.items()
+    ]
+
+
+def row_peers(cfg, device) -> List[Dict]:
+    """Row 8: geoopt's samplers and posteriors' SG-MCMC against ours, as training iterations."""
+    try:
+        import geoopt
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # tensordict's notices about posteriors' classes
+            import posteriors
+    except ImportError as e:
+        print(f"row 8 skipped: the peers are not installed ({e}); pip install -e \".[peers]\"")
+        return []
+    from torch.func import functional_call
+
+    x, y = _mlp_batch(cfg, device)
+    torch.manual_seed(0)
+    base_model = mlp().to(device)
+    with torch.no_grad():
+        Orthogonal().init_(base_model[0].weight)  # (1000, 784): tall, a Stiefel point
+    candidates: Dict[str, Callable[[], None]] = {}
+    model = _copy(base_model)
+    candidates["SGD-momentum"] = _iteration(model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=True), x, y)
+    model = _copy(base_model)
+    opt = ConstrainedUnderdampedSGLD(model.named_parameters(), constraints={"0.weight": "orthogonal"}, lr=1e-3, momentum=0.9, temperature=TEMPERATURE, seed=0)
+    candidates[f"ours: ConstrainedUnderdampedSGLD, orthogonal, T={TEMPERATURE:g}"] = _iteration(model, opt, x, y)
+    for name, cls, kwargs in (("RSGLD", geoopt.samplers.RSGLD, {"epsilon": 1e-3}), ("SGRHMC", geoopt.samplers.SGRHMC, {"epsilon": 1e-3})):
+        model = _copy(base_model)
+        model[0].weight = geoopt.ManifoldParameter(model[0].weight.detach().clone(), manifold=geoopt.Stiefel())
+        sampler = cls(model.parameters(), **kwargs)
+
+        def closure(model=model):
+            return -F.cross_entropy(model(x), y)  # log-density; the sampler calls backward and zeroes grads
+
+        candidates[f"geoopt {name}, Stiefel (host read per step)"] = (lambda s=sampler, c=closure: s.step(c))
+    model = _copy(base_model)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def log_posterior(p, batch):
+        out = functional_call(model, p, (batch[0],))
+        return -F.cross_entropy(out, batch[1]), out
+
+    for name, module in (("sghmc", posteriors.sgmcmc.sghmc), ("baoa", posteriors.sgmcmc.baoa)):
+        transform = module.build(log_posterior, lr=1e-3, temperature=TEMPERATURE)
+        holder = {"state": transform.init(params)}
+
+        def run(t=transform, h=holder):
+            out = t.update(h["state"], (x, y))
+            h["state"] = out[0] if isinstance(out, tuple) else out  # posteriors >= 0.1.3 returns (state, aux)
+
+        candidates[f"posteriors {name}, unconstrained"] = run
+    times = interleaved(candidates, cfg["repeats"], max(1, cfg["iterations"]), device)
+    base = times["SGD-momentum"]
+    return [
+        {"row": 8, "what": f"training iteration, 784-1000-10 MLP, batch {cfg['batch']}, first weight orthogonal where the method can", "candidate": name, "seconds": t, "ratio": t / base, "baseline": "SGD-momentum"}
+        for name, t in times.items()
+    ]
+
+
 def row_step_only(model_name: str, build: Callable[[], nn.Module], cfg, device) -> List[Dict]:
     model = _with_grads(build(), device)
     numel = sum(p.numel() for p in model.parameters())
@@ -334,6 +483,9 @@ def main(args) -> int:
     rows += row_iteration(cfg, device)
     rows += row_research_step(cfg, device)
     rows += row_memory(device)
+    rows += row_sets(cfg, device)
+    rows += row_paper_iteration(cfg, device)
+    rows += row_peers(cfg, device)
     folder = Path(args.out) / "speed"
     folder.mkdir(parents=True, exist_ok=True)
     info = {"preset": args.preset, "settings": cfg, "device": device_name(device), "versions": versions(), "temperature": TEMPERATURE}

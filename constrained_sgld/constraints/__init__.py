@@ -1,9 +1,11 @@
 """Constraint sets. Importing this package registers the built-in sets by name."""
 
 from .base import (
+    AmbientTangent,
     Constraint,
     ConstraintSpec,
     Packing,
+    StepContext,
     Unconstrained,
     available_constraints,
     get_constraint_class,
@@ -16,9 +18,11 @@ from .norms import Ball, Sphere
 from .orthogonal import Orthogonal
 
 __all__ = [
+    "AmbientTangent",
     "Constraint",
     "ConstraintSpec",
     "Packing",
+    "StepContext",
     "Unconstrained",
     "available_constraints",
     "get_constraint_class",

@@ -28,17 +28,35 @@ both schemes; built-in sets override them with exact geodesics, reflections or b
 Tangent vectors are opaque to the optimisers: they are only added, scaled and passed back to the
 constraint, so a set may represent them however suits it (the circle uses one arc length per entry).
 
-Each dynamics operation has a multi-tensor twin taking lists (``tangent_force_many``,
-``tangent_noise_many``, ``retract_many_``, ``drift_many_``), used by the optimisers' default
-``foreach`` path. By default they loop over the single-tensor operations; built-in sets override
-them with ``torch._foreach_*`` calls or by stacking same-shaped matrices into batched matmuls.
+*List-level operations* (what the schemes call; each takes a group's lists and works in place).
+Their defaults compose the per-tensor operations above, so they are correct for any set; a set
+that can do better overrides them, in its own file, and no scheme needs to know:
+
+- ``kick_(params, momenta, grads, scale, weight_decay, states)``: B, ``p += T_x(scale (g + wd x))``;
+- ``ou_(params, momenta, c, noise, std, states)``: O, ``p = c p + T_x(std xi)``;
+- ``drift_many_(params, velocities, t, states, ctx)``: A, returns the new velocities;
+- ``retract_many_(params, steps, states, ctx)``: the overdamped position update;
+- ``tangent_force_many`` / ``tangent_noise_many``: the projections, as lists;
+- ``tangent_sq_norm(params, momenta, states)`` and ``tangent_dim(p)``: kinetic energy and degrees
+  of freedom (a kinetic temperature is their ratio).
+
+Fused sequences are set-provided operations too, with defaults that compose the plain ones (so a
+scheme may call either and stay correct):
+
+- ``move_(params, grads, scale, weight_decay, noise, std, states, ctx)``: the whole overdamped step,
+  ``x = retract(x, T_x(scale (g + wd x)) + T_x(std xi))``;
+- ``drift_ou_drift_(params, momenta, t, c, noise, std, states, ctx)``: ``A(t) O A(t)``. Flat space and
+  the circle merge it into one drift (their drifts compose additively); the orthogonal set skips
+  the tangent projections that SHAKE makes redundant.
+
+``ctx`` is the :class:`StepContext` of the step: whether host reads are allowed (``sync_free``) and
+where a set reports the moves it had to reject instead.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Type, TypeVar, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, TypeVar, Union
 
 import torch
 from torch import Tensor
@@ -52,37 +70,39 @@ __all__ = [
     "make_constraint",
     "ConstraintSpec",
     "Packing",
-    "sync_free",
-    "sync_free_log",
+    "StepContext",
 ]
 
 _REGISTRY: Dict[str, Type["Constraint"]] = {}
 
-# Set while an optimiser steps in sync-free mode: a list that collects, as device tensors, the
-# number of moves a set had to reject because a decision would otherwise have needed a host read.
-_SYNC_FREE_LOG: Optional[List[Tensor]] = None
+class StepContext:
+    """What one optimiser step tells the sets it calls (passed explicitly, never global).
 
-
-@contextlib.contextmanager
-def sync_free() -> Iterator[List[Tensor]]:
-    """While active, constraint operations never read a tensor value on the host (no device sync).
-
-    Where a set would branch on a value (the orthogonal set's SHAKE convergence test and polar
-    fallback), it decides on the device instead; matrices whose move it cannot finish stay where
-    they were, and their count is appended to the yielded list as a 0-dim tensor.
+    ``sync_free``: no set operation may read a tensor value on the host (no device sync). Where a
+    set would branch on a value (the orthogonal set's SHAKE convergence test and polar fallback),
+    it decides on the device instead; moves it cannot finish are left undone and counted with
+    :meth:`reject` as 0-dim tensors, which the optimiser adds to ``diagnostics()``.
     """
-    global _SYNC_FREE_LOG
-    previous, log = _SYNC_FREE_LOG, []
-    _SYNC_FREE_LOG = log
-    try:
-        yield log
-    finally:
-        _SYNC_FREE_LOG = previous
+
+    def __init__(self, sync_free: bool = False):
+        self.sync_free = sync_free
+        self.rejected: List[Tensor] = []
+
+    def reject(self, count: Tensor) -> None:
+        self.rejected.append(count)
 
 
-def sync_free_log() -> Optional[List[Tensor]]:
-    """The active :func:`sync_free` list, or ``None`` when host reads are allowed."""
-    return _SYNC_FREE_LOG
+DEFAULT_CONTEXT = StepContext()  # host reads allowed; nothing is ever rejected under it
+
+
+def scaled_forces(grads: List[Tensor], params: List[Tensor], weight_decay: float, scale: float) -> List[Tensor]:
+    """``scale * (g + weight_decay * x)`` per tensor, as new tensors (the force of ``U + wd/2 |x|^2``)."""
+    if weight_decay == 0:
+        return torch._foreach_mul(grads, scale)
+    forces = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_mul_(forces, scale)
+    return forces
+
 
 C = TypeVar("C", bound=Type["Constraint"])
 
@@ -97,22 +117,10 @@ class Constraint:
     #: registered name, set by :func:`register_constraint`
     name: str = ""
     #: True for sets with an interior (ball, box, ...): their tangent space is everything inside.
+    #: Descriptive only (the tests read it); no scheme consults it.
     is_inequality: bool = False
-    #: True when ``tangent_force``/``tangent_noise`` return their input unchanged (ambient tangent
-    #: vectors, tangent space = everything): the optimisers then update momenta in place.
-    tangent_is_identity: bool = False
-    #: True when tangent coordinates do not depend on the position and drifts compose additively:
-    #: ``drift_(x, u, s)`` then ``drift_(x, v, t)`` moves ``x`` exactly as one ``drift_(x, u s + v t, 1)``
-    #: and leaves velocities unchanged (flat space; the circle's rotations). The underdamped
-    #: scheme then merges ``A/2 O A/2`` into one drift (half the drift cost, same update).
-    additive_drift: bool = False
-    #: True when ``drift_many_`` lands on the set by a correction along the normal space at the
-    #: *starting* point (SHAKE): a velocity's normal component there then only shifts the correction
-    #: and changes nothing. Such a set accepts ``drift_many_(..., project_velocity=False)``, which
-    #: returns the velocity ``(x' - x) / t`` without its tangent projection; the underdamped scheme
-    #: uses it between its two drifts and adds the O step's noise unprojected (same update, fewer
-    #: projections).
-    drift_absorbs_normal: bool = False
+    #: what must stay whole on one rank for the set's operations (for the sharding error message)
+    couples: str = "tensor"
 
     def tangent_dim(self, p: Tensor) -> int:
         """Dimension of the tangent space at ``p`` (degrees of freedom; default: every entry)."""
@@ -192,19 +200,61 @@ class Constraint:
         self.retract_(p, velocity * t, state)
         return self.tangent_project(p, (p - start).div_(t))
 
-    # ---------------------------------------------------------------- multi-tensor twins
+    def state_violation(self, p: Tensor, state: Dict[str, Tensor]) -> Tensor:
+        """``violation(p)``, also counting the set's own state (the circle's partner ``z``)."""
+        return self.violation(p)
+
+    # ---------------------------------------------------------------- list-level operations
     def tangent_force_many(self, params: List[Tensor], forces: List[Tensor], states: List[Dict]) -> List[Tensor]:
         return [self.tangent_force(p, f, s) for p, f, s in zip(params, forces, states)]
 
     def tangent_noise_many(self, params: List[Tensor], xis: List[Tensor], std: float, states: List[Dict]) -> List[Tensor]:
         return [self.tangent_noise(p, xi, std, s) for p, xi, s in zip(params, xis, states)]
 
-    def retract_many_(self, params: List[Tensor], steps: List[Tensor], states: List[Dict]) -> None:
+    def retract_many_(self, params: List[Tensor], steps: List[Tensor], states: List[Dict], ctx: StepContext = DEFAULT_CONTEXT) -> None:
         for p, step, s in zip(params, steps, states):
             self.retract_(p, step, s)
 
-    def drift_many_(self, params: List[Tensor], velocities: List[Tensor], t: float, states: List[Dict]) -> List[Tensor]:
+    def drift_many_(self, params: List[Tensor], velocities: List[Tensor], t: float, states: List[Dict], ctx: StepContext = DEFAULT_CONTEXT) -> List[Tensor]:
         return [self.drift_(p, v, t, s) for p, v, s in zip(params, velocities, states)]
+
+    def kick_(self, params: List[Tensor], momenta: List[Tensor], grads: List[Tensor], scale: float, weight_decay: float, states: List[Dict]) -> None:
+        """B: ``p += T_x(scale * (g + weight_decay * x))``, in place on ``momenta``."""
+        torch._foreach_add_(momenta, self.tangent_force_many(params, scaled_forces(grads, params, weight_decay, scale), states))
+
+    def ou_(self, params: List[Tensor], momenta: List[Tensor], c: float, noise: Optional[List[Tensor]], std: float, states: List[Dict]) -> None:
+        """O: ``p = c p + T_x(std * xi)`` in place (no noise when ``noise`` is None)."""
+        torch._foreach_mul_(momenta, c)
+        if noise is not None:
+            torch._foreach_add_(momenta, self.tangent_noise_many(params, noise, std, states))
+
+    def move_(
+        self, params: List[Tensor], grads: List[Tensor], scale: float, weight_decay: float,
+        noise: Optional[List[Tensor]], std: float, states: List[Dict], ctx: StepContext = DEFAULT_CONTEXT,
+    ) -> None:
+        """``x = retract(x, T_x(scale * (g + weight_decay * x)) + T_x(std * xi))``, in place."""
+        steps = self.tangent_force_many(params, scaled_forces(grads, params, weight_decay, scale), states)
+        if noise is not None:
+            steps = torch._foreach_add(steps, self.tangent_noise_many(params, noise, std, states))
+        self.retract_many_(params, steps, states, ctx)
+
+    def drift_ou_drift_(
+        self, params: List[Tensor], momenta: List[Tensor], t: float, c: float,
+        noise: Optional[List[Tensor]], std: float, states: List[Dict], ctx: StepContext = DEFAULT_CONTEXT,
+    ) -> None:
+        """``A(t) O A(t)``: drift for ``t``, Ornstein-Uhlenbeck, drift for ``t``; positions and
+        ``momenta`` in place. A drift by ``t = 0`` (a learning rate annealed to 0) is no move."""
+        if t > 0:
+            torch._foreach_copy_(momenta, self.drift_many_(params, momenta, t, states, ctx))
+        self.ou_(params, momenta, c, noise, std, states)
+        if t > 0:
+            torch._foreach_copy_(momenta, self.drift_many_(params, momenta, t, states, ctx))
+
+    def tangent_sq_norm(self, params: List[Tensor], momenta: List[Tensor], states: List[Dict]) -> Tensor:
+        """``sum |p|^2`` over the group's tangent vectors, in float64 (the kinetic energy times 2)."""
+        if not momenta:
+            return torch.zeros((), dtype=torch.float64)
+        return torch.stack([m.double().square().sum() for m in momenta]).sum()
 
     # ---------------------------------------------------------------- description
     def spec(self) -> Tuple[str, Dict[str, Any]]:
@@ -234,12 +284,39 @@ class Packing:
         self.unpack_ = unpack_
 
 
-class Unconstrained(Constraint):
-    """No constraint: what a parameter with spec ``None`` uses internally."""
+class AmbientTangent(Constraint):
+    """For sets whose tangent space is everything (flat space, the interior of an inequality set):
+    tangent vectors are ambient vectors, so kicks and noise go into the momenta in place, with no
+    projection and no new tensors."""
+
+    def tangent_force(self, p, force, state):
+        return force
+
+    def tangent_noise(self, p, xi, std, state):
+        return xi * std
+
+    def tangent_force_many(self, params, forces, states):
+        return forces
+
+    def tangent_noise_many(self, params, xis, std, states):
+        return torch._foreach_mul(xis, std)
+
+    def kick_(self, params, momenta, grads, scale, weight_decay, states):
+        if weight_decay != 0:
+            torch._foreach_add_(momenta, params, alpha=scale * weight_decay)
+        torch._foreach_add_(momenta, grads, alpha=scale)
+
+    def ou_(self, params, momenta, c, noise, std, states):
+        torch._foreach_mul_(momenta, c)
+        if noise is not None:
+            torch._foreach_add_(momenta, noise, alpha=std)
+
+
+class Unconstrained(AmbientTangent):
+    """No constraint: what a parameter with spec ``None`` uses internally. Its drifts are
+    additive, so the fused operations are plain multi-tensor passes."""
 
     name = "unconstrained"
-    tangent_is_identity = True
-    additive_drift = True
 
     def shard_local(self, p, sharded_dims):
         return True
@@ -253,12 +330,6 @@ class Unconstrained(Constraint):
     def violation(self, p: Tensor) -> Tensor:
         return p.new_zeros(())
 
-    def tangent_force(self, p, force, state):
-        return force
-
-    def tangent_noise(self, p, xi, std, state):
-        return xi * std
-
     def retract_(self, p, step, state):
         p.add_(step)
 
@@ -266,18 +337,28 @@ class Unconstrained(Constraint):
         p.add_(velocity, alpha=t)
         return velocity
 
-    def tangent_force_many(self, params, forces, states):
-        return forces
-
-    def tangent_noise_many(self, params, xis, std, states):
-        return torch._foreach_mul(xis, std)
-
-    def retract_many_(self, params, steps, states):
+    def retract_many_(self, params, steps, states, ctx=DEFAULT_CONTEXT):
         torch._foreach_add_(params, steps)
 
-    def drift_many_(self, params, velocities, t, states):
+    def drift_many_(self, params, velocities, t, states, ctx=DEFAULT_CONTEXT):
         torch._foreach_add_(params, velocities, alpha=t)
         return velocities
+
+    def move_(self, params, grads, scale, weight_decay, noise, std, states, ctx=DEFAULT_CONTEXT):
+        # plain SGLD: in-place passes, nothing allocated
+        if weight_decay != 0:
+            torch._foreach_mul_(params, 1.0 + scale * weight_decay)
+        torch._foreach_add_(params, grads, alpha=scale)
+        if noise is not None:
+            torch._foreach_add_(params, noise, alpha=std)
+
+    def drift_ou_drift_(self, params, momenta, t, c, noise, std, states, ctx=DEFAULT_CONTEXT):
+        # x += t p + t (c p + std xi); p = c p + std xi: drifts compose additively in flat space
+        torch._foreach_add_(params, momenta, alpha=t * (1.0 + c))
+        torch._foreach_mul_(momenta, c)
+        if noise is not None:
+            torch._foreach_add_(momenta, noise, alpha=std)
+            torch._foreach_add_(params, noise, alpha=t * std)
 
 
 UNCONSTRAINED = Unconstrained()

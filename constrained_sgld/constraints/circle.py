@@ -25,7 +25,7 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from .base import Constraint, check_positive, register_constraint
+from .base import DEFAULT_CONTEXT, Constraint, check_positive, register_constraint
 
 
 @register_constraint("circle")
@@ -33,7 +33,6 @@ class Circle(Constraint):
     """``w^2 + z^2 = radius^2`` per entry, with the auxiliary ``z`` held by the optimiser."""
 
     is_inequality = True  # as a set of w alone: the interval [-r, r]
-    additive_drift = True  # rotations of one plane commute: rotating by a then b is rotating by a + b
 
     def shard_local(self, p, sharded_dims):
         return True  # one (w, z) pair per entry
@@ -56,6 +55,10 @@ class Circle(Constraint):
         if not p.numel():
             return p.new_zeros(())
         return ((torch.hypot(p, aux) - self.radius).abs() / self.radius).amax()
+
+    def state_violation(self, p: Tensor, state: Dict[str, Tensor]) -> Tensor:
+        aux = state.get("aux")
+        return self.violation(p) if aux is None else torch.maximum(self.violation(p), self.aux_violation(p, aux))
 
     @torch.no_grad()
     def init_(self, p: Tensor) -> Tensor:
@@ -105,3 +108,15 @@ class Circle(Constraint):
     def drift_(self, p: Tensor, velocity: Tensor, t: float, state: Dict[str, Tensor]) -> Tensor:
         self._rotate_(p, velocity, state, scale=t)
         return velocity
+
+    def drift_ou_drift_(self, params, momenta, t, c, noise, std, states, ctx=DEFAULT_CONTEXT):
+        """Rotations of one plane compose and leave arc-length velocities unchanged, so ``A(t) O
+        A(t)`` is one rotation by ``t (p + p')`` with ``p' = c p + std xi``: half the drift cost."""
+        arcs = torch._foreach_mul(momenta, 1.0 + c)
+        torch._foreach_mul_(momenta, c)
+        if noise is not None:
+            torch._foreach_add_(arcs, noise, alpha=std)
+            torch._foreach_add_(momenta, noise, alpha=std)
+        if t > 0:
+            for p, arc, state in zip(params, arcs, states):
+                self._rotate_(p, arc, state, scale=t)

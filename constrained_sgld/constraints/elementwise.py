@@ -15,12 +15,11 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from .base import Constraint, check_boundary, register_constraint
+from .base import AmbientTangent, check_boundary, register_constraint
 
 
-class _Interval(Constraint):
+class _Interval(AmbientTangent):
     is_inequality = True
-    tangent_is_identity = True
 
     def shard_local(self, p, sharded_dims):
         return True  # entry by entry

@@ -24,7 +24,7 @@ from typing import Any, Dict
 import torch
 from torch import Tensor
 
-from .base import Constraint, check_boundary, check_positive, reduction_dims, register_constraint
+from .base import AmbientTangent, Constraint, check_boundary, check_positive, reduction_dims, register_constraint
 
 
 def _check_dim(dim: Any, owner: str) -> Any:
@@ -36,6 +36,8 @@ def _check_dim(dim: Any, owner: str) -> Any:
 
 
 class _NormSet(Constraint):
+    couples = "norm"
+
     def __init__(self, *, radius: float = 1.0, dim: Any = "rows"):
         self.radius = check_positive(radius, "radius", self._owner())
         self.dim = _check_dim(dim, self._owner())
@@ -125,11 +127,10 @@ class Sphere(_NormSet):
 
 
 @register_constraint("ball")
-class Ball(_NormSet):
+class Ball(AmbientTangent, _NormSet):
     """``|x| <= radius`` over ``dim``; ``boundary="reflect"`` (default) or ``"clamp"``."""
 
     is_inequality = True
-    tangent_is_identity = True
 
     def __init__(self, *, radius: float = 1.0, dim: Any = "rows", boundary: str = "reflect"):
         super().__init__(radius=radius, dim=dim)

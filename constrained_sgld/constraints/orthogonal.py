@@ -15,8 +15,8 @@ On the unit-scale tall matrix ``X = W / s``:
   residual is ``F(L) = P + Q^T L + L Q + L A L - I``, solved by Newton steps with the Jacobian inverted to
   first order (see ``shake_correct``). Each iteration costs only k x k products; it stops once
   ``max |F| <= eps^(3/4)`` of the dtype and falls back to ``polar(Y)`` for any matrix that has not
-  converged after ``max_iter`` iterations (very large steps). In sync-free mode
-  (:func:`~constrained_sgld.constraints.base.sync_free`) it runs a fixed, dtype-aware number of
+  converged after ``max_iter`` iterations (very large steps). In a sync-free step
+  (:class:`~constrained_sgld.constraints.base.StepContext`) it runs a fixed, dtype-aware number of
   iterations instead and rejects the move of a matrix that has not converged (no host read).
 """
 
@@ -28,7 +28,7 @@ import geotorch.so
 import torch
 from torch import Tensor
 
-from .base import Constraint, Packing, check_positive, register_constraint, sync_free_log
+from .base import DEFAULT_CONTEXT, Constraint, Packing, StepContext, check_positive, register_constraint
 
 
 def _sym(a: Tensor) -> Tensor:
@@ -122,13 +122,12 @@ def shake_correct_sync_free(x: Tensor, y: Tensor, max_iter: int = 12) -> Tuple[T
     return torch.where(rejected[..., None, None], x, y + x @ lam), rejected
 
 
-def _shake(x: Tensor, y: Tensor, max_iter: int) -> Tensor:
-    """SHAKE as the current mode asks: with host reads and the polar fallback, or sync-free."""
-    log = sync_free_log()
-    if log is None:
+def _shake(x: Tensor, y: Tensor, max_iter: int, ctx: StepContext) -> Tensor:
+    """SHAKE as the step asks: with host reads and the polar fallback, or sync-free."""
+    if not ctx.sync_free:
         return shake_correct(x, y, max_iter)
     new, rejected = shake_correct_sync_free(x, y, max_iter)
-    log.append(rejected.sum())
+    ctx.reject(rejected.sum())
     return new
 
 
@@ -211,11 +210,13 @@ class Orthogonal(Constraint):
         """Tangent projection on unit-scale tall matrices (any leading batch dims)."""
         return v - x @ _sym(x.transpose(-2, -1) @ v)
 
+    couples = "matrix"
+
     def retract_(self, p: Tensor, step: Tensor, state: Dict[str, Tensor]) -> None:
         s = self.scale
         x = self._matrix(p) / s
         y = x + self._matrix(step) / s
-        p.copy_(self._unmatrix(_shake(x, y, self.max_iter) * s, p))
+        p.copy_(self._unmatrix(_shake(x, y, self.max_iter, DEFAULT_CONTEXT) * s, p))
 
     def drift_(self, p: Tensor, velocity: Tensor, t: float, state: Dict[str, Tensor]) -> Tensor:
         return self.drift_many_([p], [velocity], t, [state])[0]
@@ -292,27 +293,25 @@ class Orthogonal(Constraint):
     def tangent_noise_many(self, params, xis, std, states):
         return self._tangent_many(params, xis, std)
 
-    def retract_many_(self, params, steps, states):
+    def retract_many_(self, params, steps, states, ctx=DEFAULT_CONTEXT):
         s = self.scale
         for idx, rows in self._buckets(params):
             x = self._unit(self._stack(params, idx, rows))
             y = torch.add(x, self._stack(steps, idx, rows), alpha=1 / s)
-            new = _shake(x, y, self.max_iter)
+            new = _shake(x, y, self.max_iter, ctx)
             new = new if s == 1 else new * s
             for j, i in enumerate(idx):
                 params[i].copy_(self._unstack(new, j, params[i]))
 
-    drift_absorbs_normal = True  # SHAKE corrects along the normal space at the old point
-
-    def drift_many_(self, params, velocities, t, states, project_velocity=True):
+    def drift_many_(self, params, velocities, t, states, ctx=DEFAULT_CONTEXT, project_velocity=True):
         """SHAKE for the position, then RATTLE: ``v' = T_x'((x' - x) / t)`` (without the
-        projection ``T_x'`` when ``project_velocity`` is False; see ``drift_absorbs_normal``)."""
+        projection ``T_x'`` when ``project_velocity`` is False: see :meth:`drift_ou_drift_`)."""
         s = self.scale
         out: List[Optional[Tensor]] = [None] * len(params)
         for idx, rows in self._buckets(params):
             x = self._unit(self._stack(params, idx, rows))
             y = torch.add(x, self._stack(velocities, idx, rows), alpha=t / s)
-            new = _shake(x, y, self.max_iter)
+            new = _shake(x, y, self.max_iter, ctx)
             v = torch.sub(new, x).mul_(s / t)
             if project_velocity:
                 v = self._tangent_unit(new, v)
@@ -321,3 +320,16 @@ class Orthogonal(Constraint):
                 params[i].copy_(self._unstack(new, j, params[i]))
                 out[i] = self._unstack(v, j, params[i])
         return out
+
+    def drift_ou_drift_(self, params, momenta, t, c, noise, std, states, ctx=DEFAULT_CONTEXT):
+        """``A(t) O A(t)`` with two tangent projections fewer than the composition: SHAKE corrects
+        along the normal space at the drift's *starting* point, so a velocity's normal component
+        there only shifts the correction and changes nothing. The first drift's velocity and the O
+        step's noise therefore need no projection; the second drift's RATTLE projects the result."""
+        if t <= 0:
+            return super().drift_ou_drift_(params, momenta, t, c, noise, std, states, ctx)
+        v = self.drift_many_(params, momenta, t, states, ctx, project_velocity=False)
+        torch._foreach_mul_(v, c)
+        if noise is not None:
+            torch._foreach_add_(v, noise, alpha=std)
+        torch._foreach_copy_(momenta, self.drift_many_(params, v, t, states, ctx))

@@ -16,25 +16,9 @@ import torch
 from torch import Tensor
 
 from .. import distributed
-from ..constraints.base import UNCONSTRAINED, Constraint, make_constraint, sync_free
+from ..constraints.base import UNCONSTRAINED, Constraint, StepContext, make_constraint
 
-__all__ = ["ConstrainedLangevinOptimizer", "scaled_force", "scaled_forces"]
-
-
-def scaled_force(grad: Tensor, param: Tensor, weight_decay: float, scale: float) -> Tensor:
-    """``scale * (grad + weight_decay * param)``, as a new tensor (the force of ``U + wd/2 |x|^2``)."""
-    if weight_decay == 0:
-        return grad.mul(scale)
-    return torch.add(grad, param, alpha=weight_decay).mul_(scale)
-
-
-def scaled_forces(grads: List[Tensor], params: List[Tensor], weight_decay: float, scale: float) -> List[Tensor]:
-    """Multi-tensor twin of :func:`scaled_force`."""
-    if weight_decay == 0:
-        return torch._foreach_mul(grads, scale)
-    forces = torch._foreach_add(grads, params, alpha=weight_decay)
-    torch._foreach_mul_(forces, scale)
-    return forces
+__all__ = ["ConstrainedLangevinOptimizer"]
 
 _STEP_TIME = "at step time"
 
@@ -260,7 +244,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
             raise ValueError(
                 f"parameter {label!r} is sharded along dim(s) {list(dims)} (a DTensor, e.g. from FSDP's "
                 f"fully_shard), but the '{constraint.name}' constraint needs the whole "
-                f"{'matrix' if constraint.name == 'orthogonal' else 'norm'} on one rank. Keep this parameter "
+                f"{constraint.couples} on one rank. Keep this parameter "
                 "unsharded (apply fully_shard to the other modules only, or shard along dims the set does "
                 "not couple), or use a set that acts entry by entry (circle, nonnegative, box)"
             )
@@ -403,7 +387,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
             if self.check_finite:
                 self._raise_on_nonfinite(plan)
             for group, params, grads in plan:
-                self._step_group(group, params, grads)
+                self._step_group(group, params, grads, StepContext())
             return loss
         # sync-free: nothing is read on the host; a non-finite gradient makes the whole step a no-op
         # on the device (parameters and states restored from a snapshot) instead of raising
@@ -412,8 +396,9 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         for group, params, grads in plan:
             if finite is not None:
                 grads = [torch.where(self._on(finite, g), distributed.local(g), 0.0) for g in grads]  # keep NaN out
-            with sync_free() as rejected:
-                self._step_group(group, params, grads)
+            ctx = StepContext(sync_free=True)
+            self._step_group(group, params, grads, ctx)
+            rejected = ctx.rejected
             if rejected:
                 count = torch.stack([r.to(rejected[0].device) for r in rejected]).sum()
                 if finite is not None:
@@ -465,7 +450,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
         """The group's set, with the flat set standing in for "no constraint"."""
         return group["constraint"] if group["constraint"] is not None else UNCONSTRAINED
 
-    def _step_group(self, group: Dict[str, Any], params: List[Tensor], grads: List[Tensor]) -> None:
+    def _step_group(self, group: Dict[str, Any], params: List[Tensor], grads: List[Tensor], ctx: StepContext) -> None:
         if not params:
             return
         constraint = self._group_constraint(group)
@@ -489,10 +474,27 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
                 self._noise_norms[id(group)] = group_norm * self._noise_scale(group)
         else:
             self._noise_norms.pop(id(group), None)  # diagnostics() reports 0 at temperature 0
-        self._update_group(group, constraint, pieces, grads, states, noise)
+        packing = self._packing(constraint, pieces)
+        if packing is None:
+            self._update_group(group, constraint, pieces, grads, states, noise, ctx)
+        else:  # batched sets: pack every tensor of the step once, update the packs, unpack once
+            keys = [k for k, v in states[0].items() if isinstance(v, Tensor)]
+            packed = packing.pack(pieces)
+            packed_states = [dict(zip(keys, values)) for values in zip(*(packing.pack([s[k] for s in states]) for k in keys))] or [{} for _ in packed]
+            self._update_group(
+                group, packing.constraint, packed, packing.pack(grads), packed_states,
+                None if noise is None else packing.pack(noise), ctx,
+            )
+            packing.unpack_(packed, pieces)
+            for k in keys:
+                packing.unpack_([s[k] for s in packed_states], [s[k] for s in states])
         if tracking:
             for p, piece in zip(params, pieces):
                 self._versions[p] = piece._version
+
+    def _packing(self, constraint: Constraint, pieces: List[Tensor]):
+        """How the group's tensors are packed for this step (the set decides; see ``Constraint.packing``)."""
+        return constraint.packing(pieces)
 
     def _standard_normal_like(self, params: List[Tensor], shards: Optional[List[Optional[int]]] = None) -> List[Tensor]:
         """N(0, 1) tensors shaped like ``params``: one draw per (device, dtype, shard rank), split
@@ -513,7 +515,8 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
     def _init_param_state(self, p: Tensor, constraint: Constraint, state: Dict[str, Any]) -> None:
         pass
 
-    def _update_group(self, group, constraint, params, grads, states, noise) -> None:
+    def _update_group(self, group, constraint, params, grads, states, noise, ctx: StepContext) -> None:
+        """The scheme's update of one group's lists, in place (``ctx``: the step's context)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ diagnostics
@@ -527,10 +530,7 @@ class ConstrainedLangevinOptimizer(torch.optim.Optimizer):
             if c is not None:
                 for p in group["params"]:
                     piece = distributed.local(p.detach())  # a sharded parameter: this rank's piece
-                    v = c.violation(piece)
-                    aux = self.state.get(p, {}).get("aux")
-                    if aux is not None and hasattr(c, "aux_violation"):
-                        v = torch.maximum(v, c.aux_violation(piece, aux))
+                    v = c.state_violation(piece, self.state.get(p, {}))
                     vals.append(v.detach().to("cpu", torch.float64))
             out.append(torch.stack(vals).amax())
         return out

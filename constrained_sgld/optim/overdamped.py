@@ -23,8 +23,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import torch
 from torch import Tensor
 
-from ..constraints.base import Constraint, Unconstrained
-from .base import ConstrainedLangevinOptimizer, scaled_force, scaled_forces
+from ..constraints.base import DEFAULT_CONTEXT, Constraint, StepContext
+from .base import ConstrainedLangevinOptimizer
 
 __all__ = ["ConstrainedSGLD", "overdamped_update"]
 
@@ -39,54 +39,15 @@ def overdamped_update(
     temperature: float,
     weight_decay: float,
     noise: Optional[List[Tensor]],
-    foreach: bool = True,
+    ctx: StepContext = DEFAULT_CONTEXT,
 ) -> None:
-    """Update ``params`` in place by one overdamped constrained Langevin step.
+    """Update ``params`` in place by one overdamped constrained Langevin step (the module's
+    equations): one Euler-Maruyama move on the set.
 
     ``noise``: standard normal tensors shaped like ``params`` (``None`` at temperature 0).
-    ``foreach`` picks the multi-tensor path; both paths compute the same update.
     """
-    fn = _multi_tensor_overdamped if foreach else _single_tensor_overdamped
-    fn(params, grads, states, constraint, lr=lr, temperature=temperature, weight_decay=weight_decay, noise=noise)
-
-
-def _single_tensor_overdamped(params, grads, states, constraint, *, lr, temperature, weight_decay, noise):
     noise_std = math.sqrt(2.0 * lr * temperature)
-    for i, (p, g, state) in enumerate(zip(params, grads, states)):
-        step = constraint.tangent_force(p, scaled_force(g, p, weight_decay, -lr), state)
-        if temperature > 0:
-            step = step + constraint.tangent_noise(p, noise[i], noise_std, state)
-        constraint.retract_(p, step, state)
-
-
-def _multi_tensor_overdamped(params, grads, states, constraint, *, lr, temperature, weight_decay, noise):
-    noise_std = math.sqrt(2.0 * lr * temperature)
-    if isinstance(constraint, Unconstrained):  # plain SGLD: three in-place passes, nothing allocated
-        if weight_decay != 0:
-            torch._foreach_mul_(params, 1.0 - lr * weight_decay)
-        torch._foreach_add_(params, grads, alpha=-lr)
-        if temperature > 0:
-            torch._foreach_add_(params, noise, alpha=noise_std)
-        return
-    packing = constraint.packing(params)
-    if packing is not None:  # batched sets: pack once, update the packs, unpack once
-        packed_params = packing.pack(params)
-        _multi_tensor_overdamped(
-            packed_params,
-            packing.pack(grads),
-            [{} for _ in packed_params],
-            packing.constraint,
-            lr=lr,
-            temperature=temperature,
-            weight_decay=weight_decay,
-            noise=None if noise is None else packing.pack(noise),
-        )
-        packing.unpack_(packed_params, params)
-        return
-    steps = constraint.tangent_force_many(params, scaled_forces(grads, params, weight_decay, -lr), states)
-    if temperature > 0:
-        steps = torch._foreach_add(steps, constraint.tangent_noise_many(params, noise, noise_std, states))
-    constraint.retract_many_(params, steps, states)
+    constraint.move_(params, grads, -lr, weight_decay, noise if temperature > 0 else None, noise_std, states, ctx)
 
 
 class ConstrainedSGLD(ConstrainedLangevinOptimizer):
@@ -119,8 +80,9 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
             orthogonal set runs a fixed number of SHAKE iterations and rejects the move of a matrix
             that has not converged (``rejected_moves``) instead of falling back to the polar
             projection. Default False.
-        foreach: use the multi-tensor path (``torch._foreach_*`` calls, same-shaped orthogonal
-            matrices batched); ``False`` runs the simple per-tensor loop. Same results either way.
+        foreach: accepted for ``torch.optim`` compatibility; the step always runs the sets'
+            multi-tensor operations (``torch._foreach_*`` calls, same-shaped orthogonal matrices
+            batched). The per-tensor reference the tests compare against is in ``tests/``.
     """
 
     def __init__(
@@ -143,15 +105,8 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
     def _noise_scale(self, group) -> float:
         return math.sqrt(2.0 * group["lr"] * group["temperature"])
 
-    def _update_group(self, group, constraint, params, grads, states, noise) -> None:
+    def _update_group(self, group, constraint, params, grads, states, noise, ctx) -> None:
         overdamped_update(
-            params,
-            grads,
-            states,
-            constraint,
-            lr=group["lr"],
-            temperature=group["temperature"],
-            weight_decay=group["weight_decay"],
-            noise=noise,
-            foreach=group["foreach"],
+            params, grads, states, constraint,
+            lr=group["lr"], temperature=group["temperature"], weight_decay=group["weight_decay"], noise=noise, ctx=ctx,
         )

@@ -24,8 +24,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import torch
 from torch import Tensor
 
-from ..constraints.base import UNCONSTRAINED, Constraint, Unconstrained
-from .base import ConstrainedLangevinOptimizer, scaled_force, scaled_forces
+from ..constraints.base import DEFAULT_CONTEXT, UNCONSTRAINED, Constraint, StepContext
+from .base import ConstrainedLangevinOptimizer
 
 __all__ = ["ConstrainedUnderdampedSGLD", "underdamped_update", "langevin_step_size"]
 
@@ -46,106 +46,20 @@ def underdamped_update(
     temperature: float,
     weight_decay: float,
     noise: Optional[List[Tensor]],
-    foreach: bool = True,
+    ctx: StepContext = DEFAULT_CONTEXT,
 ) -> None:
-    """Update ``params`` and their ``state["momentum"]`` in place by one g-BAOAB step.
+    """Update ``params`` and their ``state["momentum"]`` in place by one g-BAOAB step with the two
+    half-kicks merged (one gradient per step): ``B(h) A(h/2) O A(h/2)``.
 
     ``noise``: standard normal tensors shaped like ``params`` (``None`` at temperature 0).
-    ``foreach`` picks the multi-tensor path; both paths compute the same update.
     """
-    fn = _multi_tensor_underdamped if foreach else _single_tensor_underdamped
-    fn(params, grads, states, constraint, lr=lr, momentum=momentum, temperature=temperature, weight_decay=weight_decay, noise=noise)
-
-
-def _single_tensor_underdamped(params, grads, states, constraint, *, lr, momentum, temperature, weight_decay, noise):
     c = momentum
     h = langevin_step_size(lr, c)
     noise_std = math.sqrt(temperature * (1.0 - c * c))
-    for i, (x, g, state) in enumerate(zip(params, grads, states)):
-        p = state["momentum"] + constraint.tangent_force(x, scaled_force(g, x, weight_decay, -h), state)  # B
-        if constraint.additive_drift and h > 0:  # A/2 O A/2 as one drift by h/2 (p + p')
-            p_new = p * c
-            if temperature > 0:
-                p_new.add_(constraint.tangent_noise(x, noise[i], noise_std, state))
-            constraint.drift_(x, p.add_(p_new), 0.5 * h, state)
-            state["momentum"].copy_(p_new)
-            continue
-        if h > 0:
-            p = constraint.drift_(x, p, 0.5 * h, state)  # A/2
-        p = p.mul_(c)  # O (p is a fresh tensor since B)
-        if temperature > 0:
-            p = p.add_(constraint.tangent_noise(x, noise[i], noise_std, state))
-        if h > 0:
-            p = constraint.drift_(x, p, 0.5 * h, state)  # A/2
-        state["momentum"].copy_(p)
+    momenta = [state["momentum"] for state in states]
+    constraint.kick_(params, momenta, grads, -h, weight_decay, states)  # B
+    constraint.drift_ou_drift_(params, momenta, 0.5 * h, c, noise if temperature > 0 else None, noise_std, states, ctx)  # A O A
 
-
-def _multi_tensor_underdamped(params, grads, states, constraint, *, lr, momentum, temperature, weight_decay, noise):
-    buffers = [state["momentum"] for state in states]
-    packing = constraint.packing(params)
-    if packing is not None:  # batched sets: pack once, update the packs, unpack once
-        packed_params, packed_buffers = packing.pack(params), packing.pack(buffers)
-        _multi_tensor_underdamped(
-            packed_params,
-            packing.pack(grads),
-            [{"momentum": b} for b in packed_buffers],
-            packing.constraint,
-            lr=lr,
-            momentum=momentum,
-            temperature=temperature,
-            weight_decay=weight_decay,
-            noise=None if noise is None else packing.pack(noise),
-        )
-        packing.unpack_(packed_params, params)
-        packing.unpack_(packed_buffers, buffers)
-        return
-    c = momentum
-    h = langevin_step_size(lr, c)
-    noise_std = math.sqrt(temperature * (1.0 - c * c))
-    if isinstance(constraint, Unconstrained):  # flat: B A/2 O A/2 in three in-place passes (+2 for noise)
-        if weight_decay != 0:
-            torch._foreach_add_(buffers, params, alpha=-h * weight_decay)
-        torch._foreach_add_(buffers, grads, alpha=-h)  # B: p
-        torch._foreach_add_(params, buffers, alpha=0.5 * h * (1.0 + c))  # A/2 with p, A/2 with c p
-        torch._foreach_mul_(buffers, c)  # O
-        if temperature > 0:
-            torch._foreach_add_(buffers, noise, alpha=noise_std)
-            torch._foreach_add_(params, noise, alpha=0.5 * h * noise_std)  # A/2 with the noise part
-        return
-    if constraint.tangent_is_identity:  # ambient momenta: kick the buffers in place (no allocation)
-        p = buffers
-        if weight_decay != 0:
-            torch._foreach_add_(p, params, alpha=-h * weight_decay)
-        torch._foreach_add_(p, grads, alpha=-h)  # B
-    else:
-        forces = scaled_forces(grads, params, weight_decay, -h)
-        p = torch._foreach_add(buffers, constraint.tangent_force_many(params, forces, states))  # B
-        if constraint.additive_drift and h > 0:  # A/2 O A/2 as one drift by h/2 (p + p')
-            torch._foreach_mul_(buffers, 0.0)
-            torch._foreach_add_(buffers, p, alpha=c)  # O: p' = c p (+ noise)
-            if temperature > 0:
-                torch._foreach_add_(buffers, constraint.tangent_noise_many(params, noise, noise_std, states))
-            torch._foreach_add_(p, buffers)
-            constraint.drift_many_(params, p, 0.5 * h, states)
-            return
-    # sets whose drift corrects along the normal space at its start (SHAKE) ignore a velocity's
-    # normal part there: the momentum between the two drifts needs no tangent projection, neither
-    # of the first drift's velocity nor of the O step's noise (the second drift's RATTLE projects)
-    raw = constraint.drift_absorbs_normal and h > 0
-    if raw:
-        p = constraint.drift_many_(params, p, 0.5 * h, states, project_velocity=False)  # A/2
-    elif h > 0:
-        p = constraint.drift_many_(params, p, 0.5 * h, states)  # A/2
-    torch._foreach_mul_(p, c)  # O
-    if temperature > 0:
-        if constraint.tangent_is_identity or raw:
-            torch._foreach_add_(p, noise, alpha=noise_std)
-        else:
-            torch._foreach_add_(p, constraint.tangent_noise_many(params, noise, noise_std, states))
-    if h > 0:
-        p = constraint.drift_many_(params, p, 0.5 * h, states)  # A/2
-    if p is not buffers:
-        torch._foreach_copy_(buffers, p)
 
 class ConstrainedUnderdampedSGLD(ConstrainedLangevinOptimizer):
     """Underdamped (momentum) Langevin dynamics that keeps chosen parameters on constraint sets.
@@ -188,30 +102,24 @@ class ConstrainedUnderdampedSGLD(ConstrainedLangevinOptimizer):
         """``kinetic_temperature = sum |p|^2 / d``: the momenta are N(0, T) on the tangent space at
         equilibrium (unit mass), so this estimates ``temperature`` (circle: arc-length momenta)."""
         constraint = self._group_constraint(group)
-        momenta, dims = [], 0
+        params, momenta, states, dims = [], [], [], 0
         for p in group["params"]:
             state = self.state.get(p)
             if state and "momentum" in state:
+                params.append(p.detach())
                 momenta.append(state["momentum"])
+                states.append(state)
                 dims += constraint.tangent_dim(state["momentum"] if constraint is UNCONSTRAINED else p.detach())
         if not momenta:
             return {"kinetic_temperature": torch.zeros(())}
-        energy = torch.stack([m.double().square().sum() for m in momenta]).sum()
-        return {"kinetic_temperature": energy / max(dims, 1)}
+        return {"kinetic_temperature": constraint.tangent_sq_norm(params, momenta, states) / max(dims, 1)}
 
     def _noise_scale(self, group) -> float:
         return math.sqrt(group["temperature"] * (1.0 - group["momentum"] ** 2))
 
-    def _update_group(self, group, constraint, params, grads, states, noise) -> None:
+    def _update_group(self, group, constraint, params, grads, states, noise, ctx) -> None:
         underdamped_update(
-            params,
-            grads,
-            states,
-            constraint,
-            lr=group["lr"],
-            momentum=group["momentum"],
-            temperature=group["temperature"],
-            weight_decay=group["weight_decay"],
-            noise=noise,
-            foreach=group["foreach"],
+            params, grads, states, constraint,
+            lr=group["lr"], momentum=group["momentum"], temperature=group["temperature"],
+            weight_decay=group["weight_decay"], noise=noise, ctx=ctx,
         )

@@ -1,4 +1,5 @@
-"""The multi-tensor (foreach) path and the single-tensor path compute the same update for every set."""
+"""The optimisers' list-level path (fused set operations, packed batches) computes the same update
+as the per-tensor reference in tests/optim/reference.py, for every set."""
 
 import copy
 import warnings
@@ -7,10 +8,11 @@ import pytest
 import torch
 
 from tests.conftest import CONSTRAINT_CASES, train_steps
+from tests.optim.reference import REFERENCE
 
 
 @pytest.mark.parametrize("name", sorted(CONSTRAINT_CASES))
-def test_foreach_matches_single_tensor(optimizer_cls, name):
+def test_list_level_path_matches_reference(optimizer_cls, name):
     spec, _ = CONSTRAINT_CASES[name]
     spec = spec if name != "orthogonal-wide-conv" else "orthogonal"
     # two convs of the same shape, so the orthogonal path really stacks matrices into one batch
@@ -21,11 +23,11 @@ def test_foreach_matches_single_tensor(optimizer_cls, name):
     ).double()
     twin = copy.deepcopy(model)
     opts = []
-    for m, foreach in ((model, True), (twin, False)):
+    for m, cls in ((model, optimizer_cls), (twin, REFERENCE[optimizer_cls])):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            opts.append(optimizer_cls(m.named_parameters(), constraints={"[24].weight": spec, "*.bias": None},
-                                      lr=0.05, temperature=1e-3, weight_decay=1e-4, seed=0, foreach=foreach))
+            opts.append(cls(m.named_parameters(), constraints={"[24].weight": spec, "*.bias": None},
+                            lr=0.05, temperature=1e-3, weight_decay=1e-4, seed=0))
     for step in range(20):
         train_steps(model, opts[0], 1, seed=step)
         train_steps(twin, opts[1], 1, seed=step)
@@ -33,7 +35,7 @@ def test_foreach_matches_single_tensor(optimizer_cls, name):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
-def test_padded_orthogonal_batches_match_single_tensor(optimizer_cls):
+def test_padded_orthogonal_batches_match_reference(optimizer_cls):
     """Small matrices with the same column count run as one zero-padded batch (tall, wide and conv
     shapes mixed); the result equals the per-tensor path and stays on the set."""
     from constrained_sgld import Orthogonal
@@ -46,9 +48,9 @@ def test_padded_orthogonal_batches_match_single_tensor(optimizer_cls):
         Orthogonal().init_(t)
         start.append(t)
     results = []
-    for foreach in (True, False):
+    for cls in (optimizer_cls, REFERENCE[optimizer_cls]):
         params = [torch.nn.Parameter(t.clone()) for t in start]
-        opt = optimizer_cls(params, constraints={p: "orthogonal" for p in params}, lr=0.05, temperature=1e-3, seed=3, foreach=foreach)
+        opt = cls(params, constraints={p: "orthogonal" for p in params}, lr=0.05, temperature=1e-3, seed=3)
         assert len(Orthogonal()._buckets(params)) == 2  # k = 4 (four shapes padded together) and k = 6
         for step in range(10):
             g = torch.Generator().manual_seed(step)
