@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-import torch
 from torch import Tensor
 
 from ..constraints.base import DEFAULT_CONTEXT, Constraint, StepContext

@@ -9,7 +9,7 @@ import torch
 
 from benchmarks.__main__ import main
 from benchmarks.methods import METHODS, start_on_set
-from benchmarks.report import _best, plot_gradient_profiles
+from benchmarks.report import _best
 from benchmarks.tasks import TASKS
 from benchmarks.tasks.deep import DeepTanhMLP
 from benchmarks.tasks.recurrent import LSTMNet, ModReLURNN, count_parameters, henaff_, matched_lstm_hidden

@@ -1,0 +1,212 @@
+"""Parameter groups: the ``constraints=`` mapping and its patterns, option validation, splitting
+groups by constraint, feasibility at construction and the warnings about what was moved or not
+matched."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import warnings
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import distributed
+from ..constraints.base import UNCONSTRAINED, Constraint, make_constraint
+
+STEP_TIME = "at step time"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class GroupsMixin:
+    """Grouping by constraint for :class:`~constrained_sgld.optim.base.ConstrainedLangevinOptimizer`."""
+
+    #: option name -> (check(value) -> bool, what the value must be)
+    _option_rules: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+        "lr": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+        "temperature": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+        "weight_decay": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+        "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "foreach": (lambda v: isinstance(v, bool), "True or False"),
+    }
+
+    @staticmethod
+    def _parse_constraint_map(constraints: Optional[Mapping[Any, Any]]) -> List[Tuple[Any, Optional[Constraint]]]:
+        if constraints is None:
+            return []
+        if not isinstance(constraints, Mapping):
+            raise ValueError(f"constraints must be a mapping of parameter/pattern -> spec, got {type(constraints).__name__}")
+        rules = []
+        for key, spec in constraints.items():
+            if not isinstance(key, (str, Tensor)):
+                raise ValueError(f"constraints keys must be name patterns (str) or parameters (Tensor), got {key!r}")
+            where = f"pattern {key!r}" if isinstance(key, str) else "a parameter given as key"
+            rules.append((key, make_constraint(spec, where=where)))
+        return rules
+
+    def _constraint_from_map(self, p: Tensor, name: Optional[str], overridden: bool = False) -> Optional[Constraint]:
+        """The first rule matching ``p``; ``overridden``: the group's own key decides, so a match
+        is only recorded (for the unmatched-pattern warning)."""
+        for i, (key, constraint) in enumerate(self._constraint_rules):
+            if isinstance(key, Tensor):
+                hit = key is p
+            else:
+                if name is None:
+                    if overridden:
+                        continue
+                    raise ValueError(
+                        f"constraint pattern {key!r} needs parameter names: pass model.named_parameters() "
+                        f"(or (name, tensor) pairs) instead of bare tensors"
+                    )
+                hit = fnmatch.fnmatchcase(name, key)
+            if hit:
+                (self._overridden_rules if overridden else self._matched_rules).add(i)
+                return constraint
+        return None
+
+    @classmethod
+    def _check_option(cls, option: str, value: Any, where: Any, at_step: bool = False) -> None:
+        """Raise ``ValueError`` for a bad option; ``where`` (a string, or a callable giving one) says where."""
+        rule = cls._option_rules.get(option)
+        if rule is None:
+            return
+        ok, must_be = rule
+        if at_step and option == "lr":  # schedulers may anneal to exactly 0
+            ok, must_be = (lambda v: _is_number(v) and v >= 0), "a finite number >= 0"
+        if not ok(value):
+            where = where() if callable(where) else where
+            raise ValueError(f"invalid {option}={value!r}{(' ' + where) if where else ''}: {option} must be {must_be}")
+
+    def _label(self, p: Tensor) -> str:
+        return self._labels.get(p, f"<tensor of shape {tuple(p.shape)}>")
+
+    def add_param_group(self, param_group: Dict[str, Any]) -> None:
+        """Add a group; it is split so that each resulting group holds exactly one constraint."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        group = dict(param_group)
+        raw = group.pop("params")
+        raw = [raw] if isinstance(raw, Tensor) else list(raw)
+        if isinstance(param_group.get("params"), set):
+            raise TypeError("params must be an ordered collection (a list), not a set")
+        names: Optional[List[str]] = group.pop("param_names", None)
+        tensors: List[Tensor] = []
+        pairs = [isinstance(x, tuple) for x in raw]
+        if any(pairs) and not all(pairs):
+            raise ValueError("give all parameters with names (name, tensor) or all without")
+        if raw and all(pairs):
+            names, tensors = [], []
+            for n, t in raw:
+                first = next((i for i, u in enumerate(tensors) if u is t), None)
+                if first is None:
+                    names.append(str(n))
+                    tensors.append(t)
+                else:  # named_parameters(remove_duplicate=False): a tied weight's second name
+                    self._aliases[str(n)] = names[first]
+        else:
+            tensors = raw
+        n_before = sum(len(g["params"]) for g in self.param_groups)
+        for i, t in enumerate(tensors):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"optimizer can only optimise Tensors, got {type(t).__name__} at position {i}")
+        labels = names if names is not None else [f"params[{n_before + i}] (shape {tuple(t.shape)})" for i, t in enumerate(tensors)]
+
+        where = f"in parameter group of {labels[0]!r}" if labels else ""
+        for option, default in self.defaults.items():
+            group.setdefault(option, default)
+            self._check_option(option, group[option], where)
+
+        seen = {p for g in self.param_groups for p in g["params"]}
+        for t, label in zip(tensors, labels):
+            if t in seen:
+                raise ValueError(f"parameter {label!r} is given twice; each parameter may appear in one group only")
+            if not (t.is_leaf or t.retains_grad):
+                raise ValueError(f"parameter {label!r} is not a leaf tensor and cannot be optimised")
+            if t.is_complex():
+                raise ValueError(
+                    f"parameter {label!r} is complex ({t.dtype}); complex parameters are not supported "
+                    "(the noise, the finiteness check and the sets assume real entries): optimise its "
+                    "real and imaginary parts as real tensors (torch.view_as_real)"
+                )
+            seen.add(t)
+
+        # resolve one constraint per parameter: the group's "constraint" key wins over the mapping
+        has_key = "constraint" in group
+        group_constraint = make_constraint(group.pop("constraint"), where=where) if has_key else None
+        split: Dict[Any, Dict[str, Any]] = {}
+        for t, label in zip(tensors, labels):
+            from_map = self._constraint_from_map(t, names and label, overridden=has_key)
+            constraint = group_constraint if has_key else from_map
+            if constraint is not None:
+                constraint.check(t, label)
+                self._check_sharding(t, label, constraint)
+            key = constraint if constraint is not None else UNCONSTRAINED
+            sub = split.setdefault(key, {"params": [], "names": [], "constraint": constraint})
+            sub["params"].append(t)
+            sub["names"].append(label)
+
+        for sub in split.values():
+            new_group = dict(group)
+            new_group["constraint"] = sub["constraint"]
+            new_group["params"] = sub["params"]
+            if names is not None:
+                new_group["param_names"] = sub["names"]
+            for t, label in zip(sub["params"], sub["names"]):
+                self._labels[t] = label
+            super().add_param_group(new_group)
+            if sub["constraint"] is not None:
+                self._make_feasible(sub["constraint"], sub["params"])
+        if not getattr(self, "_in_init", False):
+            self._warn_moved()
+
+    @staticmethod
+    def _check_sharding(t: Tensor, label: str, constraint: Constraint) -> None:
+        dims = distributed.sharded_dims(t)
+        if dims and not constraint.shard_local(t, dims):
+            raise ValueError(
+                f"parameter {label!r} is sharded along dim(s) {list(dims)} (a DTensor, e.g. from FSDP's "
+                f"fully_shard), but the '{constraint.name}' constraint needs the whole "
+                f"{constraint.couples} on one rank. Keep this parameter "
+                "unsharded (apply fully_shard to the other modules only, or shard along dims the set does "
+                "not couple), or use a set that acts entry by entry (circle, nonnegative, box)"
+            )
+
+    @torch.no_grad()
+    def _make_feasible(self, constraint: Constraint, params: List[Tensor]) -> None:
+        for p in params:
+            piece = distributed.local(p.detach())
+            if not bool(constraint.violation(piece) <= constraint.tolerance(p.dtype)):
+                piece.copy_(constraint.project(piece))
+                self._moved.append(self._label(p))
+
+    def _warn_moved(self) -> None:
+        if self._moved:
+            warnings.warn(
+                "projected onto their constraint sets (they were not feasible): " + ", ".join(self._moved),
+                UserWarning,
+                stacklevel=4,
+            )
+            self._moved = []
+
+    def _warn_unmatched(self) -> None:
+        """Warn about each name pattern of ``constraints=`` that matched no parameter, saying why."""
+        for i, (key, _) in enumerate(self._constraint_rules):
+            if isinstance(key, str) and i not in self._matched_rules:
+                aliases = [a for a in self._aliases if fnmatch.fnmatchcase(a, key)]
+                if i in self._overridden_rules:
+                    message = f"constraint pattern {key!r} matched only parameters whose group sets its own 'constraint', which wins"
+                elif aliases:
+                    message = (
+                        f"constraint pattern {key!r} names {aliases[0]!r}, an alias of {self._aliases[aliases[0]]!r} "
+                        f"(a tied weight, already given under that name): give the constraint under {self._aliases[aliases[0]]!r}"
+                    )
+                else:
+                    message = (
+                        f"constraint pattern {key!r} matches no parameter name (model.named_parameters() lists a "
+                        "tied or shared weight under its first name only)"
+                    )
+                warnings.warn(message, UserWarning, stacklevel=4)
