@@ -126,3 +126,23 @@ def test_bad_constraint_options(spec, match):
 def test_keyword_only():
     with pytest.raises(TypeError, match="keyword"):
         cs.Sphere(2.0)
+
+
+def test_box_one_wall_reflection_equals_the_general_fold():
+    """The box's fast reflection (taken when no entry moves further than the width) gives the
+    general fold's positions and velocities, and long steps still take the general fold."""
+    from constrained_sgld import Box
+    from constrained_sgld.constraints.base import StepContext
+
+    box = Box(lower=-0.2, upper=0.3)
+    g = torch.Generator().manual_seed(0)
+    start = torch.rand(10_000, generator=g, dtype=torch.float64) * 0.5 - 0.2
+    for scale in (0.05, 0.49, 3.0):  # within the width, just within, far beyond (several walls)
+        v = torch.randn(10_000, generator=g, dtype=torch.float64)
+        v = v / v.abs().max() * scale
+        fast, general = start.clone(), start.clone()
+        v_fast = box.drift_many_([fast], [v.clone()], 1.0, [{}])[0]
+        v_general = box.drift_many_([general], [v.clone()], 1.0, [{}], StepContext(sync_free=True))[0]
+        torch.testing.assert_close(fast, general, rtol=0, atol=1e-12)
+        assert torch.equal(v_fast, v_general)
+        assert box.violation(fast) == 0
