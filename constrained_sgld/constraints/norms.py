@@ -24,7 +24,7 @@ from typing import Any, Dict
 import torch
 from torch import Tensor
 
-from .base import AmbientTangent, Constraint, check_boundary, check_positive, reduction_dims, register_constraint
+from .base import DEFAULT_CONTEXT, AmbientTangent, Constraint, check_boundary, check_positive, reduction_dims, register_constraint
 
 
 def _check_dim(dim: Any, owner: str) -> Any:
@@ -203,6 +203,20 @@ class Ball(AmbientTangent, _NormSet):
         self.drift_(p, step, 1.0, state)
 
     def drift_(self, p: Tensor, velocity: Tensor, t: float, state: Dict[str, Tensor]) -> Tensor:
-        if self.boundary == "reflect":
-            return self._billiard_(p, velocity, t)
-        return self._clamp_(p, velocity, t)
+        return self.drift_many_([p], [velocity], t, [state])[0]
+
+    def retract_many_(self, params, steps, states, ctx=DEFAULT_CONTEXT):
+        self.drift_many_(params, steps, 1.0, states, ctx)
+
+    def drift_many_(self, params, velocities, t, states, ctx=DEFAULT_CONTEXT):
+        out = []
+        for p, v in zip(params, velocities):
+            if not ctx.sync_free:
+                # most moves stay inside: then the flight is a straight line (one host read tells)
+                moved = torch.add(p, v, alpha=t)
+                if bool((self._norm(moved) <= self.radius).all()):
+                    p.copy_(moved)
+                    out.append(v)
+                    continue
+            out.append(self._billiard_(p, v, t) if self.boundary == "reflect" else self._clamp_(p, v, t))
+        return out
