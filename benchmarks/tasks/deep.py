@@ -45,7 +45,7 @@ class DeepMLP(ClassificationTask):
     default_methods = ("sgd-momentum", "adam", "sgd-momentum-orth-init", "geotorch-orthogonal", "o-cola-od", "o-cola-ud")
     presets = {
         "smoke": {"depth": 8, "width": 64, "train_size": 1000, "val_size": 500, "test_size": 500, "epochs": 1, "batch_size": 128, "eval_every": 1},
-        "quick": {"depth": 32, "width": 256, "train_size": 10000, "val_size": 5000, "test_size": 10000, "epochs": 15, "batch_size": 128, "eval_every": 1},
+        "quick": {"depth": 32, "width": 256, "train_size": 10000, "val_size": 5000, "test_size": 10000, "epochs": 10, "batch_size": 128, "eval_every": 1},
         "paper": {"depth": 64, "width": 256, "train_size": 55000, "val_size": 5000, "test_size": 10000, "epochs": 50, "batch_size": 128, "eval_every": 1},
     }
     hparams = {

@@ -239,7 +239,7 @@ class ShakespeareRNN(ShakespeareCharLM):
     default_methods = ("sgd-momentum", "rmsprop", "adam", "lstm-rmsprop", "geotorch-orthogonal", "o-cola-ud")
     presets = {
         "smoke": {"steps_per_epoch": 20, "epochs": 1, "batch_size": 32, "seq_len": 150, "hidden": 64, "eval_chars": 20000, "eval_every": 1},
-        "quick": {"steps_per_epoch": 100, "epochs": 6, "batch_size": 32, "seq_len": 150, "hidden": 256, "eval_chars": 50000, "eval_every": 1},
+        "quick": {"steps_per_epoch": 100, "epochs": 4, "batch_size": 32, "seq_len": 150, "hidden": 256, "eval_chars": 50000, "eval_every": 1},
         "paper": {"steps_per_epoch": 1000, "epochs": 20, "batch_size": 128, "seq_len": 150, "hidden": 256, "eval_chars": None, "eval_every": 1},
     }
     hparams = dict(
