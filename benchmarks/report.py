@@ -346,10 +346,15 @@ def compact_table(results: Dict[str, Any]) -> str:
     accuracy, NLL and ECE where tempered runs recorded them; time ratio; largest violation."""
     rows = summary_rows(results)
     accuracy = results["metric"] == "accuracy"
+    ece = accuracy and any(r["ece"] != "–" for r in rows)  # copy's recall accuracy has no calibration
     name = "test accuracy" if accuracy else "test bits/char"
     posterior = _has_posterior(rows)
-    head = f"| method | {name} (final) | test loss (final) |"
-    if accuracy:
+    validation = _has_validation(results)
+    head = f"| method | {name} (final) |"
+    if validation:
+        head += f" {name} (best validation epoch) |"
+    head += " test loss (final) |"
+    if ece:
         head += " test ECE (final) |"
     if posterior:
         head += " posterior accuracy | posterior NLL | posterior ECE |"
@@ -357,8 +362,8 @@ def compact_table(results: Dict[str, Any]) -> str:
     lines = [head, "|" + "---|" * head.count(" |")]
     for r in rows:
         status = "" if r["status"] == "done" else f" ({r['status']})"
-        line = f"| {r['method']}{status} | {r['final']} | {r['test_loss']} |"
-        if accuracy:
+        line = f"| {r['method']}{status} | {r['final']} |" + (f" {r['best']} |" if validation else "") + f" {r['test_loss']} |"
+        if ece:
             line += f" {r['ece']} |"
         if posterior:
             line += f" {r['post_acc']} | {r['post_nll']} | {r['post_ece']} |"
