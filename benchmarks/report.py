@@ -87,10 +87,20 @@ def summary_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                 "post_acc": _mean_std([_final(r, "posterior_accuracy") for r in runs]),
                 "post_nll": _mean_std([_final(r, "posterior_nll") for r in runs]),
                 "post_ece": _mean_std([_final(r, "posterior_ece") for r in runs]),
-                "status": "; ".join(sorted({r["status"] for r in runs if r["status"] != "done"})) or "done",
+                "status": _status(runs),
             }
         )
     return rows
+
+
+def _status(runs: List[Dict[str, Any]]) -> str:
+    """``done``, or each other status with how many of the seeds ended that way."""
+    others = [r["status"] for r in runs if r["status"] != "done"]
+    if not others:
+        return "done"
+    if len(others) == len(runs) and len(set(others)) == 1:
+        return others[0] if len(runs) == 1 else f"{others[0]} (every seed)"
+    return "; ".join(f"{others.count(st)} of {len(runs)} seeds {st}" for st in sorted(set(others)))
 
 
 def _has_posterior(rows: List[Dict[str, Any]]) -> bool:
