@@ -251,23 +251,13 @@ class PixelFashion(RecurrentTask, ClassificationTask):
         # psMNIST as expRNN ran it (hidden 170 there; 70 epochs), on Fashion-MNIST; hours on a CPU
         "paper": {"train_size": 55000, "val_size": 5000, "test_size": 10000, "hidden": 170, "epochs": 70, "batch_size": 128, "eval_every": 1},
     }
-    hparams = {
-        "lr": 0.01,
-        "momentum_lr": 0.003,
-        "momentum": 0.9,
-        "weight_decay": 1e-4,
-        "adam_lr": 1e-3,
-        "rmsprop_lr": 1e-3,  # expRNN's psMNIST setting for the non-orthogonal parameters
-        "orthogonal_lr_factor": 0.1,
-        "geotorch_optimizer": "rmsprop",
-        "lstm_lr": 1e-3,
-        "ud_lr": 0.003,
-        "ud_momentum": 0.9,
-        "od_lr": 0.03,
-        "temperature": 0.0,  # the tempered variant: --set temperature=1e-5 (posterior columns)
-        "clip": None,
-        "permutation_seed": 1234,
-    }
+    # the copy task's settings, but for RMSprop's lr and the fixed pixel order; the tempered
+    # variant is --set temperature=1e-5 (posterior columns)
+    hparams = dict(
+        CopyMemory.hparams,
+        rmsprop_lr=1e-3,  # expRNN's psMNIST setting for the non-orthogonal parameters
+        permutation_seed=1234,  # the one fixed pixel order
+    )
 
     def prepare(self) -> None:
         from .fmnist import fashion_splits
