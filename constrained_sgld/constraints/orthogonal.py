@@ -28,7 +28,7 @@ import geotorch.so
 import torch
 from torch import Tensor
 
-from .base import DEFAULT_CONTEXT, Constraint, Packing, StepContext, check_positive, register_constraint
+from .base import DEFAULT_CONTEXT, Constraint, Packing, StepContext, check_positive, register_constraint, scaled_forces
 
 
 def _sym(a: Tensor) -> Tensor:
@@ -320,6 +320,16 @@ class Orthogonal(Constraint):
                 params[i].copy_(self._unstack(new, j, params[i]))
                 out[i] = self._unstack(v, j, params[i])
         return out
+
+    def move_(self, params, grads, scale, weight_decay, noise, std, states, ctx=DEFAULT_CONTEXT):
+        """The overdamped move without the two tangent projections of the composition: SHAKE
+        corrects ``y = x + step`` along the normal space at ``x`` (``y + x L``, ``L`` symmetric), and a
+        step's normal component ``x S`` only shifts ``L``: the corrected point is the same. Weight
+        decay's force ``x`` is normal and drops out the same way (the set has fixed norms)."""
+        steps = scaled_forces(grads, params, 0.0, scale)
+        if noise is not None:
+            torch._foreach_add_(steps, noise, alpha=std)
+        self.retract_many_(params, steps, states, ctx)
 
     def drift_ou_drift_(self, params, momenta, t, c, noise, std, states, ctx=DEFAULT_CONTEXT):
         """``A(t) O A(t)`` with two tangent projections fewer than the composition: SHAKE corrects
