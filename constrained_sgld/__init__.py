@@ -13,7 +13,7 @@ from .constraints import (
     register_constraint,
 )
 from . import distributed, init
-from .optim import ConstrainedSGLD, ConstrainedUnderdampedSGLD
+from .optim import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD
 from .samples import CyclicalLR, SampleCollector
 
 __version__ = "0.1.0"
@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConstrainedSGLD",
     "ConstrainedUnderdampedSGLD",
+    "ConstrainedSGNHT",
     "SampleCollector",
     "CyclicalLR",
     "distributed",

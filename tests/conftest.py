@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from constrained_sgld import ConstrainedSGLD, ConstrainedUnderdampedSGLD
+from constrained_sgld import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD
 
-OPTIMIZERS = {"od": ConstrainedSGLD, "ud": ConstrainedUnderdampedSGLD}
+OPTIMIZERS = {"od": ConstrainedSGLD, "ud": ConstrainedUnderdampedSGLD, "nht": ConstrainedSGNHT}
 
 # (spec, a parameter shape it fits): every built-in set, on shapes a real model has
 CONSTRAINT_CASES = {

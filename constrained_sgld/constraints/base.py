@@ -254,7 +254,8 @@ class Constraint:
         """``sum |p|^2`` over the group's tangent vectors, in float64 (the kinetic energy times 2)."""
         if not momenta:
             return torch.zeros((), dtype=torch.float64)
-        return torch.stack([m.double().square().sum() for m in momenta]).sum()
+        # one fused norm pass (no float64 copies); the squares are summed in float64
+        return torch.stack(torch._foreach_norm(momenta)).double().square().sum()
 
     # ---------------------------------------------------------------- description
     def spec(self) -> Tuple[str, Dict[str, Any]]:

@@ -1,10 +1,12 @@
-"""The per-tensor reference of both schemes, written with the sets' per-tensor operations only and
+"""The per-tensor reference of the three schemes, written with the sets' per-tensor operations only and
 no fused sequence: the optimisers' list-level path (fused operations, packed batches, overrides in
 the sets) must compute the same update."""
 
 import math
 
-from constrained_sgld import ConstrainedSGLD, ConstrainedUnderdampedSGLD
+import torch
+
+from constrained_sgld import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD
 from constrained_sgld.optim.underdamped import langevin_step_size
 
 
@@ -37,6 +39,32 @@ def underdamped_reference(params, grads, states, constraint, *, lr, momentum, te
         state["momentum"].copy_(p)
 
 
+def thermostat_reference(params, grads, states, constraint, *, xi, dims, lr, momentum, temperature, thermostat_mass, weight_decay, noise):
+    """BADODAB, tensor by tensor for B, A and O; the thermostat reads the whole group's momenta."""
+    h = langevin_step_size(lr, momentum)
+    a = -math.log(momentum) / h
+
+    def kinetic(momenta):
+        return sum(constraint.tangent_sq_norm([x], [p], [s]) for x, p, s in zip(params, momenta, states))
+
+    momenta = []
+    for x, g, state in zip(params, grads, states):
+        p = state["momentum"] + constraint.tangent_force(x, _force(g, x, weight_decay, -h), state)  # B
+        momenta.append(constraint.drift_(x, p, 0.5 * h, state))  # A/2
+    xi += 0.5 * h * (kinetic(momenta) / dims - temperature) / thermostat_mass  # D/2
+    decay = math.exp(-xi * h)
+    z = 2.0 * xi * h
+    std = math.sqrt(2.0 * a * temperature * h * (-math.expm1(-z) / z if abs(z) > 1e-12 else 1.0))
+    for i, (x, state) in enumerate(zip(params, states)):  # O
+        momenta[i] = momenta[i] * decay
+        if temperature > 0:
+            momenta[i] = momenta[i] + constraint.tangent_noise(x, noise[i], std, state)
+    xi += 0.5 * h * (kinetic(momenta) / dims - temperature) / thermostat_mass  # D/2
+    for x, p, state in zip(params, momenta, states):
+        state["momentum"].copy_(constraint.drift_(x, p, 0.5 * h, state))  # A/2
+    return xi
+
+
 class _Reference:
     """Steps each group with the reference function, tensor by tensor, without packing."""
 
@@ -56,4 +84,14 @@ class ReferenceUnderdampedSGLD(_Reference, ConstrainedUnderdampedSGLD):
                               temperature=group["temperature"], weight_decay=group["weight_decay"], noise=noise)
 
 
-REFERENCE = {ConstrainedSGLD: ReferenceSGLD, ConstrainedUnderdampedSGLD: ReferenceUnderdampedSGLD}
+class ReferenceSGNHT(_Reference, ConstrainedSGNHT):
+    def _update_group(self, group, constraint, params, grads, states, noise, ctx):
+        xi = self._thermostat(group, params[0].device)
+        mass = group["thermostat_mass"] or (group["temperature"] if group["temperature"] > 0 else 1.0)
+        new = thermostat_reference(params, grads, states, constraint, xi=float(xi), dims=self._step_dims, lr=group["lr"],
+                                   momentum=group["momentum"], temperature=group["temperature"], thermostat_mass=mass,
+                                   weight_decay=group["weight_decay"], noise=noise)
+        xi.fill_(new)
+
+
+REFERENCE = {ConstrainedSGLD: ReferenceSGLD, ConstrainedUnderdampedSGLD: ReferenceUnderdampedSGLD, ConstrainedSGNHT: ReferenceSGNHT}

@@ -5,7 +5,10 @@ import math
 import pytest
 import torch
 
-from constrained_sgld import ConstrainedUnderdampedSGLD
+from constrained_sgld import ConstrainedSGNHT, ConstrainedUnderdampedSGLD
+
+WITH_MOMENTUM = (ConstrainedUnderdampedSGLD, ConstrainedSGNHT)
+EXTRA_KEYS = {ConstrainedUnderdampedSGLD: {"kinetic_temperature"}, ConstrainedSGNHT: {"kinetic_temperature", "thermostat"}}
 
 Z = 4.5  # as in tests/statistical: standard errors allowed
 
@@ -20,7 +23,7 @@ def test_keys_values_and_no_host_reads(optimizer_cls):
     opt.step()
     diag = opt.diagnostics()
     assert len(diag) == len(opt.param_groups) == 2
-    expected = {"violation", "grad_norm", "noise_norm"} | ({"kinetic_temperature"} if optimizer_cls is ConstrainedUnderdampedSGLD else set())
+    expected = {"violation", "grad_norm", "noise_norm"} | EXTRA_KEYS.get(optimizer_cls, set())
     for d, group in zip(diag, opt.param_groups):
         assert set(d) == expected
         assert all(torch.is_tensor(v) and v.dim() == 0 for v in d.values())
@@ -34,7 +37,7 @@ def test_noise_norm_matches_its_scale(optimizer_cls):
     torch.manual_seed(0)
     n, lr, temperature, momentum = 20000, 0.01, 0.3, 0.9
     x = torch.nn.Parameter(torch.zeros(n, dtype=torch.float64))
-    kwargs = {"momentum": momentum} if optimizer_cls is ConstrainedUnderdampedSGLD else {}
+    kwargs = {"momentum": momentum} if optimizer_cls in WITH_MOMENTUM else {}
     opt = optimizer_cls([x], lr=lr, temperature=temperature, seed=1, **kwargs)
     x.grad = torch.zeros_like(x)
     opt.step()

@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from constrained_sgld import ConstrainedSGLD, ConstrainedUnderdampedSGLD
+from constrained_sgld import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD
 from tests.conftest import batch_for, small_convnet, small_mlp
 
 SPECS = {
@@ -20,7 +20,7 @@ SPECS = {
 
 @pytest.mark.parametrize("model_fn", [small_mlp, small_convnet], ids=["mlp", "convnet"])
 @pytest.mark.parametrize("name", sorted(SPECS))
-@pytest.mark.parametrize("optimizer_cls", [ConstrainedSGLD, ConstrainedUnderdampedSGLD], ids=["od", "ud"])
+@pytest.mark.parametrize("optimizer_cls", [ConstrainedSGLD, ConstrainedUnderdampedSGLD, ConstrainedSGNHT], ids=["od", "ud", "nht"])
 def test_feasible_over_1000_steps(optimizer_cls, name, model_fn):
     spec = SPECS[name]
     model = model_fn()

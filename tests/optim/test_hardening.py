@@ -135,8 +135,8 @@ def test_circle_state_follows_weights_loaded_behind_its_back(optimizer_cls):
         p.grad = torch.zeros_like(p)
     for g in opt.param_groups:
         g["temperature"] = 0.0
-    if optimizer_cls is ConstrainedUnderdampedSGLD:
-        for state in opt.state.values():
+    for state in opt.state.values():  # the momentum schemes: start from rest
+        if "momentum" in state:
             state["momentum"].zero_()
     opt.step()  # zero force, zero noise, zero momentum: nothing may move
     torch.testing.assert_close(model[0].weight.detach(), loaded, atol=1e-6, rtol=0)

@@ -14,14 +14,14 @@ SCRIPT = textwrap.dedent(
     r"""
     import os, signal, sys, warnings
     import torch
-    from constrained_sgld import ConstrainedSGLD, ConstrainedUnderdampedSGLD
+    from constrained_sgld import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD
 
     mode, kind, ckpt, out = sys.argv[1:5]
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(2, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3))
-    cls = ConstrainedUnderdampedSGLD if kind == "ud" else ConstrainedSGLD
+    cls = {"od": ConstrainedSGLD, "ud": ConstrainedUnderdampedSGLD, "nht": ConstrainedSGNHT}[kind]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         opt = cls(model.named_parameters(), lr=0.05, temperature=1e-3, seed=None,
@@ -51,7 +51,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("kind", ["od", "ud"])
+@pytest.mark.parametrize("kind", ["od", "ud", "nht"])
 def test_crash_and_resume_is_bit_for_bit(tmp_path: Path, kind):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from constrained_sgld import ConstrainedSGLD, ConstrainedUnderdampedSGLD
+from constrained_sgld import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD
 from constrained_sgld.constraints.orthogonal import shake_tolerance
 
 pytestmark = pytest.mark.filterwarnings("ignore:projected onto their constraint sets")
@@ -31,6 +31,7 @@ SPECS = [
 OPTIMISERS = [
     pytest.param(lambda ps, **kw: ConstrainedSGLD(ps, lr=0.01, **kw), id="od"),
     pytest.param(lambda ps, **kw: ConstrainedUnderdampedSGLD(ps, lr=0.01, momentum=0.9, **kw), id="ud"),
+    pytest.param(lambda ps, **kw: ConstrainedSGNHT(ps, lr=0.01, momentum=0.9, **kw), id="nht"),
 ]
 
 

@@ -19,7 +19,9 @@ is known exactly:
   (BAOAB) chain samples the configurational law ``N(0, tau A^-1)`` exactly; reflection at 0
   commutes with these odd dynamics, so the folded law is exact too.
 Only the von Mises-Fisher cases have an unknown O(lr) bias; their allowance is ``lr`` (one step
-size, in the units of a statistic of order 1).
+size, in the units of a statistic of order 1). The thermostat scheme (``nht``) keeps the
+equivariance and billiard arguments (its friction is rotation- and reflection-invariant) but not
+BAOAB's exactness on quadratic U: there it gets the same ``lr`` allowance, in the statistic's units.
 
 ``CSGLD_STAT_SEED`` picks the seed (``scripts/statistical_seeds.py`` reruns the suite on 20).
 """
@@ -31,7 +33,7 @@ import warnings
 import pytest
 import torch
 
-from constrained_sgld import ConstrainedSGLD, ConstrainedUnderdampedSGLD
+from constrained_sgld import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD
 
 Z = 4.5
 SEED = int(os.environ.get("CSGLD_STAT_SEED", "0"))
@@ -41,7 +43,16 @@ SCHEMES = {
     "ud-m0.0": (ConstrainedUnderdampedSGLD, {"momentum": 0.0}),
     "ud-m0.5": (ConstrainedUnderdampedSGLD, {"momentum": 0.5}),
     "ud-m0.9": (ConstrainedUnderdampedSGLD, {"momentum": 0.9}),
+    "nht-m0.5": (ConstrainedSGNHT, {"momentum": 0.5}),
+    "nht-m0.9": (ConstrainedSGNHT, {"momentum": 0.9}),
 }
+
+
+def quadratic_allowance(scheme, lr, scale):
+    """The thermostat's friction varies from step to step, so BAOAB's exactness on quadratic U does
+    not carry over to it: an O(lr) bias, allowed as ``lr`` times the statistic's scale (as for the
+    von Mises-Fisher cases). Zero for the other schemes (exact, see the module doc)."""
+    return lr * scale if scheme.startswith("nht") else 0.0
 
 
 def run_chains(scheme, x0, spec, grad_fn, stats, *, lr, temperature=1.0, steps, burn):
@@ -90,9 +101,10 @@ def test_unconstrained_anisotropic_gaussian(scheme):
     x0 = torch.zeros(2000, 2)
     stats = [lambda x: x[:, 0] ** 2, lambda x: x[:, 0] * x[:, 1], lambda x: x[:, 1] ** 2]
     (s00, s01, s11), _ = run_chains(scheme, x0, None, lambda x: x @ a, stats, lr=lr, temperature=tau, steps=1500, burn=300)
-    check(s00, cov[0, 0].item(), label="cov00")
-    check(s01, cov[0, 1].item(), label="cov01")
-    check(s11, cov[1, 1].item(), label="cov11")
+    allowance = quadratic_allowance(scheme, lr, cov.abs().max().item())
+    check(s00, cov[0, 0].item(), allowance, label="cov00")
+    check(s01, cov[0, 1].item(), allowance, label="cov01")
+    check(s11, cov[1, 1].item(), allowance, label="cov11")
 
 
 # ------------------------------------------------------------------ sphere
@@ -177,8 +189,8 @@ def test_nonnegative_half_normal(scheme):
     x0 = torch.full((4000, 1), 2.0)
     stats = [lambda x: x[:, 0], lambda x: x[:, 0] ** 2]
     (m1, m2), _ = run_chains(scheme, x0, "nonnegative", lambda x: x.clone(), stats, lr=lr, steps=1200, burn=300)
-    check(m1, math.sqrt(2 * var / math.pi), label="E[x]")
-    check(m2, var, label="E[x^2]")
+    check(m1, math.sqrt(2 * var / math.pi), quadratic_allowance(scheme, lr, 1.0), label="E[x]")
+    check(m2, var, quadratic_allowance(scheme, lr, var), label="E[x^2]")
 
 
 @schemes
