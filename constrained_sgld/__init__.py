@@ -14,6 +14,7 @@ from .constraints import (
 )
 from . import distributed, init
 from .optim import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD
+from .chains import ChainTrace, chain_diagnostics
 from .samples import CyclicalLR, SampleCollector
 
 __version__ = "0.1.0"
@@ -23,6 +24,8 @@ __all__ = [
     "ConstrainedUnderdampedSGLD",
     "ConstrainedSGNHT",
     "SampleCollector",
+    "ChainTrace",
+    "chain_diagnostics",
     "CyclicalLR",
     "distributed",
     "init",
