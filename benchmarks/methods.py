@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from constrained_sgld import ConstrainedSGLD, ConstrainedUnderdampedSGLD, Orthogonal, make_constraint
+from constrained_sgld import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD, Orthogonal, make_constraint
 
 # (optimiser, the hyper-parameters it used, parameter name -> constraint spec it enforces)
 Built = Tuple[torch.optim.Optimizer, Dict[str, Any], Dict[str, Any]]
@@ -100,11 +100,14 @@ def start_on_set(model: nn.Module, constraints: Dict[str, Any]) -> None:
                 params[name].copy_(c.project(params[name]))
 
 
-def _constrained(family: str, underdamped: bool):
+def _constrained(family: str, underdamped: bool, thermostat: bool = False):
     def build(model, task, seed):
         constraints = task.constrained(model, family)
         start_on_set(model, constraints)
-        if underdamped:
+        if thermostat:  # the same lr, momentum (the noise's friction) and temperature as *-cola-ud
+            hp = _ud_hparams(task)
+            optim = ConstrainedSGNHT(model.named_parameters(), constraints=constraints, seed=seed, **hp)
+        elif underdamped:
             hp = _ud_hparams(task)
             optim = ConstrainedUnderdampedSGLD(model.named_parameters(), constraints=constraints, seed=seed, **hp)
         else:
@@ -211,8 +214,10 @@ METHODS: Dict[str, Method] = {
         Method("sgld", "underdamped Langevin, no constraint, the same lr/momentum/temperature as *-cola-ud", None, _sgld),
         Method("c-cola-od", "ConstrainedSGLD, circle constraints", "circle", _constrained("circle", False)),
         Method("c-cola-ud", "ConstrainedUnderdampedSGLD, circle constraints", "circle", _constrained("circle", True)),
+        Method("c-cola-nht", "ConstrainedSGNHT (adaptive thermostat), circle constraints", "circle", _constrained("circle", True, thermostat=True)),
         Method("o-cola-od", "ConstrainedSGLD, orthogonal constraints", "orthogonal", _constrained("orthogonal", False)),
         Method("o-cola-ud", "ConstrainedUnderdampedSGLD, orthogonal constraints", "orthogonal", _constrained("orthogonal", True)),
+        Method("o-cola-nht", "ConstrainedSGNHT (adaptive thermostat), orthogonal constraints", "orthogonal", _constrained("orthogonal", True, thermostat=True)),
         Method("sgd-clamp", "SGD-momentum, non-negative weights clamped after every step", "nonnegative", _sgd_clamp),
         Method("n-cola-od", "ConstrainedSGLD, non-negative weights (default init, projected)", "nonnegative", _constrained("nonnegative", False)),
         Method("n-cola-od-icnn", "ConstrainedSGLD, non-negative weights, ICNN initialisation (init.icnn_)", "nonnegative", _nonnegative_icnn),

@@ -88,9 +88,38 @@ def summary_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                 "post_nll": _mean_std([_final(r, "posterior_nll") for r in runs]),
                 "post_ece": _mean_std([_final(r, "posterior_ece") for r in runs]),
                 "status": _status(runs),
+                **_chain_columns(runs),
             }
         )
     return rows
+
+
+def _chain_columns(runs: List[Dict[str, Any]]) -> Dict[str, str]:
+    """ESS and split R-hat (ArviZ) over the seeds as chains, where 2 or more seeds recorded a chain
+    trace: of the test log-likelihood, and the worst over the weights' random projections."""
+    traces = [r["chain_trace"] for r in runs if r.get("chain_trace") and r["status"] == "done"]
+    empty = {"ess": "–", "rhat": "–", "proj_rhat": "–"}
+    if len(traces) < 2:
+        return empty
+    try:
+        from constrained_sgld import chain_diagnostics
+
+        diag = chain_diagnostics(traces)
+    except ImportError:
+        return {"ess": "(needs arviz)", "rhat": "(needs arviz)", "proj_rhat": "(needs arviz)"}
+    out = dict(empty)
+    if "test_loglik" in diag:
+        d = diag["test_loglik"]
+        out["ess"] = f"{d['ess']:.0f} of {d['chains'] * d['draws']}"
+        out["rhat"] = f"{d['rhat']:.2f}"
+    projections = [d["rhat"] for name, d in diag.items() if name.startswith("projection_")]
+    if projections:
+        out["proj_rhat"] = f"{max(projections):.2f}"
+    return out
+
+
+def _has_chains(rows: List[Dict[str, Any]]) -> bool:
+    return any(r.get("rhat", "–") != "–" for r in rows)
 
 
 def _status(runs: List[Dict[str, Any]]) -> str:
@@ -117,6 +146,9 @@ def markdown_table(results: Dict[str, Any]) -> str:
     if _has_posterior(rows):
         extra_head += " posterior accuracy | posterior NLL | posterior ECE |"
         extra_rule += "---|---|---|"
+    if _has_chains(rows):
+        extra_head += " ESS (test log-lik) | R-hat (test log-lik) | worst R-hat (weight projections) |"
+        extra_rule += "---|---|---|"
     lines = [
         f"| method | seeds | final test {name} | best test {name} | final test loss | final train loss |{extra_head} s/epoch | time vs {time_baseline(results)} | max violation | status |",
         f"|---|---|---|---|---|---|{extra_rule}---|---|---|---|",
@@ -125,6 +157,8 @@ def markdown_table(results: Dict[str, Any]) -> str:
         extra = f" {r['ece']} |" if metric == "accuracy" else ""
         if _has_posterior(rows):
             extra += f" {r['post_acc']} | {r['post_nll']} | {r['post_ece']} |"
+        if _has_chains(rows):
+            extra += f" {r['ess']} | {r['rhat']} | {r['proj_rhat']} |"
         lines.append(
             f"| {r['method']} | {r['seeds']} | {r['final']} | {r['best']} | {r['test_loss']} | {r['train_loss']} |{extra} {r['seconds']} | {r['ratio']} | {r['violation']} | {r['status']} |"
         )
@@ -368,6 +402,9 @@ def compact_table(results: Dict[str, Any]) -> str:
         head += " test ECE (final) |"
     if posterior:
         head += " posterior accuracy | posterior NLL | posterior ECE |"
+    chains = _has_chains(rows)
+    if chains:
+        head += " ESS (test log-lik) | R-hat (test log-lik) | worst R-hat (projections) |"
     head += f" time/epoch vs {time_baseline(results)} | max violation |"
     lines = [head, "|" + "---|" * head.count(" |")]
     for r in rows:
@@ -377,5 +414,7 @@ def compact_table(results: Dict[str, Any]) -> str:
             line += f" {r['ece']} |"
         if posterior:
             line += f" {r['post_acc']} | {r['post_nll']} | {r['post_ece']} |"
+        if chains:
+            line += f" {r['ess']} | {r['rhat']} | {r['proj_rhat']} |"
         lines.append(line + f" {r['ratio']} | {r['violation']} |")
     return "\n".join(lines)

@@ -65,6 +65,7 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True, tens
     if diagnostics is not None:
         diagnostics()  # switch on the noise-norm record from the first step
     collector = _posterior_collector(task, model, optimizer, steps)
+    trace = _chain_trace(task, model, collector)
     bar = _progress(task, method, seed, progress)
     writer = tensorboard_writer(tensorboard / task.name / method.name / f"seed{seed}") if tensorboard else None
     try:
@@ -82,8 +83,8 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True, tens
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
-                if collector is not None:
-                    collector.update()
+                if collector is not None and collector.update() and trace is not None:
+                    trace.record(test_loglik=task.test_log_likelihood(model))
                 loss_sum += loss.detach().double() * len(targets)
                 correct += right
                 seen += len(targets)
@@ -118,6 +119,8 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True, tens
         if writer is not None:
             writer.close()
     record["max_violation"] = worst
+    if trace is not None and len(trace):
+        record["chain_trace"] = trace.draws  # per draw; the report gives ESS and R-hat over seeds
     if profile_start is not None and record["status"] == "done":
         profile = dict(profile_start, end=task.gradient_profile(model)["norms"])
         profile["start"] = profile.pop("norms")
@@ -171,6 +174,16 @@ def _posterior_collector(task: Task, model, optimizer, steps_per_epoch: int):
     total = task.epochs * steps_per_epoch
     burn_in = total // 2
     return SampleCollector(model, burn_in=burn_in, thin=max(1, (total - burn_in) // POSTERIOR_SAMPLES), max_samples=POSTERIOR_SAMPLES)
+
+
+def _chain_trace(task: Task, model, collector):
+    """Where posterior samples are kept: a ChainTrace of the test log-likelihood and four fixed random
+    projections of the weights at each kept sample (the seeds are the chains)."""
+    if collector is None or not hasattr(task, "test_log_likelihood"):
+        return None
+    from constrained_sgld import ChainTrace
+
+    return ChainTrace(model, projections=4)
 
 
 def _progress(task: Task, method: Method, seed: int, enabled: bool):

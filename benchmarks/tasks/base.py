@@ -136,6 +136,19 @@ class ClassificationTask(Task):
         return out
 
     @torch.no_grad()
+    def test_log_likelihood(self, model: nn.Module) -> float:
+        """Mean log-likelihood of the test labels under ``model``: the chain summary that the
+        tempered runs record per posterior draw (for ESS and R-hat; nothing is chosen by it)."""
+        model.eval()
+        n = self.eval_chunk
+        total = sum(
+            torch.log_softmax(model(self.x_test[i : i + n]).double(), -1).gather(1, self.y_test[i : i + n, None]).sum().item()
+            for i in range(0, len(self.y_test), n)
+        )
+        model.train()
+        return total / len(self.y_test)
+
+    @torch.no_grad()
     def evaluate_posterior(self, collector) -> Dict[str, float]:
         """Accuracy, NLL and ECE of the prediction averaged over a SampleCollector's samples."""
         n = self.eval_chunk
