@@ -4,7 +4,6 @@ the sets) must compute the same update."""
 
 import math
 
-import torch
 
 from constrained_sgld import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD
 from constrained_sgld.optim.underdamped import langevin_step_size
