@@ -118,20 +118,29 @@ def _constrained(family: str, underdamped: bool, thermostat: bool = False):
     return build
 
 
-class ClampedSGD(torch.optim.SGD):
-    """SGD-momentum that clamps chosen parameters to ``>= 0`` after every step: the usual way to
-    train input-convex networks (a projection with no regard for the dynamics)."""
+def clamping(optimizer_cls):
+    """``optimizer_cls`` that clamps chosen parameters into their bounds after every step: the usual
+    way to train non-negative (input-convex) or binary-surrogate weights (a projection with no
+    regard for the dynamics; BinaryConnect, Courbariaux et al. 2015, clips its weights to [-1, 1])."""
 
-    def __init__(self, params, clamped, **kwargs):
-        super().__init__(params, **kwargs)
-        self.clamped = list(clamped)
+    class Clamping(optimizer_cls):
+        def __init__(self, params, clamped, **kwargs):
+            super().__init__(params, **kwargs)
+            self.clamped = [(p, lo, hi) for p, (lo, hi) in clamped.items()]
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = super().step(closure)
-        for p in self.clamped:
-            p.clamp_(min=0.0)
-        return loss
+        @torch.no_grad()
+        def step(self, closure=None):
+            loss = super().step(closure)
+            for p, lo, hi in self.clamped:
+                p.clamp_(min=lo, max=hi)
+            return loss
+
+    Clamping.__name__ = Clamping.__qualname__ = f"Clamped{optimizer_cls.__name__}"
+    return Clamping
+
+
+ClampedSGD = clamping(torch.optim.SGD)
+ClampedAdam = clamping(torch.optim.Adam)
 
 
 def _sgd_clamp(model, task, seed):
@@ -139,8 +148,31 @@ def _sgd_clamp(model, task, seed):
     start_on_set(model, constraints)
     params = dict(model.named_parameters())
     hp = {"lr": task.hp["momentum_lr"], "momentum": task.hp["momentum"]}
-    optim = ClampedSGD(model.parameters(), [params[n] for n in constraints], **hp)
+    optim = ClampedSGD(model.parameters(), {params[n]: (0.0, None) for n in constraints}, **hp)
     return optim, dict(hp, clamped=sorted(constraints)), constraints
+
+
+def _box_bounds(model, task):
+    constraints = task.constrained(model, "box")
+    start_on_set(model, constraints)
+    params = dict(model.named_parameters())
+    bounds = {}
+    for name, spec in constraints.items():
+        c = make_constraint(spec, where=name)
+        bounds[params[name]] = (c.lower, c.upper)
+    return constraints, bounds
+
+
+def _sgd_momentum_clip(model, task, seed):
+    constraints, bounds = _box_bounds(model, task)
+    hp = {"lr": task.hp["momentum_lr"], "momentum": task.hp["momentum"]}
+    return ClampedSGD(model.parameters(), bounds, **hp), dict(hp, clipped=sorted(constraints)), constraints
+
+
+def _adam_clip(model, task, seed):
+    constraints, bounds = _box_bounds(model, task)
+    hp = {"lr": task.hp["adam_lr"]}
+    return ClampedAdam(model.parameters(), bounds, **hp), dict(hp, clipped=sorted(constraints)), constraints
 
 
 def _nonnegative_icnn(model, task, seed):
@@ -218,6 +250,10 @@ METHODS: Dict[str, Method] = {
         Method("o-cola-od", "ConstrainedSGLD, orthogonal constraints", "orthogonal", _constrained("orthogonal", False)),
         Method("o-cola-ud", "ConstrainedUnderdampedSGLD, orthogonal constraints", "orthogonal", _constrained("orthogonal", True)),
         Method("o-cola-nht", "ConstrainedSGNHT (adaptive thermostat), orthogonal constraints", "orthogonal", _constrained("orthogonal", True, thermostat=True)),
+        Method("b-cola-od", "ConstrainedSGLD, box constraints (binary-weight means)", "box", _constrained("box", False)),
+        Method("b-cola-ud", "ConstrainedUnderdampedSGLD, box constraints (binary-weight means)", "box", _constrained("box", True)),
+        Method("sgd-momentum-clip", "SGD-momentum, box weights clipped after every step (BinaryConnect-style)", "box", _sgd_momentum_clip),
+        Method("adam-clip", "Adam, box weights clipped after every step", "box", _adam_clip),
         Method("sgd-clamp", "SGD-momentum, non-negative weights clamped after every step", "nonnegative", _sgd_clamp),
         Method("n-cola-od", "ConstrainedSGLD, non-negative weights (default init, projected)", "nonnegative", _constrained("nonnegative", False)),
         Method("n-cola-od-icnn", "ConstrainedSGLD, non-negative weights, ICNN initialisation (init.icnn_)", "nonnegative", _nonnegative_icnn),

@@ -89,6 +89,9 @@ def summary_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                 "post_ece": _mean_std([_final(r, "posterior_ece") for r in runs]),
                 "status": _status(runs),
                 **_chain_columns(runs),
+                "binarised": _mean_std([_final(r, "test_binarised_accuracy") for r in runs]),
+                "sampled": _mean_std([_final(r, "test_sampled_accuracy") for r in runs]),
+                "sampled_sd": _mean_std([_final(r, "test_sampled_accuracy_sd") for r in runs]),
             }
         )
     return rows
@@ -116,6 +119,10 @@ def _chain_columns(runs: List[Dict[str, Any]]) -> Dict[str, str]:
     if projections:
         out["proj_rhat"] = f"{max(projections):.2f}"
     return out
+
+
+def _has_binary(rows: List[Dict[str, Any]]) -> bool:
+    return any(r.get("binarised", "–") != "–" for r in rows)
 
 
 def _has_chains(rows: List[Dict[str, Any]]) -> bool:
@@ -149,6 +156,9 @@ def markdown_table(results: Dict[str, Any]) -> str:
     if _has_chains(rows):
         extra_head += " ESS (test log-lik) | R-hat (test log-lik) | worst R-hat (weight projections) |"
         extra_rule += "---|---|---|"
+    if _has_binary(rows):
+        extra_head += " sign-binarised test accuracy | sampled binary test accuracy | sd over draws |"
+        extra_rule += "---|---|---|"
     lines = [
         f"| method | seeds | final test {name} | best test {name} | final test loss | final train loss |{extra_head} s/epoch | time vs {time_baseline(results)} | max violation | status |",
         f"|---|---|---|---|---|---|{extra_rule}---|---|---|---|",
@@ -159,6 +169,8 @@ def markdown_table(results: Dict[str, Any]) -> str:
             extra += f" {r['post_acc']} | {r['post_nll']} | {r['post_ece']} |"
         if _has_chains(rows):
             extra += f" {r['ess']} | {r['rhat']} | {r['proj_rhat']} |"
+        if _has_binary(rows):
+            extra += f" {r['binarised']} | {r['sampled']} | {r['sampled_sd']} |"
         lines.append(
             f"| {r['method']} | {r['seeds']} | {r['final']} | {r['best']} | {r['test_loss']} | {r['train_loss']} |{extra} {r['seconds']} | {r['ratio']} | {r['violation']} | {r['status']} |"
         )
@@ -405,6 +417,9 @@ def compact_table(results: Dict[str, Any]) -> str:
     chains = _has_chains(rows)
     if chains:
         head += " ESS (test log-lik) | R-hat (test log-lik) | worst R-hat (projections) |"
+    binary = _has_binary(rows)
+    if binary:
+        head += " sign-binarised test accuracy | sampled binary test accuracy (sd over draws) |"
     head += f" time/epoch vs {time_baseline(results)} | max violation |"
     lines = [head, "|" + "---|" * head.count(" |")]
     for r in rows:
@@ -416,5 +431,7 @@ def compact_table(results: Dict[str, Any]) -> str:
             line += f" {r['post_acc']} | {r['post_nll']} | {r['post_ece']} |"
         if chains:
             line += f" {r['ess']} | {r['rhat']} | {r['proj_rhat']} |"
+        if binary:
+            line += f" {r['binarised']} | {r['sampled']} ({r['sampled_sd']}) |"
         lines.append(line + f" {r['ratio']} | {r['violation']} |")
     return "\n".join(lines)

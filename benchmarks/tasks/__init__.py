@@ -3,6 +3,7 @@
 from typing import Dict, Type
 
 from .base import ClassificationTask, Task
+from .binary import BinaryFashion
 from .deep import DeepMLP
 from .fmnist import FashionICNN, FashionMLP, FashionResNet
 from .recurrent import CopyMemory, PixelFashion
@@ -11,7 +12,7 @@ from .text import RottenTomatoes, ShakespeareCharLM, ShakespeareRNN
 
 TASKS: Dict[str, Type[Task]] = {
     t.name: t
-    for t in (FashionMLP, FashionResNet, RottenTomatoes, ShakespeareCharLM, TwoSpirals, FashionICNN, CopyMemory, PixelFashion, DeepMLP, ShakespeareRNN)
+    for t in (FashionMLP, FashionResNet, RottenTomatoes, ShakespeareCharLM, TwoSpirals, FashionICNN, CopyMemory, PixelFashion, DeepMLP, ShakespeareRNN, BinaryFashion)
 }
 
 __all__ = ["TASKS", "Task", "ClassificationTask"]
