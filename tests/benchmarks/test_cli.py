@@ -70,11 +70,24 @@ def test_bad_options_are_named():
         main(["run", "--task", "nope"])
 
 
+class _GeneratedBinaryFashion(TASKS["binary-fmnist"]):
+    """binary-fmnist's model and methods on random images (no data download)."""
+
+    def prepare(self):
+        g = torch.Generator().manual_seed(0)
+        self.x_train, self.y_train = torch.randn(64, 784, generator=g), torch.randint(0, 10, (64,), generator=g)
+        self.x_val, self.y_val = self.x_train[:16], self.y_train[:16]
+        self.x_test, self.y_test = self.x_train[:16], self.y_train[:16]
+
+
 def _generated_task(method):
-    """A small generated-data task the method applies to: two-spirals, or copy for the RNN-only methods."""
+    """A small generated-data task the method applies to: two-spirals, copy for the RNN-only methods,
+    or binary-fmnist on random images for the box methods."""
     task = TASKS["two-spirals"]("smoke", torch.device("cpu"), {"train_per_class": 10, "test_per_class": 10})
     if not method.applies_to(task):
         task = TASKS["copy"]("smoke", torch.device("cpu"), {"steps_per_epoch": 2, "eval_size": 8})
+    if not method.applies_to(task):
+        task = _GeneratedBinaryFashion("smoke", torch.device("cpu"), {})
     return task
 
 
