@@ -84,6 +84,12 @@ def _sgld(model, task, seed):
     return ConstrainedUnderdampedSGLD(model.named_parameters(), seed=seed, **hp), hp, {}
 
 
+def _sgld_od(model, task, seed):
+    # Welling & Teh's SGLD: the overdamped dynamics of *-cola-od with no constraint
+    hp = {"lr": task.hp["od_lr"], "temperature": task.hp["temperature"]}
+    return ConstrainedSGLD(model.named_parameters(), seed=seed, **hp), hp, {}
+
+
 def start_on_set(model: nn.Module, constraints: Dict[str, Any]) -> None:
     """Weights the model already started on their set keep that start (a task's own init, such as
     the RNN tasks' Henaff rotations); otherwise orthogonal weights start Haar-distributed (the papers'
@@ -118,61 +124,61 @@ def _constrained(family: str, underdamped: bool, thermostat: bool = False):
     return build
 
 
-def clamping(optimizer_cls):
-    """``optimizer_cls`` that clamps chosen parameters into their bounds after every step: the usual
-    way to train non-negative (input-convex) or binary-surrogate weights (a projection with no
-    regard for the dynamics; BinaryConnect, Courbariaux et al. 2015, clips its weights to [-1, 1])."""
+def projecting(optimizer_cls):
+    """``optimizer_cls`` that maps chosen parameters back onto their set with the set's ``project``
+    after every step: projected SGD, the usual way to keep weights non-negative (input-convex nets),
+    in [-1, 1] (BinaryConnect, Courbariaux et al. 2015, clips its weights) or under a max-norm
+    (Srivastava et al. 2014 renormalise each unit's incoming weights). A projection with no regard
+    for the dynamics: the momentum keeps pushing into the wall."""
 
-    class Clamping(optimizer_cls):
-        def __init__(self, params, clamped, **kwargs):
+    class Projected(optimizer_cls):
+        def __init__(self, params, projected: Dict[torch.Tensor, Any], **kwargs):
             super().__init__(params, **kwargs)
-            self.clamped = [(p, lo, hi) for p, (lo, hi) in clamped.items()]
+            self.projected = list(projected.items())
 
         @torch.no_grad()
         def step(self, closure=None):
             loss = super().step(closure)
-            for p, lo, hi in self.clamped:
-                p.clamp_(min=lo, max=hi)
+            for p, constraint in self.projected:
+                p.copy_(constraint.project(p))
             return loss
 
-    Clamping.__name__ = Clamping.__qualname__ = f"Clamped{optimizer_cls.__name__}"
-    return Clamping
+    Projected.__name__ = Projected.__qualname__ = f"Projected{optimizer_cls.__name__}"
+    return Projected
 
 
-ClampedSGD = clamping(torch.optim.SGD)
-ClampedAdam = clamping(torch.optim.Adam)
+ProjectedSGD = projecting(torch.optim.SGD)
+ProjectedAdam = projecting(torch.optim.Adam)
 
 
-def _sgd_clamp(model, task, seed):
-    constraints = task.constrained(model, "nonnegative")
-    start_on_set(model, constraints)
-    params = dict(model.named_parameters())
+def _projected(family: str, adam: bool = False):
+    """SGD-momentum (or Adam) on every parameter, ``family``'s weights projected after each step."""
+
+    def build(model, task, seed):
+        constraints = task.constrained(model, family)
+        start_on_set(model, constraints)
+        params = dict(model.named_parameters())
+        sets = {params[name]: make_constraint(spec, where=name) for name, spec in constraints.items()}
+        hp = {"lr": task.hp["adam_lr"]} if adam else {"lr": task.hp["momentum_lr"], "momentum": task.hp["momentum"]}
+        optim = (ProjectedAdam if adam else ProjectedSGD)(model.parameters(), sets, **hp)
+        return optim, dict(hp, projected_after_step={k: _spec_text(v) for k, v in constraints.items()}), constraints
+
+    return build
+
+
+def _weight_norm(model, task, seed):
+    """``torch.nn.utils.parametrizations.weight_norm`` (Salimans & Kingma 2016) on the layers the
+    sphere family names, SGD-momentum on everything: each unit's incoming weights are ``g v / |v|``
+    with a learned norm ``g``, where the sphere fixes it."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    constraints = task.constrained(model, "sphere")
+    for name in constraints:
+        owner, _, attr = name.rpartition(".")
+        weight_norm(model.get_submodule(owner), attr, dim=0)  # g starts at each row's norm: the same function
     hp = {"lr": task.hp["momentum_lr"], "momentum": task.hp["momentum"]}
-    optim = ClampedSGD(model.parameters(), {params[n]: (0.0, None) for n in constraints}, **hp)
-    return optim, dict(hp, clamped=sorted(constraints)), constraints
-
-
-def _box_bounds(model, task):
-    constraints = task.constrained(model, "box")
-    start_on_set(model, constraints)
-    params = dict(model.named_parameters())
-    bounds = {}
-    for name, spec in constraints.items():
-        c = make_constraint(spec, where=name)
-        bounds[params[name]] = (c.lower, c.upper)
-    return constraints, bounds
-
-
-def _sgd_momentum_clip(model, task, seed):
-    constraints, bounds = _box_bounds(model, task)
-    hp = {"lr": task.hp["momentum_lr"], "momentum": task.hp["momentum"]}
-    return ClampedSGD(model.parameters(), bounds, **hp), dict(hp, clipped=sorted(constraints)), constraints
-
-
-def _adam_clip(model, task, seed):
-    constraints, bounds = _box_bounds(model, task)
-    hp = {"lr": task.hp["adam_lr"]}
-    return ClampedAdam(model.parameters(), bounds, **hp), dict(hp, clipped=sorted(constraints)), constraints
+    optim = torch.optim.SGD(model.parameters(), **hp)
+    return optim, dict(hp, weight_norm=sorted(constraints)), {}
 
 
 def _nonnegative_icnn(model, task, seed):
@@ -244,6 +250,7 @@ METHODS: Dict[str, Method] = {
         Method("rmsprop", "RMSprop", None, _rmsprop, needs=("rmsprop_lr",)),
         Method("sgd-wd", "SGD-momentum with weight decay", None, _sgd_wd),
         Method("sgld", "underdamped Langevin, no constraint, the same lr/momentum/temperature as *-cola-ud", None, _sgld),
+        Method("sgld-od", "overdamped Langevin (textbook SGLD), no constraint, the same lr/temperature as *-cola-od", None, _sgld_od),
         Method("c-cola-od", "ConstrainedSGLD, circle constraints", "circle", _constrained("circle", False)),
         Method("c-cola-ud", "ConstrainedUnderdampedSGLD, circle constraints", "circle", _constrained("circle", True)),
         Method("c-cola-nht", "ConstrainedSGNHT (adaptive thermostat), circle constraints", "circle", _constrained("circle", True, thermostat=True)),
@@ -252,9 +259,15 @@ METHODS: Dict[str, Method] = {
         Method("o-cola-nht", "ConstrainedSGNHT (adaptive thermostat), orthogonal constraints", "orthogonal", _constrained("orthogonal", True, thermostat=True)),
         Method("b-cola-od", "ConstrainedSGLD, box constraints (binary-weight means)", "box", _constrained("box", False)),
         Method("b-cola-ud", "ConstrainedUnderdampedSGLD, box constraints (binary-weight means)", "box", _constrained("box", True)),
-        Method("sgd-momentum-clip", "SGD-momentum, box weights clipped after every step (BinaryConnect-style)", "box", _sgd_momentum_clip),
-        Method("adam-clip", "Adam, box weights clipped after every step", "box", _adam_clip),
-        Method("sgd-clamp", "SGD-momentum, non-negative weights clamped after every step", "nonnegative", _sgd_clamp),
+        Method("sgd-momentum-clip", "SGD-momentum, box weights clipped after every step (BinaryConnect-style)", "box", _projected("box")),
+        Method("adam-clip", "Adam, box weights clipped after every step", "box", _projected("box", adam=True)),
+        Method("sgd-clamp", "SGD-momentum, non-negative weights clamped after every step", "nonnegative", _projected("nonnegative")),
+        Method("s-cola-od", "ConstrainedSGLD, each unit's incoming weights on a sphere (weight normalisation as a hard constraint)", "sphere", _constrained("sphere", False)),
+        Method("s-cola-ud", "ConstrainedUnderdampedSGLD, each unit's incoming weights on a sphere", "sphere", _constrained("sphere", True)),
+        Method("sgd-momentum-weightnorm", "SGD-momentum through torch's weight_norm parametrisation of the sphere family's layers (learned norms)", "sphere", _weight_norm),
+        Method("m-cola-od", "ConstrainedSGLD, each unit's incoming weights in a ball (max-norm)", "ball", _constrained("ball", False)),
+        Method("m-cola-ud", "ConstrainedUnderdampedSGLD, each unit's incoming weights in a ball (max-norm)", "ball", _constrained("ball", True)),
+        Method("sgd-momentum-maxnorm", "SGD-momentum, each unit's incoming weights renormalised into the ball after every step (Srivastava et al. 2014)", "ball", _projected("ball")),
         Method("n-cola-od", "ConstrainedSGLD, non-negative weights (default init, projected)", "nonnegative", _constrained("nonnegative", False)),
         Method("n-cola-od-icnn", "ConstrainedSGLD, non-negative weights, ICNN initialisation (init.icnn_)", "nonnegative", _nonnegative_icnn),
         Method("sgd-momentum-orth-init", "SGD-momentum from the orthogonal start of o-cola-*, unconstrained", "orthogonal", _sgd_momentum_orth_init),

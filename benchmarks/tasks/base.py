@@ -31,13 +31,15 @@ class Task:
     default_methods: Optional[Tuple[str, ...]] = None
     presets: Dict[str, Dict[str, Any]] = {}
     hparams: Dict[str, Any] = {}
+    # hyper-parameters that a preset sets differently from ``hparams`` (the paper's temperature 0)
+    preset_hparams: Dict[str, Dict[str, Any]] = {}
 
     def __init__(self, preset: str, device: torch.device, overrides: Optional[Dict[str, Any]] = None):
         if preset not in self.presets:
             raise ValueError(f"task {self.name!r} has no preset {preset!r}; choose from {sorted(self.presets)}")
         self.preset_name = preset
         self.settings = dict(self.presets[preset])
-        self.hp = dict(self.hparams)
+        self.hp = dict(self.hparams, **self.preset_hparams.get(preset, {}))
         for key, value in (overrides or {}).items():
             if key in self.settings:
                 self.settings[key] = value

@@ -22,33 +22,77 @@ def _images(x: np.ndarray, device) -> torch.Tensor:
     return ((torch.from_numpy(np.ascontiguousarray(x)).float() / 255 - MEAN) / STD).to(device)
 
 
-def fashion_splits(train_size: int, val_size: int, test_size: int, device):
-    """Flattened, normalised ``(x, y)`` for training, validation and test: training and validation
-    images are disjoint random subsets of the 60,000 training images (fixed seed, the same for every
-    run), the test images a random subset of the 10,000 test images."""
+# the norm families (each unit's incoming weights, the rows of a Linear or Conv weight)
+NORM_HPARAMS = {
+    # sphere: weight normalisation with the norm held fixed. 1/sqrt(3) is the expected row norm of
+    # PyTorch's default Linear/Conv init (uniform in +-1/sqrt(fan_in)), so the sphere passes
+    # through the usual start and the function at step 0 is the unconstrained methods' (ours)
+    "sphere_radius": 1 / math.sqrt(3),
+    # ball: max-norm regularisation; Srivastava et al. 2014 (dropout, appendix A.3): "typical
+    # values of c range from 3 to 4"
+    "max_norm": 3.0,
+}
+
+
+def norm_constraints(hp: Dict[str, Any], family: str, names) -> Dict[str, Any]:
+    """``names`` on the sphere (radius ``sphere_radius``) or in the ball (radius ``max_norm``), the
+    norm over each row (output unit)."""
+    if family == "sphere":
+        return {name: ("sphere", {"radius": hp["sphere_radius"]}) for name in names}
+    return {name: ("ball", {"radius": hp["max_norm"]}) for name in names}
+
+
+def fashion_splits(train_size: int, val_size: int, test_size: int, device, flat: bool = True):
+    """Normalised ``(x, y)`` for training, validation and test (images flattened, or ``(N, 1, 28, 28)``
+    with ``flat=False``): training and validation images are disjoint random subsets of the 60,000
+    training images (fixed seed, the same for every run), the test images a random subset of the
+    10,000 test images."""
     d = data.load_fashion_mnist()
     rng = np.random.default_rng(0)
     order = rng.permutation(len(d["train_y"]))
+    if train_size + val_size > len(order):
+        raise ValueError(f"train_size + val_size = {train_size + val_size} is more than the {len(order)} training images")
     tr, va = order[:train_size], order[train_size : train_size + val_size]
     te = rng.permutation(len(d["test_y"]))[:test_size]
 
     def pair(x, y, idx):
-        return _images(x[idx], device).flatten(1), torch.from_numpy(y[idx]).to(device)
+        images = _images(x[idx], device)
+        return images.flatten(1) if flat else images[:, None], torch.from_numpy(y[idx]).to(device)
 
     return pair(d["train_x"], d["train_y"], tr), pair(d["train_x"], d["train_y"], va), pair(d["test_x"], d["test_y"], te)
+
+
+def pooled_splits(train_size: int, val_size: int, test_size: int, device):
+    """The paper's protocol: the 70,000 images pooled and split at random (fixed seed) into
+    ``train_size`` to train on, then ``val_size`` to choose on (best epoch, tuning), then
+    ``test_size`` to report; flattened and normalised ``(x, y)`` for each."""
+    d = data.load_fashion_mnist()
+    x = np.concatenate([d["train_x"], d["test_x"]])
+    y = np.concatenate([d["train_y"], d["test_y"]])
+    order = np.random.default_rng(0).permutation(len(y))
+    if train_size + val_size + test_size > len(order):
+        raise ValueError(f"train_size + val_size + test_size = {train_size + val_size + test_size} is more than the {len(order)} images")
+    cuts = np.cumsum([0, train_size, val_size, test_size])
+    return [
+        (_images(x[idx], device).flatten(1), torch.from_numpy(y[idx]).to(device))
+        for idx in (order[cuts[i] : cuts[i + 1]] for i in range(3))
+    ]
 
 
 class FashionMLP(ClassificationTask):
     name = "fmnist-mlp"
     description = "784-1000-10 ReLU MLP on 10,000 Fashion-MNIST images, tested on the rest; circle constraints (paper's Figure 7)"
     data_source = "Fashion-MNIST, Debian package dataset-fashion-mnist"
-    families = ("circle",)
+    families = ("circle", "sphere", "ball")
     presets = {
-        "smoke": {"train_size": 2000, "test_size": 2000, "epochs": 2, "batch_size": 128, "eval_every": 1},
-        "quick": {"train_size": 10000, "test_size": 10000, "epochs": 20, "batch_size": 128, "eval_every": 2},
-        # the paper: 10k training images, tested on the other 60k, batch 128; 400 epochs, evaluated every 5
-        "paper": {"train_size": 10000, "test_size": 60000, "epochs": 400, "batch_size": 128, "eval_every": 5},
+        "smoke": {"train_size": 2000, "val_size": 1000, "test_size": 2000, "epochs": 2, "batch_size": 128, "eval_every": 1},
+        "quick": {"train_size": 10000, "val_size": 5000, "test_size": 10000, "epochs": 20, "batch_size": 128, "eval_every": 2},
+        # the paper: 10k training images, tested on the other 60k, batch 128; 400 epochs, evaluated
+        # every 5. Ours takes 5k of those 60k for validation (best epoch) and tests on the other 55k.
+        "paper": {"train_size": 10000, "val_size": 5000, "test_size": 55000, "epochs": 400, "batch_size": 128, "eval_every": 5},
     }
+    # the paper ran at temperature 0; its tempered variant is ``--preset paper --set temperature=1e-5``
+    preset_hparams = {"paper": {"temperature": 0.0}}
     hparams = {
         "lr": 0.1,  # sgd
         "momentum_lr": 0.03,  # sgd-momentum, sgd-wd (lr / (1 - momentum) = 0.3, as the Langevin methods)
@@ -59,27 +103,24 @@ class FashionMLP(ClassificationTask):
         "ud_lr": 0.3**2 * (1 + math.exp(-0.3)) / 2,
         "ud_momentum": math.exp(-0.3),
         "od_lr": 0.3,
-        "temperature": 1e-5,  # ours (the paper used 0): a cold posterior, N * T = 0.1
+        "temperature": 1e-5,  # ours, smoke and quick (the paper preset: 0, as the paper): a cold posterior, N * T = 0.1
         "radius_1": 0.05,  # first layer (paper)
         "radius_2": 0.1,  # second layer (paper)
+        **NORM_HPARAMS,
     }
 
     def prepare(self) -> None:
-        d = data.load_fashion_mnist()
-        x = np.concatenate([d["train_x"], d["test_x"]])
-        y = np.concatenate([d["train_y"], d["test_y"]])
-        # a fixed split, the same for every seed: train_size images to train on, the rest to test
-        order = np.random.default_rng(0).permutation(len(y))
-        n, m = self.settings["train_size"], self.settings["test_size"]
-        tr, te = order[:n], order[n : n + m]
-        self.x_train, self.y_train = _images(x[tr], self.device).flatten(1), torch.from_numpy(y[tr]).to(self.device)
-        self.x_test, self.y_test = _images(x[te], self.device).flatten(1), torch.from_numpy(y[te]).to(self.device)
+        # a fixed split, the same for every seed and method
+        sizes = (self.settings["train_size"], self.settings["val_size"], self.settings["test_size"])
+        (self.x_train, self.y_train), (self.x_val, self.y_val), (self.x_test, self.y_test) = pooled_splits(*sizes, self.device)
 
     def build_model(self, variant: Optional[str] = None) -> nn.Module:
         # default PyTorch init: |w| <= 1/sqrt(fan_in) = 0.036 and 0.032, inside both circles
         return nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 10))
 
     def constrained(self, model, family) -> Dict[str, Any]:
+        if family in ("sphere", "ball"):
+            return norm_constraints(self.hp, family, ["0.weight", "2.weight"])
         assert family == "circle"
         return {
             "0.weight": ("circle", {"radius": self.hp["radius_1"]}),
@@ -129,12 +170,12 @@ class FashionResNet(ClassificationTask):
     name = "fmnist-resnet"
     description = "small ResNet on Fashion-MNIST; orthogonal convolutions (all but the stem) against SGD-momentum (the paper's Figure 6 setting scaled to CPU)"
     data_source = "Fashion-MNIST, Debian package dataset-fashion-mnist (CIFAR-10 with --set dataset=cifar10)"
-    families = ("orthogonal",)
+    families = ("orthogonal", "sphere", "ball")
     presets = {
-        "smoke": {"train_size": 1000, "test_size": 1000, "epochs": 1, "batch_size": 128, "eval_every": 1, "dataset": "fmnist"},
-        "quick": {"train_size": 5000, "test_size": 5000, "epochs": 3, "batch_size": 128, "eval_every": 1, "dataset": "fmnist"},
+        "smoke": {"train_size": 1000, "val_size": 500, "test_size": 1000, "epochs": 1, "batch_size": 128, "eval_every": 1, "dataset": "fmnist"},
+        "quick": {"train_size": 5000, "val_size": 2000, "test_size": 5000, "epochs": 3, "batch_size": 128, "eval_every": 1, "dataset": "fmnist"},
         # the paper (ResNet-34 on CIFAR-10): 200 epochs, batch 128, lr 0.1 with warm-up, /10 twice; hours on a GPU
-        "paper": {"train_size": 60000, "test_size": 10000, "epochs": 200, "batch_size": 128, "eval_every": 5, "dataset": "fmnist"},
+        "paper": {"train_size": 55000, "val_size": 5000, "test_size": 10000, "epochs": 200, "batch_size": 128, "eval_every": 5, "dataset": "fmnist"},
     }
     hparams = {
         "lr": 0.1,
@@ -147,22 +188,16 @@ class FashionResNet(ClassificationTask):
         "od_lr": 0.1,
         "temperature": 1e-6,  # ours (the paper used 0); N * T = 0.06 on the full set
         "warmup_epochs": 1,
+        **NORM_HPARAMS,
     }
 
     def prepare(self) -> None:
         if self.settings["dataset"] == "cifar10":
             self._prepare_cifar10()
             return
-        d = data.load_fashion_mnist()
-        n, m = self.settings["train_size"], self.settings["test_size"]
-        rng = np.random.default_rng(0)
-        tr = rng.permutation(len(d["train_y"]))[:n]
-        te = rng.permutation(len(d["test_y"]))[:m]
         self.in_channels = 1
-        self.x_train = _images(d["train_x"][tr], self.device)[:, None]
-        self.y_train = torch.from_numpy(d["train_y"][tr]).to(self.device)
-        self.x_test = _images(d["test_x"][te], self.device)[:, None]
-        self.y_test = torch.from_numpy(d["test_y"][te]).to(self.device)
+        sizes = (self.settings["train_size"], self.settings["val_size"], self.settings["test_size"])
+        (self.x_train, self.y_train), (self.x_val, self.y_val), (self.x_test, self.y_test) = fashion_splits(*sizes, self.device, flat=False)
 
     def _prepare_cifar10(self) -> None:
         try:
@@ -175,17 +210,23 @@ class FashionResNet(ClassificationTask):
         std = torch.tensor([0.2470, 0.2435, 0.2616])[:, None, None]
         xs = [((torch.from_numpy(s.data).permute(0, 3, 1, 2).float() / 255) - mean) / std for s in sets]
         ys = [torch.tensor(s.targets) for s in sets]
-        n, m = self.settings["train_size"], self.settings["test_size"]
+        n, v, m = self.settings["train_size"], self.settings["val_size"], self.settings["test_size"]
         self.in_channels = 3
-        self.x_train, self.y_train = xs[0][:n].to(self.device), ys[0][:n].to(self.device)
+        order = torch.from_numpy(np.random.default_rng(0).permutation(len(ys[0])))  # validation: disjoint from training
+        tr, va = order[:n], order[n : n + v]
+        self.x_train, self.y_train = xs[0][tr].to(self.device), ys[0][tr].to(self.device)
+        self.x_val, self.y_val = xs[0][va].to(self.device), ys[0][va].to(self.device)
         self.x_test, self.y_test = xs[1][:m].to(self.device), ys[1][:m].to(self.device)
 
     def build_model(self, variant: Optional[str] = None) -> nn.Module:
         return SmallResNet(in_channels=getattr(self, "in_channels", 1))
 
     def constrained(self, model, family) -> Dict[str, Any]:
+        convs = [name for name, p in model.named_parameters() if p.dim() == 4 and not name.startswith("stem")]
+        if family in ("sphere", "ball"):  # each filter's weights (a conv's rows), as the orthogonal family's layers
+            return norm_constraints(self.hp, family, convs)
         assert family == "orthogonal"
-        return {name: "orthogonal" for name, p in model.named_parameters() if p.dim() == 4 and not name.startswith("stem")}
+        return {name: "orthogonal" for name in convs}
 
     def scheduler(self, optimizer, steps_per_epoch):
         # linear warm-up, then lr / 10 at half and three quarters of the epochs (the paper's shape)
@@ -232,10 +273,12 @@ class FashionICNN(FashionMLP):
     description = "input-convex MLP (784-256-256-10, non-negative hidden-to-hidden weights) on Fashion-MNIST; clamping vs the nonnegative set, default vs ICNN initialisation"
     families = ("nonnegative",)
     presets = {
-        "smoke": {"train_size": 2000, "test_size": 2000, "epochs": 2, "batch_size": 128, "eval_every": 1, "skip": True},
-        "quick": {"train_size": 10000, "test_size": 10000, "epochs": 15, "batch_size": 128, "eval_every": 1, "skip": True},
-        "paper": {"train_size": 60000, "test_size": 10000, "epochs": 50, "batch_size": 128, "eval_every": 5, "skip": True},
+        "smoke": {"train_size": 2000, "val_size": 1000, "test_size": 2000, "epochs": 2, "batch_size": 128, "eval_every": 1, "skip": True},
+        "quick": {"train_size": 10000, "val_size": 5000, "test_size": 10000, "epochs": 15, "batch_size": 128, "eval_every": 1, "skip": True},
+        # the standard split: 55k of the training images to train on, 5k to validate, the test set
+        "paper": {"train_size": 55000, "val_size": 5000, "test_size": 10000, "epochs": 50, "batch_size": 128, "eval_every": 5, "skip": True},
     }
+    preset_hparams = {}
     hparams = {
         "lr": 0.1,
         "momentum_lr": 0.01,
@@ -249,13 +292,11 @@ class FashionICNN(FashionMLP):
     }
 
     def prepare(self) -> None:
-        super().prepare()
-        if self.settings["train_size"] == 60000:  # the full training set, tested on the test set
-            d = data.load_fashion_mnist()
-            self.x_train = _images(d["train_x"], self.device).flatten(1)
-            self.y_train = torch.from_numpy(d["train_y"]).to(self.device)
-            self.x_test = _images(d["test_x"], self.device).flatten(1)
-            self.y_test = torch.from_numpy(d["test_y"]).to(self.device)
+        if self.preset_name != "paper":  # smoke, quick: the pooled split, as fmnist-mlp
+            super().prepare()
+            return
+        sizes = (self.settings["train_size"], self.settings["val_size"], self.settings["test_size"])
+        (self.x_train, self.y_train), (self.x_val, self.y_val), (self.x_test, self.y_test) = fashion_splits(*sizes, self.device)
 
     def build_model(self, variant: Optional[str] = None) -> nn.Module:
         return InputConvexNet(skip=bool(self.settings["skip"]))

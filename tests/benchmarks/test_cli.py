@@ -80,14 +80,22 @@ class _GeneratedBinaryFashion(TASKS["binary-fmnist"]):
         self.x_test, self.y_test = self.x_train[:16], self.y_train[:16]
 
 
+class _GeneratedFashionMLP(TASKS["fmnist-mlp"]):
+    """fmnist-mlp's model and methods on random images (no data download)."""
+
+    prepare = _GeneratedBinaryFashion.prepare
+
+
 def _generated_task(method):
     """A small generated-data task the method applies to: two-spirals, copy for the RNN-only methods,
-    or binary-fmnist on random images for the box methods."""
+    binary-fmnist on random images for the box methods, fmnist-mlp on random images for the norm sets."""
     task = TASKS["two-spirals"]("smoke", torch.device("cpu"), {"train_per_class": 10, "test_per_class": 10})
     if not method.applies_to(task):
         task = TASKS["copy"]("smoke", torch.device("cpu"), {"steps_per_epoch": 2, "eval_size": 8})
     if not method.applies_to(task):
         task = _GeneratedBinaryFashion("smoke", torch.device("cpu"), {})
+    if not method.applies_to(task):
+        task = _GeneratedFashionMLP("smoke", torch.device("cpu"), {})
     return task
 
 
@@ -103,8 +111,9 @@ def test_every_method_builds_and_steps(name):
         optimizer.zero_grad()
         task.loss(model, inputs, targets)[0].backward()
         optimizer.step()
-    # a family's methods enforce its constraints, except the one that only starts on the set
-    assert bool(constraints) == (method.family is not None and method.name != "sgd-momentum-orth-init")
+    # a family's methods enforce its constraints, except those that only start on the set or
+    # reparametrise it with a learned norm
+    assert bool(constraints) == (method.family is not None and method.name not in ("sgd-momentum-orth-init", "sgd-momentum-weightnorm"))
     violation = runner.largest_violation(model, optimizer, constraints)
     assert violation is None or violation < 1e-4
 
