@@ -51,7 +51,7 @@ from .. import distributed
 from ..constraints.base import DEFAULT_CONTEXT, Constraint, StepContext
 from .base import ConstrainedLangevinOptimizer
 from .groups import GroupsMixin, _is_number
-from .underdamped import langevin_step_size
+from .underdamped import MomentumState, langevin_step_size
 
 __all__ = ["ConstrainedSGNHT", "thermostat_update"]
 
@@ -113,7 +113,7 @@ def thermostat_update(
     torch._foreach_copy_(momenta, constraint.drift_many_(params, momenta, 0.5 * h, states, ctx))  # A/2
 
 
-class ConstrainedSGNHT(ConstrainedLangevinOptimizer):
+class ConstrainedSGNHT(MomentumState, ConstrainedLangevinOptimizer):
     """Adaptive Langevin dynamics (a stochastic-gradient Nose-Hoover thermostat) on constraint sets.
 
     Like :class:`~constrained_sgld.ConstrainedUnderdampedSGLD`, with a friction ``xi`` per parameter
@@ -160,13 +160,7 @@ class ConstrainedSGNHT(ConstrainedLangevinOptimizer):
         defaults = dict(lr=lr, momentum=momentum, temperature=temperature, thermostat_mass=thermostat_mass, weight_decay=weight_decay, foreach=foreach)
         super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id, sync_free=sync_free)
 
-    # -- state
-    def _init_param_state(self, p: Tensor, constraint: Constraint, state: Dict[str, Any]) -> None:
-        state["momentum"] = constraint.tangent_zeros(p.detach(), state)
-
-    def _state_keys_missing(self, state) -> List[str]:
-        return ["momentum"] if any(s and "momentum" not in s for s in state.values()) else []
-
+    # -- state (the momenta: MomentumState)
     @staticmethod
     def _initial_xi(group: Dict[str, Any]) -> float:
         """``A = -ln(momentum) / h``: where the thermostat starts."""
@@ -229,27 +223,10 @@ class ConstrainedSGNHT(ConstrainedLangevinOptimizer):
             kinetic=self._all_reduce if self._step_sharded else None, ctx=ctx,
         )
 
-    def _noise_scale(self, group) -> float:
-        """Per-entry noise std at ``xi = A`` (the diagnostics' ``noise_norm`` uses it)."""
-        return math.sqrt(group["temperature"] * (1.0 - group["momentum"] ** 2))
-
     # -- diagnostics
     def _extra_diagnostics(self, group) -> Dict[str, Tensor]:
-        """``kinetic_temperature = |p|^2 / d`` (the momenta's temperature; ``temperature`` at
-        equilibrium) and ``thermostat``: ``xi``."""
-        constraint = self._group_constraint(group)
-        params, momenta, states, dims = [], [], [], 0
-        for p in group["params"]:
-            state = self.state.get(p)
-            if state and "momentum" in state:
-                params.append(distributed.local(p.detach()))
-                momenta.append(state["momentum"])
-                states.append(state)
-                dims += constraint.tangent_dim(p.detach())
-        device = group["params"][0].device if group["params"] else torch.device("cpu")
+        """``kinetic_temperature`` (``temperature`` at equilibrium) and ``thermostat``: ``xi``."""
         xi = group.get("thermostat")
         if xi is None:
             xi = torch.full((), self._initial_xi(group), dtype=torch.float64)
-        if not momenta:
-            return {"kinetic_temperature": torch.zeros((), device=device), "thermostat": xi}
-        return {"kinetic_temperature": constraint.tangent_sq_norm(params, momenta, states) / max(dims, 1), "thermostat": xi}
+        return {"kinetic_temperature": self._kinetic_temperature(group), "thermostat": xi}

@@ -24,10 +24,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import torch
 from torch import Tensor
 
-from ..constraints.base import DEFAULT_CONTEXT, UNCONSTRAINED, Constraint, StepContext
+from .. import distributed
+from ..constraints.base import DEFAULT_CONTEXT, Constraint, StepContext
 from .base import ConstrainedLangevinOptimizer
 
-__all__ = ["ConstrainedUnderdampedSGLD", "underdamped_update", "langevin_step_size"]
+__all__ = ["ConstrainedUnderdampedSGLD", "MomentumState", "underdamped_update", "langevin_step_size"]
 
 
 def langevin_step_size(lr: float, momentum: float) -> float:
@@ -61,7 +62,40 @@ def underdamped_update(
     constraint.drift_ou_drift_(params, momenta, 0.5 * h, c, noise if temperature > 0 else None, noise_std, states, ctx)  # A O A
 
 
-class ConstrainedUnderdampedSGLD(ConstrainedLangevinOptimizer):
+class MomentumState:
+    """What the momentum schemes share: ``state["momentum"]`` per parameter, a tangent vector that
+    starts at zero and is refreshed by ``c p + sqrt(T (1 - c^2)) xi``, and its kinetic temperature."""
+
+    def _init_param_state(self, p: Tensor, constraint: Constraint, state: Dict[str, Any]) -> None:
+        state["momentum"] = constraint.tangent_zeros(p.detach(), state)
+
+    def _state_keys_missing(self, state) -> List[str]:
+        return ["momentum"] if any(s and "momentum" not in s for s in state.values()) else []
+
+    def _noise_scale(self, group) -> float:
+        """Per-entry std of the O step's noise (at the friction ``-ln(momentum) / h``)."""
+        return math.sqrt(group["temperature"] * (1.0 - group["momentum"] ** 2))
+
+    def _kinetic_temperature(self, group) -> Tensor:
+        """``sum |p|^2 / d`` over this process's pieces of the group's parameters: the momenta are
+        N(0, T) on the tangent space at equilibrium (unit mass), so this estimates ``temperature``
+        (circle: arc-length momenta)."""
+        constraint = self._group_constraint(group)
+        params, momenta, states, dims = [], [], [], 0
+        for p in group["params"]:
+            state = self.state.get(p)
+            if state and "momentum" in state:
+                local = distributed.local(p.detach())
+                params.append(local)
+                momenta.append(state["momentum"])
+                states.append(state)
+                dims += constraint.tangent_dim(local)
+        if not momenta:
+            return torch.zeros((), device=group["params"][0].device if group["params"] else None)
+        return constraint.tangent_sq_norm(params, momenta, states) / max(dims, 1)
+
+
+class ConstrainedUnderdampedSGLD(MomentumState, ConstrainedLangevinOptimizer):
     """Underdamped (momentum) Langevin dynamics that keeps chosen parameters on constraint sets.
 
     Args:
@@ -92,30 +126,8 @@ class ConstrainedUnderdampedSGLD(ConstrainedLangevinOptimizer):
         defaults = dict(lr=lr, momentum=momentum, temperature=temperature, weight_decay=weight_decay, foreach=foreach)
         super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id, sync_free=sync_free)
 
-    def _init_param_state(self, p: Tensor, constraint: Constraint, state: Dict[str, Any]) -> None:
-        state["momentum"] = constraint.tangent_zeros(p.detach(), state)
-
-    def _state_keys_missing(self, state) -> List[str]:
-        return ["momentum"] if any(s and "momentum" not in s for s in state.values()) else []
-
     def _extra_diagnostics(self, group) -> Dict[str, Tensor]:
-        """``kinetic_temperature = sum |p|^2 / d``: the momenta are N(0, T) on the tangent space at
-        equilibrium (unit mass), so this estimates ``temperature`` (circle: arc-length momenta)."""
-        constraint = self._group_constraint(group)
-        params, momenta, states, dims = [], [], [], 0
-        for p in group["params"]:
-            state = self.state.get(p)
-            if state and "momentum" in state:
-                params.append(p.detach())
-                momenta.append(state["momentum"])
-                states.append(state)
-                dims += constraint.tangent_dim(state["momentum"] if constraint is UNCONSTRAINED else p.detach())
-        if not momenta:
-            return {"kinetic_temperature": torch.zeros(())}
-        return {"kinetic_temperature": constraint.tangent_sq_norm(params, momenta, states) / max(dims, 1)}
-
-    def _noise_scale(self, group) -> float:
-        return math.sqrt(group["temperature"] * (1.0 - group["momentum"] ** 2))
+        return {"kinetic_temperature": self._kinetic_temperature(group)}
 
     def _update_group(self, group, constraint, params, grads, states, noise, ctx) -> None:
         underdamped_update(
