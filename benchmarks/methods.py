@@ -290,3 +290,32 @@ def largest_violation(model: nn.Module, optimizer, constraints: Dict[str, Any]) 
             weight = getattr(model.get_submodule(owner), attr)  # through any parametrisation
             worst = max(worst, make_constraint(spec).violation(weight).item())
     return worst
+
+
+def wall_fraction(model: nn.Module, constraints: Dict[str, Any], rtol: float = 1e-3) -> Optional[float]:
+    """Of the inequality sets' units (a ball's rows, a box's or the non-negative set's entries), the
+    fraction on the wall (within ``rtol`` of the radius or the bound, relative to the radius or the
+    width) at the end of training: whether the constraint did anything. None without such sets."""
+    from constrained_sgld.constraints.elementwise import _Interval
+    from constrained_sgld.constraints.norms import Ball
+
+    on_wall, total = 0, 0
+    with torch.no_grad():
+        for name, spec in constraints.items():
+            c = make_constraint(spec)
+            owner, _, attr = name.rpartition(".")
+            w = getattr(model.get_submodule(owner), attr).detach()
+            if isinstance(c, Ball):
+                norms = c._norm(w).flatten()
+                hit = norms >= c.radius * (1 - rtol)
+            elif isinstance(c, _Interval):
+                scale = (c.upper - c.lower) if math.isfinite(c.upper) else 1.0
+                hit = (w - c.lower).abs() <= rtol * scale
+                if math.isfinite(c.upper):
+                    hit |= (c.upper - w).abs() <= rtol * scale
+            else:
+                continue
+            on_wall += int(hit.sum())
+            total += hit.numel()
+    return on_wall / total if total else None
+

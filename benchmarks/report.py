@@ -83,6 +83,7 @@ def summary_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                 "seconds": f"{sec[m]:.2f}" if m in sec else "–",
                 "ratio": f"{sec[m] / sec[base]:.2f}x" if m in sec and base in sec else "–",
                 "violation": f"{max(violations):.1e}" if violations else "–",
+                "at_wall": _mean_std([r.get("at_wall") for r in runs]),
                 "ece": _mean_std([_final(r, "test_ece") for r in runs]),
                 "post_acc": _mean_std([_final(r, "posterior_accuracy") for r in runs]),
                 "post_nll": _mean_std([_final(r, "posterior_nll") for r in runs]),
@@ -159,6 +160,10 @@ def markdown_table(results: Dict[str, Any]) -> str:
     if _has_binary(rows):
         extra_head += " sign-binarised test accuracy | sampled binary test accuracy | sd over draws |"
         extra_rule += "---|---|---|"
+    walls = any(r["at_wall"] != "–" for r in rows)
+    if walls:
+        extra_head += " on the wall at the end |"
+        extra_rule += "---|"
     lines = [
         f"| method | seeds | final test {name} | best test {name} | final test loss | final train loss |{extra_head} s/epoch | time vs {time_baseline(results)} | max violation | status |",
         f"|---|---|---|---|---|---|{extra_rule}---|---|---|---|",
@@ -171,6 +176,8 @@ def markdown_table(results: Dict[str, Any]) -> str:
             extra += f" {r['ess']} | {r['rhat']} | {r['proj_rhat']} |"
         if _has_binary(rows):
             extra += f" {r['binarised']} | {r['sampled']} | {r['sampled_sd']} |"
+        if walls:
+            extra += f" {r['at_wall']} |"
         lines.append(
             f"| {r['method']} | {r['seeds']} | {r['final']} | {r['best']} | {r['test_loss']} | {r['train_loss']} |{extra} {r['seconds']} | {r['ratio']} | {r['violation']} | {r['status']} |"
         )
@@ -421,6 +428,9 @@ def compact_table(results: Dict[str, Any]) -> str:
     if binary:
         head += " sign-binarised test accuracy | sampled binary test accuracy (sd over draws) |"
     head += f" time/epoch vs {time_baseline(results)} | max violation |"
+    walls = any(r["at_wall"] != "–" for r in rows)
+    if walls:
+        head += " on the wall at the end |"
     lines = [head, "|" + "---|" * head.count(" |")]
     for r in rows:
         status = "" if r["status"] == "done" else f" ({r['status']})"
@@ -433,5 +443,5 @@ def compact_table(results: Dict[str, Any]) -> str:
             line += f" {r['ess']} | {r['rhat']} | {r['proj_rhat']} |"
         if binary:
             line += f" {r['binarised']} | {r['sampled']} ({r['sampled_sd']}) |"
-        lines.append(line + f" {r['ratio']} | {r['violation']} |")
+        lines.append(line + f" {r['ratio']} | {r['violation']} |" + (f" {r['at_wall']} |" if walls else ""))
     return "\n".join(lines)

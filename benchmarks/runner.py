@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from .methods import METHODS, Method, largest_violation
+from .methods import METHODS, Method, largest_violation, wall_fraction
 from .tasks import TASKS, Task
 
 
@@ -119,6 +119,8 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True, tens
         if writer is not None:
             writer.close()
     record["max_violation"] = worst
+    if constraints and (at_wall := wall_fraction(model, constraints)) is not None:
+        record["at_wall"] = at_wall  # the inequality sets: did the walls matter?
     if trace is not None and len(trace):
         record["chain_trace"] = trace.draws  # per draw; the report gives ESS and R-hat over seeds
     if profile_start is not None and record["status"] == "done":

@@ -131,3 +131,16 @@ def test_two_spirals_validation_leaves_training_and_test_points_unchanged():
     x, _ = two_spirals(task.settings["train_per_class"], task.hp["noise"], g)
     torch.testing.assert_close(task.x_train, x)
     assert not any(torch.equal(v, t) for v in task.x_val[:5] for t in task.x_test)
+
+
+def test_wall_fraction_counts_rows_and_entries_on_the_wall():
+    from benchmarks.methods import wall_fraction
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[3.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 2.9999, 0]]))
+        model[1].weight.copy_(torch.tensor([[1.0, -1.0, 0.5], [0.0, 0.2, -0.9995]]))
+    assert wall_fraction(model, {"0.weight": ("ball", {"radius": 3.0})}) == pytest.approx(2 / 3)
+    assert wall_fraction(model, {"1.weight": "box"}) == pytest.approx(3 / 6)
+    assert wall_fraction(model, {"0.weight": "nonnegative"}) == pytest.approx(9 / 12)
+    assert wall_fraction(model, {"0.weight": "sphere"}) is None  # an equality set has no wall
