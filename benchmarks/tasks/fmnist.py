@@ -107,6 +107,9 @@ class FashionMLP(ClassificationTask):
         "radius_1": 0.05,  # first layer (paper)
         "radius_2": 0.1,  # second layer (paper)
         **NORM_HPARAMS,
+        # tuned on validation accuracy (s-cola-ud, quick, seed 0) among 1/sqrt(3), 1 and 2: 78.2%,
+        # 82.7%, 85.1%. Without normalisation layers a fixed norm fixes the logits' scale.
+        "sphere_radius": 2.0,
     }
 
     def prepare(self) -> None:

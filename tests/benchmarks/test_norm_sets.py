@@ -40,7 +40,7 @@ def test_sphere_methods_keep_every_row_at_the_radius(method):
     assert set(constraints) == {"0.weight", "2.weight"}
     _steps(model, optim)
     for w in (model[0].weight, model[2].weight):
-        torch.testing.assert_close(_row_norms(w), torch.full((w.shape[0],), 1 / math.sqrt(3)), rtol=1e-5, atol=0)
+        torch.testing.assert_close(_row_norms(w), torch.full((w.shape[0],), task.hp["sphere_radius"]), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("method", ["m-cola-od", "m-cola-ud", "sgd-momentum-maxnorm"])
@@ -74,7 +74,7 @@ def test_norm_families_on_the_resnet_name_every_conv_but_the_stem():
     model = task.build_model()
     sphere = task.constrained(model, "sphere")
     assert set(sphere) == set(task.constrained(model, "orthogonal"))
-    assert all(spec[0] == "sphere" for spec in sphere.values())
+    assert all(spec == ("sphere", {"radius": 1 / math.sqrt(3)}) for spec in sphere.values())
     assert all(spec == ("ball", {"radius": 3.0}) for spec in task.constrained(model, "ball").values())
 
 
