@@ -71,6 +71,7 @@ __all__ = [
     "ConstraintSpec",
     "Packing",
     "StepContext",
+    "Workspace",
 ]
 
 _REGISTRY: Dict[str, Type["Constraint"]] = {}
@@ -141,6 +142,14 @@ class Constraint:
         obj = super().__new__(cls)
         obj._spec_kwargs = dict(kwargs)
         return obj
+
+    @property
+    def workspace(self) -> "Workspace":
+        """Scratch buffers for this set's fast paths (see :class:`Workspace`)."""
+        ws = self.__dict__.get("_workspace")
+        if ws is None:
+            ws = self.__dict__["_workspace"] = Workspace()
+        return ws
 
     # ---------------------------------------------------------------- set operations
     def project(self, p: Tensor) -> Tensor:
@@ -271,6 +280,43 @@ class Constraint:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._spec_kwargs.items())
         return f"{type(self).__name__}({args})"
+
+
+class Workspace:
+    """Scratch tensors that a set's fast paths reuse from step to step.
+
+    On the CPU a fresh multi-megabyte tensor costs page faults on every allocation (the allocator
+    hands large blocks back to the system when they are freed): on the 795k-entry MLP of the speed
+    benchmark an out-of-place pass costs 3-6 times an in-place one. ``like(t, slot)`` therefore
+    returns, for large CPU tensors, the same uninitialised buffer each time it is asked for the
+    same ``slot`` and shape and dtype; elsewhere (CUDA, whose caching allocator already reuses
+    memory; small tensors; code being traced by ``torch.compile``) a fresh ``empty_like``.
+
+    A caller must not ask for one slot twice while the first buffer is still in use (index slots
+    by the tensor's position in a list). The buffers live as long as the set: at most one per
+    slot and shape. A set shared by optimisers that step in parallel threads would share them.
+    """
+
+    #: below this many bytes a fresh tensor is cheap (the allocator's heap serves it)
+    min_bytes = 1 << 17
+
+    def __init__(self):
+        self._buffers: Dict[Tuple[Any, ...], Tensor] = {}
+
+    def like(self, t: Tensor, slot: Any) -> Tensor:
+        if t.device.type != "cpu" or t.numel() * t.element_size() < self.min_bytes or torch.compiler.is_compiling():
+            return torch.empty_like(t, memory_format=torch.contiguous_format)
+        key = (slot, tuple(t.shape), t.dtype)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = torch.empty_like(t, memory_format=torch.contiguous_format)
+        return buffer
+
+    def __deepcopy__(self, memo):
+        return Workspace()  # scratch is never state worth copying
+
+    def __reduce__(self):
+        return (Workspace, ())
 
 
 class Packing:

@@ -90,17 +90,40 @@ class Circle(Constraint):
         # the projection of isotropic plane noise onto the 1-D tangent is N(0, std^2)
         return xi * std
 
-    def _rotate_(self, p: Tensor, arc: Tensor, state: Dict[str, Tensor], scale: float = 1.0) -> None:
-        """Rotate each pair ``(w, z)`` by the angle ``scale * arc / radius`` (in place, from the old pair)."""
+    #: the largest half-angle tangent of one rotation (an angle of ``2 atan(1000)``, 0.1 degree
+    #: short of half a turn): bounds the shears' cancellation for absurdly long steps
+    max_half_tangent = 1e3
+
+    def _rotate_(self, p: Tensor, arc: Tensor, state: Dict[str, Tensor], scale: float = 1.0, scratch: bool = False) -> None:
+        """Rotate each pair ``(w, z)`` by the angle ``2 atan(u)``, ``u = scale * arc / (2 radius)``
+        (the Cayley rotation: ``tan(angle / 2) = alpha / 2`` for the arc's angle ``alpha``), in place.
+
+        No transcendental function: ``cos`` and ``sin`` cost ten arithmetic passes each on the
+        CPU. The rotation is exact (orthogonal) and agrees with the rotation by ``alpha`` up to
+        ``alpha^3 / 12``; the dynamics it makes are discussed in docs/constraints.md. It is applied
+        as three shears, ``w += u z``, ``z -= sin(angle) w``, ``w += u z``, then one Newton step
+        pulls ``|(w, z)|`` back to the radius against rounding. ``scratch``: ``arc`` may be
+        overwritten."""
+        k = scale / (2.0 * self.radius)
+        if k * k == 0:
+            return  # no move (a learning rate annealed to 0)
         z = state["aux"]
-        alpha = arc * (scale / self.radius)
-        cos, sin = torch.cos(alpha), torch.sin(alpha)
-        w_new = torch.addcmul(p * cos, z, sin)
-        z_new = torch.addcmul(z * cos, p, sin, value=-1.0)
-        # rounding only: rescale the pair onto the circle so nothing accumulates
-        rescale = torch.hypot(w_new, z_new).reciprocal_().mul_(self.radius)
-        torch.mul(w_new, rescale, out=p)
-        torch.mul(z_new, rescale, out=z)
+        ws = self.workspace
+        bound = self.max_half_tangent / abs(k)
+        arc = arc.clamp_(-bound, bound) if scratch else torch.clamp(arc, -bound, bound, out=ws.like(arc, "arc"))
+        # sin(angle) = 2u / (1 + u^2) = (2 / k) * arc / (1/k^2 + arc^2)
+        s = torch.mul(arc, arc, out=ws.like(arc, "sin"))
+        s.add_(1.0 / (k * k))
+        torch.div(arc, s, out=s)
+        p.addcmul_(arc, z, value=k)
+        z.addcmul_(s, p, value=-2.0 / k)
+        p.addcmul_(arc, z, value=k)
+        # rounding only: one Newton step for radius / |(w, z)|, 1.5 - 0.5 |(w, z)|^2 / radius^2
+        q = torch.mul(p, p, out=s)
+        q.addcmul_(z, z)
+        q.mul_(-0.5 / self.radius**2).add_(1.5)
+        p.mul_(q)
+        z.mul_(q)
 
     def retract_(self, p: Tensor, step: Tensor, state: Dict[str, Tensor]) -> None:
         self._rotate_(p, step, state)
@@ -109,14 +132,49 @@ class Circle(Constraint):
         self._rotate_(p, velocity, state, scale=t)
         return velocity
 
-    def drift_ou_drift_(self, params, momenta, t, c, noise, std, states, ctx=DEFAULT_CONTEXT):
-        """Rotations of one plane compose and leave arc-length velocities unchanged, so ``A(t) O
-        A(t)`` is one rotation by ``t (p + p')`` with ``p' = c p + std xi``: half the drift cost."""
-        arcs = torch._foreach_mul(momenta, 1.0 + c)
+    # -- list-level operations, without the allocations of the defaults
+    def kick_(self, params, momenta, grads, scale, weight_decay, states):
+        """``p += scale (g + wd w) z / r``: the force's tangent component, one pass per tensor."""
+        for p, m, g, state in zip(params, momenta, grads, states):
+            m.addcmul_(g, state["aux"], value=scale / self.radius)
+            if weight_decay != 0:
+                m.addcmul_(p, state["aux"], value=scale * weight_decay / self.radius)
+
+    def ou_(self, params, momenta, c, noise, std, states):
         torch._foreach_mul_(momenta, c)
         if noise is not None:
-            torch._foreach_add_(arcs, noise, alpha=std)
             torch._foreach_add_(momenta, noise, alpha=std)
+
+    def move_(self, params, grads, scale, weight_decay, noise, std, states, ctx=DEFAULT_CONTEXT):
+        """The overdamped step: one rotation by ``scale (g + wd w) z / r + std xi`` per tensor."""
+        for i, (p, g, state) in enumerate(zip(params, grads, states)):
+            arc = torch.mul(g, state["aux"], out=self.workspace.like(p, "arc"))
+            if weight_decay != 0:
+                arc.addcmul_(p, state["aux"], value=weight_decay)
+            if noise is not None:
+                arc.mul_(scale / self.radius).add_(noise[i], alpha=std)
+                self._rotate_(p, arc, state, scratch=True)
+            else:
+                self._rotate_(p, arc, state, scale=scale / self.radius, scratch=True)
+
+    def drift_ou_drift_(self, params, momenta, t, c, noise, std, states, ctx=DEFAULT_CONTEXT):
+        """Rotations of one plane compose and leave arc-length velocities unchanged, so ``A(t) O
+        A(t)`` is one rotation: the two drifts' half-angle tangents ``u1 = k p`` and ``u2 = k p'``
+        (``p' = c p + std xi``, ``k = t / 2r``) compose as ``(u1 + u2) / (1 - u1 u2)``, exactly
+        the two Cayley rotations in turn, at half the drift cost."""
+        k = t / (2.0 * self.radius)
         if t > 0:
+            ws = self.workspace
+            old = [ws.like(m, ("old", i)) for i, m in enumerate(momenta)]
+            torch._foreach_copy_(old, momenta)
+        self.ou_(params, momenta, c, noise, std, states)
+        if t > 0:
+            arcs = [ws.like(m, ("arc", i)) for i, m in enumerate(momenta)]
+            for arc, o, m in zip(arcs, old, momenta):
+                torch.add(o, m, out=arc)
+            torch._foreach_mul_(old, momenta)
+            torch._foreach_mul_(old, -k * k)
+            torch._foreach_add_(old, 1.0)
+            torch._foreach_div_(arcs, old)
             for p, arc, state in zip(params, arcs, states):
-                self._rotate_(p, arc, state, scale=t)
+                self._rotate_(p, arc, state, scale=t, scratch=True)

@@ -40,11 +40,12 @@ class _Interval(AmbientTangent):
         above = (p - self.upper).clamp_min(0) if math.isfinite(self.upper) else torch.zeros_like(p)
         return torch.maximum(below, above).amax()
 
-    def _fold(self, p: Tensor, velocity: Optional[Tensor], one_wall: bool = False) -> Optional[Tensor]:
+    def _fold(self, p: Tensor, velocity: Optional[Tensor], crossed: str = "many") -> Optional[Tensor]:
         """Bring ``p`` (moved already) back into the interval; the velocity's sign flips once per
-        reflection. ``one_wall``: the caller knows that no entry moved further than the interval's
-        width, so no entry crossed both walls: one reflection, ``2 clamp(p) - p``, is then exact
-        (three passes instead of the general fold's ten)."""
+        reflection. ``crossed`` is what the caller knows about the move (see :meth:`_crossings`):
+        ``"none"``, every entry is inside and nothing is done; ``"one"``, no entry crossed both
+        walls, so one reflection, ``2 clamp(p) - p``, is exact (three passes instead of the general
+        fold's ten); ``"many"``, anything (the general fold)."""
         lo, hi = self.lower, self.upper
         if self.boundary == "clamp":
             if velocity is not None:
@@ -54,51 +55,89 @@ class _Interval(AmbientTangent):
                 velocity = torch.where(hit_low | hit_high, torch.zeros_like(velocity), velocity)
             p.clamp_(lo, hi)
             return velocity
+        if crossed == "none":
+            return velocity
+        # the velocity flips in place, by arithmetic (a 0/1 factor from ``sign``) rather than
+        # boolean masks: on the CPU a comparison or ``torch.where`` costs 5-30x an arithmetic pass
         if math.isinf(hi):
-            flipped = p < lo
-            p.sub_(lo).abs_().add_(lo)  # exact for any distance: a half-line has one wall
-        elif one_wall:
-            inside = p.clamp(lo, hi)
-            flipped = inside != p
-            p.neg_().add_(inside, alpha=2.0)
+            # a half-line has one wall: |p - lo| + lo is exact for any distance
+            if lo != 0:
+                p.sub_(lo)
+            if velocity is not None:
+                flips = torch.clamp(p, max=0.0, out=self.workspace.like(p, "flips")).sign_()  # -1 below the wall
+                velocity.addcmul_(velocity, flips, value=2.0)
+            p.abs_()
+            if lo != 0:
+                p.add_(lo)
+        elif crossed == "one":
+            inside = torch.clamp(p, lo, hi, out=self.workspace.like(p, "inside"))
+            overshoot = p.sub_(inside)
+            if velocity is not None:
+                flips = torch.abs(overshoot, out=self.workspace.like(p, "flips")).sign_()  # 1 where reflected
+                velocity.addcmul_(velocity, flips, value=-2.0)
+            torch.sub(inside, overshoot, out=p)  # 2 clamp(p) - p
         else:
             width = hi - lo
             offset = p - lo
             # number of walls crossed; odd means the direction of travel is reversed
             crossings = torch.floor(offset / width)
-            flipped = torch.remainder(crossings, 2) == 1
             folded = torch.remainder(offset, 2 * width)
             p.copy_(lo + (width - (folded - width).abs()))
-        if velocity is not None:
-            velocity = torch.where(flipped, -velocity, velocity)
+            if velocity is not None:
+                velocity.addcmul_(velocity, torch.remainder(crossings, 2), value=-2.0)
         return velocity
 
-    def _within_width(self, step: Tensor, scale: float, ctx: StepContext) -> bool:
-        """Whether every entry of ``scale * step`` is shorter than the interval's width (one pass and
-        one host read; never in a sync-free step, which takes the general fold)."""
-        if ctx.sync_free or math.isinf(self.upper) or self.boundary == "clamp" or step.numel() == 0:
-            return False
-        return bool(torch.linalg.vector_norm(step, ord=math.inf) * abs(scale) < self.upper - self.lower)
+    def _crossings(self, params, ctx: StepContext):
+        """For each moved tensor, which walls its entries crossed: ``"none"`` (all inside: the
+        common case, where the move needs no further pass), ``"one"`` (every entry within one width
+        of the interval, so none crossed both walls) or ``"many"``. One min/max pass per tensor and
+        one host read for the whole group; a sync-free step reads nothing and folds everything."""
+        if ctx.sync_free or self.boundary == "clamp":
+            return ["many"] * len(params)
+        lo, hi = self.lower, self.upper
+        live = [p for p in params if p.numel()]
+        if not live:
+            return ["none"] * len(params)
+        if math.isinf(hi):
+            lows = torch.stack([p.amin() for p in live]).tolist()
+            highs = [-math.inf] * len(live)
+        else:
+            lows, highs = torch.stack([torch.stack(torch.aminmax(p)) for p in live]).T.tolist()
+        width = hi - lo
+        found = iter(
+            "none" if mn >= lo and mx <= hi else "one" if mn >= lo - width and mx <= hi + width else "many"
+            for mn, mx in zip(lows, highs)
+        )
+        # NaN compares False everywhere, so a non-finite tensor takes the general fold
+        return [next(found) if p.numel() else "none" for p in params]
 
     def retract_(self, p: Tensor, step: Tensor, state: Dict[str, Tensor]) -> None:
         self.retract_many_([p], [step], [state])
 
     def drift_(self, p: Tensor, velocity: Tensor, t: float, state: Dict[str, Tensor]) -> Tensor:
+        """Straight flight for time ``t`` and reflection; ``velocity`` flips in place (and is returned)."""
         return self.drift_many_([p], [velocity], t, [state])[0]
 
     def retract_many_(self, params, steps, states, ctx=DEFAULT_CONTEXT):
-        for p, step in zip(params, steps):
-            one_wall = self._within_width(step, 1.0, ctx)
-            p.add_(step)
-            self._fold(p, None, one_wall)
+        torch._foreach_add_(params, steps)
+        for p, crossed in zip(params, self._crossings(params, ctx)):
+            self._fold(p, None, crossed)
 
     def drift_many_(self, params, velocities, t, states, ctx=DEFAULT_CONTEXT):
-        out = []
-        for p, v in zip(params, velocities):
-            one_wall = self._within_width(v, t, ctx)
-            p.add_(v, alpha=t)
-            out.append(self._fold(p, v, one_wall))
-        return out
+        """Straight flight and reflection; the velocities flip in place (with ``boundary="clamp"``
+        new ones are returned)."""
+        torch._foreach_add_(params, velocities, alpha=t)
+        return [self._fold(p, v, crossed) for p, v, crossed in zip(params, velocities, self._crossings(params, ctx))]
+
+    def move_(self, params, grads, scale, weight_decay, noise, std, states, ctx=DEFAULT_CONTEXT):
+        # the interior is flat: the plain SGLD move in place (nothing allocated), then the fold
+        if weight_decay != 0:
+            torch._foreach_mul_(params, 1.0 + scale * weight_decay)
+        torch._foreach_add_(params, grads, alpha=scale)
+        if noise is not None:
+            torch._foreach_add_(params, noise, alpha=std)
+        for p, crossed in zip(params, self._crossings(params, ctx)):
+            self._fold(p, None, crossed)
 
 
 @register_constraint("nonnegative")

@@ -213,7 +213,7 @@ class Ball(AmbientTangent, _NormSet):
         for p, v in zip(params, velocities):
             if not ctx.sync_free:
                 # most moves stay inside: then the flight is a straight line (one host read tells)
-                moved = torch.add(p, v, alpha=t)
+                moved = torch.add(p, v, alpha=t, out=self.workspace.like(p, "moved"))
                 if bool((self._norm(moved) <= self.radius).all()):
                     p.copy_(moved)
                     out.append(v)

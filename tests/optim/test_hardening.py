@@ -107,6 +107,9 @@ def test_empty_circle_parameter_steps_and_reports(optimizer_cls):
         (ConstrainedSGLD, ("sphere", {"radius": 1.0})),
         (ConstrainedUnderdampedSGLD, ("sphere", {"radius": 1.0})),
         (ConstrainedUnderdampedSGLD, ("ball", {"radius": 1.0, "boundary": "clamp"})),
+        (ConstrainedSGLD, ("circle", {"radius": 0.5})),
+        (ConstrainedUnderdampedSGLD, ("circle", {"radius": 0.5})),
+        (ConstrainedUnderdampedSGLD, ("box", {})),
     ],
 )
 def test_huge_finite_gradients_stay_finite_and_on_the_set(cls, spec):
