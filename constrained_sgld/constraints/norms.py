@@ -24,7 +24,7 @@ from typing import Any, Dict
 import torch
 from torch import Tensor
 
-from .base import DEFAULT_CONTEXT, AmbientTangent, Constraint, check_boundary, check_positive, reduction_dims, register_constraint
+from .base import DEFAULT_CONTEXT, AmbientTangent, Constraint, StepContext, check_boundary, check_positive, reduction_dims, register_constraint
 
 
 def _check_dim(dim: Any, owner: str) -> Any:
@@ -106,24 +106,92 @@ class Sphere(_NormSet):
         p.copy_(self.project(torch.randn_like(p)))
         return p
 
-    def _geodesic_(self, p: Tensor, velocity: Tensor, t: float) -> Tensor:
+    # -- dynamics: in place, with the set's scratch buffers (each pass over a parameter costs as
+    # much as a pass of SGD; a fresh multi-megabyte tensor costs several on the CPU)
+    def _dot(self, a: Tensor, b: Tensor) -> Tensor:
+        """``<a, b>`` per norm slice, shaped for broadcasting (one fused pass where the slices are
+        rows of a contiguous tensor: no product tensor is made)."""
+        dims = reduction_dims(a, self.dim)
+        if dims is None and a.is_contiguous() and b.is_contiguous():
+            return torch.dot(a.reshape(-1), b.reshape(-1)).reshape([1] * a.ndim)
+        if a.ndim > 1 and dims == tuple(range(1, a.ndim)) and a.is_contiguous() and b.is_contiguous():
+            rows = torch.linalg.vecdot(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1), dim=1)
+            return rows.reshape([a.shape[0]] + [1] * (a.ndim - 1))
+        return self._inner(a, b)
+
+    def _untangle_(self, p: Tensor, v: Tensor) -> Tensor:
+        """``v <- v - p <p, v> / r^2`` in place: ``v`` made tangent at ``p`` (two passes)."""
+        return v.addcmul_(p, self._dot(p, v), value=-1.0 / self.radius**2)
+
+    def _speed(self, v: Tensor, ctx: StepContext) -> Tensor:
+        """``|v|`` per slice. A sum of squares can overflow for a huge velocity: then it is measured
+        again on ``v`` scaled by 2^-64 (decided by one host read, or, sync-free, on the device)."""
+        n = self._norm(v)
+        if not ctx.sync_free:
+            return n if bool(n.isfinite().all()) else self._step_norm(v)
+        return self._step_norm(v)
+
+    def _geodesic_(self, p: Tensor, v: Tensor, t: float, ctx: StepContext = DEFAULT_CONTEXT, velocity: bool = True) -> Tensor:
+        """Move ``p`` along the great circle of the tangent velocity ``v`` for time ``t``, in
+        place; with ``velocity``, ``v`` becomes (in place) the velocity at the new point."""
         r = self.radius
-        speed = self._step_norm(velocity)
+        speed = self._speed(v, ctx)
         theta = speed * (t / r)
-        # r sin(theta) / |v| -> t as |v| -> 0; keep the branch on the device (no host sync)
-        along = torch.where(speed > 0, r * torch.sin(theta) / speed.clamp_min(torch.finfo(p.dtype).tiny), t)
-        cos = torch.cos(theta)
-        new_v = velocity * cos - p * (speed * torch.sin(theta) / r)
-        p.mul_(cos).add_(velocity * along)
-        # rounding only: renormalise and re-tangent so nothing accumulates over many steps
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        # r sin(theta) / |v| -> t as |v| -> 0; the branch stays on the device
+        along = torch.where(speed > 0, r * sin / speed.clamp_min(torch.finfo(p.dtype).tiny), t)
+        if velocity:
+            back = torch.mul(p, speed * sin / r, out=self.workspace.like(p, "back"))
+        p.mul_(cos).addcmul_(v, along)
+        # rounding only: renormalise (and re-tangent the velocity) so nothing accumulates
         p.mul_(r / self._norm(p))
-        return self.tangent_project(p, new_v)
+        if velocity:
+            self._untangle_(p, v.mul_(cos).sub_(back))
+        return v
 
     def retract_(self, p: Tensor, step: Tensor, state: Dict[str, Tensor]) -> None:
-        self._geodesic_(p, step, 1.0)
+        self._geodesic_(p, step.clone(), 1.0, velocity=False)
 
     def drift_(self, p: Tensor, velocity: Tensor, t: float, state: Dict[str, Tensor]) -> Tensor:
+        """The geodesic flow for time ``t``; ``velocity`` becomes the new velocity in place (and is returned)."""
         return self._geodesic_(p, velocity, t)
+
+    def retract_many_(self, params, steps, states, ctx=DEFAULT_CONTEXT):
+        for p, step in zip(params, steps):
+            self._geodesic_(p, step.clone(), 1.0, ctx, velocity=False)
+
+    def drift_many_(self, params, velocities, t, states, ctx=DEFAULT_CONTEXT):
+        return [self._geodesic_(p, v, t, ctx) for p, v in zip(params, velocities)]
+
+    def kick_(self, params, momenta, grads, scale, weight_decay, states):
+        """``p += scale T_x(g)``. Weight decay's force ``wd x`` is normal to the sphere: no kick."""
+        for p, m, g in zip(params, momenta, grads):
+            m.add_(g, alpha=scale).addcmul_(p, self._dot(p, g), value=-scale / self.radius**2)
+
+    def ou_(self, params, momenta, c, noise, std, states):
+        torch._foreach_mul_(momenta, c)
+        if noise is not None:
+            for p, m, xi in zip(params, momenta, noise):
+                # m is tangent already: T_x(c m + std xi) = c m + std T_x(xi)
+                self._untangle_(p, m.add_(xi, alpha=std))
+
+    def move_(self, params, grads, scale, weight_decay, noise, std, states, ctx=DEFAULT_CONTEXT):
+        """``x <- exp_x(T_x(scale g + std xi))`` (weight decay's force is normal: no move)."""
+        for i, (p, g) in enumerate(zip(params, grads)):
+            step = torch.mul(g, scale, out=self.workspace.like(p, "step"))
+            if noise is not None:
+                step.add_(noise[i], alpha=std)
+            self._geodesic_(p, self._untangle_(p, step), 1.0, ctx, velocity=False)
+
+    def drift_ou_drift_(self, params, momenta, t, c, noise, std, states, ctx=DEFAULT_CONTEXT):
+        """Without noise the O step only slows the momentum down, along the same great circle: ``A(t)
+        O A(t)`` is then one geodesic for time ``t (1 + c)`` and the momentum times ``c``."""
+        if noise is not None:
+            return super().drift_ou_drift_(params, momenta, t, c, noise, std, states, ctx)
+        if t > 0:
+            for p, m in zip(params, momenta):
+                self._geodesic_(p, m, t * (1.0 + c), ctx)
+        torch._foreach_mul_(momenta, c)
 
 
 @register_constraint("ball")
