@@ -87,12 +87,13 @@ class _Interval(AmbientTangent):
                 velocity.addcmul_(velocity, torch.remainder(crossings, 2), value=-2.0)
         return velocity
 
-    def _crossings(self, params, ctx: StepContext):
+    def _crossings(self, params, ctx: StepContext, velocities: bool = False):
         """For each moved tensor, which walls its entries crossed: ``"none"`` (all inside: the
         common case, where the move needs no further pass), ``"one"`` (every entry within one width
         of the interval, so none crossed both walls) or ``"many"``. One min/max pass per tensor and
         one host read for the whole group; a sync-free step reads nothing and folds everything."""
-        if ctx.sync_free or self.boundary == "clamp":
+        if ctx.sync_free or self.boundary == "clamp" or (math.isinf(self.upper) and not velocities):
+            # (a half-line's fold without velocities is one pass, as cheap as the check)
             return ["many"] * len(params)
         lo, hi = self.lower, self.upper
         live = [p for p in params if p.numel()]
@@ -127,7 +128,7 @@ class _Interval(AmbientTangent):
         """Straight flight and reflection; the velocities flip in place (with ``boundary="clamp"``
         new ones are returned)."""
         torch._foreach_add_(params, velocities, alpha=t)
-        return [self._fold(p, v, crossed) for p, v, crossed in zip(params, velocities, self._crossings(params, ctx))]
+        return [self._fold(p, v, crossed) for p, v, crossed in zip(params, velocities, self._crossings(params, ctx, velocities=True))]
 
     def move_(self, params, grads, scale, weight_decay, noise, std, states, ctx=DEFAULT_CONTEXT):
         # the interior is flat: the plain SGLD move in place (nothing allocated), then the fold

@@ -137,7 +137,7 @@ def test_box_one_wall_reflection_equals_the_general_fold():
     box = Box(lower=-0.2, upper=0.3)
     g = torch.Generator().manual_seed(0)
     start = torch.rand(10_000, generator=g, dtype=torch.float64) * 0.5 - 0.2
-    for scale in (0.05, 0.49, 3.0):  # within the width, just within, far beyond (several walls)
+    for scale in (1e-9, 0.05, 0.49, 3.0):  # nothing crossed, within the width, just within, far beyond
         v = torch.randn(10_000, generator=g, dtype=torch.float64)
         v = v / v.abs().max() * scale
         fast, general = start.clone(), start.clone()
@@ -146,3 +146,28 @@ def test_box_one_wall_reflection_equals_the_general_fold():
         torch.testing.assert_close(fast, general, rtol=0, atol=1e-12)
         assert torch.equal(v_fast, v_general)
         assert box.violation(fast) == 0
+
+
+@pytest.mark.parametrize("lower", [0.0, -0.3])
+def test_half_line_reflection_flips_exactly_the_crossing_velocities(lower):
+    """``nonnegative`` (and a half-line at another wall): an entry that crossed the wall lands at
+    its mirror image with its velocity reversed; every other entry moves straight on. The
+    checked path (one min pass) and the sync-free path give the same result."""
+    from constrained_sgld import NonNegative
+    from constrained_sgld.constraints.base import StepContext
+
+    wall = NonNegative()
+    wall.lower = lower  # the half-line [lower, inf): the same code with a shifted wall
+    g = torch.Generator().manual_seed(1)
+    start = torch.rand(5_000, generator=g, dtype=torch.float64) * 0.1 + lower
+    for scale in (1e-9, 0.3):  # nothing crosses; many cross
+        v = torch.randn(5_000, generator=g, dtype=torch.float64) * scale
+        moved = start + 0.5 * v
+        expected = (moved - lower).abs() + lower
+        expected_v = torch.where(moved < lower, -v, v)
+        for ctx in (StepContext(), StepContext(sync_free=True)):
+            x = start.clone()
+            v_new = wall.drift_many_([x], [v.clone()], 0.5, [{}], ctx)[0]
+            torch.testing.assert_close(x, expected, rtol=0, atol=1e-15)
+            assert torch.equal(v_new, expected_v)
+        assert (scale > 1e-6) == bool((moved < lower).any())

@@ -201,6 +201,20 @@ def test_box_uniform(scheme):
 
 
 @schemes
+def test_circle_tilted_von_mises(scheme):
+    """``U(w) = a w`` on the circle ``w = r sin(phi)``: ``phi`` follows a von Mises law of
+    concentration ``kappa = a r / T``, so ``E[w] = -r I1(kappa) / I0(kappa)``. The drift is the
+    Cayley rotation, not the exact one: it leaves the U = 0 law exact (the arcsine test) and
+    changes the dynamics at third order in the step, inside the O(lr) allowance of the vMF cases."""
+    r, a, lr = 1.0, 1.0, 0.01
+    kappa = torch.tensor(a * r, dtype=torch.float64)
+    expected = (-r * torch.special.i1(kappa) / torch.special.i0(kappa)).item()
+    x0 = torch.zeros(2000, 1)
+    (s,), _ = run_chains(scheme, x0, ("circle", {"radius": r}), lambda w: torch.full_like(w, a), [lambda w: w[:, 0]], lr=lr, steps=1500, burn=300)
+    check(s, expected, allowance=lr, label="E[w]")
+
+
+@schemes
 def test_circle_arcsine(scheme):
     r = 0.7
     x0 = torch.zeros(4000, 1)
