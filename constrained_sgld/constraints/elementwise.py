@@ -130,6 +130,16 @@ class _Interval(AmbientTangent):
         torch._foreach_add_(params, velocities, alpha=t)
         return [self._fold(p, v, crossed) for p, v, crossed in zip(params, velocities, self._crossings(params, ctx, velocities=True))]
 
+    def drift_ou_drift_(self, params, momenta, t, c, noise, std, states, ctx=DEFAULT_CONTEXT):
+        """Without noise, ``A(t) O A(t)`` is one straight flight by ``t (1 + c) p``, folded once,
+        and the momentum times ``c``: each coordinate's reflections are mirror maps, so unfolding
+        the path (wherever it hit a wall) gives the same point and the same number of flips. With
+        noise the O step's kick is not mirrored with the path: the two drifts, in turn."""
+        if noise is not None or t <= 0 or self.boundary == "clamp":
+            return super().drift_ou_drift_(params, momenta, t, c, noise, std, states, ctx)
+        self.drift_many_(params, momenta, t * (1.0 + c), states, ctx)  # flips the momenta in place
+        torch._foreach_mul_(momenta, c)
+
     def move_(self, params, grads, scale, weight_decay, noise, std, states, ctx=DEFAULT_CONTEXT):
         # the interior is flat: the plain SGLD move in place (nothing allocated), then the fold
         if weight_decay != 0:

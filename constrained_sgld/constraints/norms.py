@@ -227,6 +227,20 @@ class Ball(AmbientTangent, _NormSet):
     #: reflections followed exactly per step; a slice still moving after that is clamped
     max_reflections = 4
 
+    def drift_ou_drift_(self, params, momenta, t, c, noise, std, states, ctx=DEFAULT_CONTEXT):
+        """Without noise the O step only shortens the momentum, so ``A(t) O A(t)`` is a straight
+        flight by ``t (1 + c) p`` when it ends inside the ball (the ball is convex, so the midpoint
+        is inside too; one check per tensor); else, and with noise, the two drifts in turn."""
+        if noise is not None or t <= 0 or ctx.sync_free:
+            return super().drift_ou_drift_(params, momenta, t, c, noise, std, states, ctx)
+        for p, m, state in zip(params, momenta, states):
+            moved = torch.add(p, m, alpha=t * (1.0 + c), out=self.workspace.like(p, "moved"))
+            if bool((self._norm(moved) <= self.radius).all()):
+                p.copy_(moved)
+                m.mul_(c)
+            else:
+                super().drift_ou_drift_([p], [m], t, c, None, std, [state], ctx)
+
     def _billiard_(self, p: Tensor, velocity: Tensor, t: float) -> Tensor:
         """Free flight for time ``t`` inside the ball with specular reflection at the sphere.
 

@@ -171,3 +171,37 @@ def test_half_line_reflection_flips_exactly_the_crossing_velocities(lower):
             torch.testing.assert_close(x, expected, rtol=0, atol=1e-15)
             assert torch.equal(v_new, expected_v)
         assert (scale > 1e-6) == bool((moved < lower).any())
+
+
+@pytest.mark.parametrize("noisy", [False, True], ids=["T0", "noisy"])
+@pytest.mark.parametrize(
+    "spec",
+    [("box", {"lower": -0.2, "upper": 0.3}), "nonnegative", ("ball", {"radius": 0.5}), ("sphere", {"radius": 0.5}), ("circle", {"radius": 0.3})],
+    ids=["box", "nonnegative", "ball", "sphere", "circle"],
+)
+def test_fused_drift_ou_drift_equals_the_drifts_in_turn(spec, noisy):
+    """Each set's ``drift_ou_drift_`` (one straight flight, one geodesic or one rotation where it
+    can) moves exactly as the base class's composition of its plain operations, A(t), O, A(t),
+    including moves long enough to hit walls (several, for the box) and the ball's sphere."""
+    from constrained_sgld.constraints.base import Constraint
+
+    c, name = make_constraint(spec), spec if isinstance(spec, str) else spec[0]
+    g = torch.Generator().manual_seed(0)
+    x0 = c.project(torch.randn(40, 6, generator=g, dtype=torch.float64) * 0.25)
+    m0 = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    m0 = c.tangent_project(x0, m0) if name == "sphere" else m0
+    xi = torch.randn(40, 6, generator=g, dtype=torch.float64) if noisy else None
+    t, friction, std = 0.4, 0.8, 0.3
+    results = []
+    for fused in (True, False):
+        x, m = x0.clone(), m0.clone()
+        state = c.init_state(x)
+        op = c.drift_ou_drift_ if fused else (lambda *a: Constraint.drift_ou_drift_(c, *a))
+        op([x], [m], t, friction, None if xi is None else [xi], std, [state])
+        results.append((x, m))
+    (x1, m1), (x2, m2) = results
+    torch.testing.assert_close(x1, x2, rtol=0, atol=1e-12)
+    torch.testing.assert_close(m1, m2, rtol=0, atol=1e-12)
+    assert c.violation(x1) <= 1e-12
+    if name in ("box", "nonnegative", "ball"):  # the straight flight left the set: walls were hit
+        assert c.violation(x0 + t * (1 + friction) * m0) > 0.1
