@@ -104,21 +104,20 @@ class Circle(Constraint):
         ``alpha^3 / 12``; the dynamics it makes are discussed in docs/constraints.md. It is applied
         as three shears, ``w += u z``, ``z -= sin(angle) w``, ``w += u z``, then one Newton step
         pulls ``|(w, z)|`` back to the radius against rounding. ``scratch``: ``arc`` may be
-        overwritten."""
+        overwritten (it is: with ``u``)."""
         k = scale / (2.0 * self.radius)
-        if k * k == 0:
+        if k == 0:
             return  # no move (a learning rate annealed to 0)
         z = state["aux"]
         ws = self.workspace
-        bound = self.max_half_tangent / abs(k)
-        arc = arc.clamp_(-bound, bound) if scratch else torch.clamp(arc, -bound, bound, out=ws.like(arc, "arc"))
-        # sin(angle) = 2u / (1 + u^2) = (2 / k) * arc / (1/k^2 + arc^2)
-        s = torch.mul(arc, arc, out=ws.like(arc, "sin"))
-        s.add_(1.0 / (k * k))
-        torch.div(arc, s, out=s)
-        p.addcmul_(arc, z, value=k)
-        z.addcmul_(s, p, value=-2.0 / k)
-        p.addcmul_(arc, z, value=k)
+        # u = tan(angle / 2), capped (a scale folded into the bound could overflow half precision)
+        u = arc.mul_(k) if scratch else torch.mul(arc, k, out=ws.like(arc, "u"))
+        u.clamp_(-self.max_half_tangent, self.max_half_tangent)
+        # sin(angle) / 2 = u / (1 + u^2) = 1 / (u + 1/u): no square to overflow, and 0 at u = 0
+        s = torch.reciprocal(u, out=ws.like(u, "sin")).add_(u).reciprocal_()
+        p.addcmul_(u, z)
+        z.addcmul_(s, p, value=-2.0)
+        p.addcmul_(u, z)
         # rounding only: one Newton step for radius / |(w, z)|, 1.5 - 0.5 |(w, z)|^2 / radius^2
         q = torch.mul(p, p, out=s)
         q.addcmul_(z, z)

@@ -195,3 +195,25 @@ def test_pattern_naming_a_tied_weights_alias_says_so():
     assert sum(len(g["params"]) for g in opt.param_groups) == 3  # the tied weight once
     with pytest.warns(UserWarning, match="lists a tied or shared weight under its first name only"):
         ConstrainedSGLD(model.named_parameters(), lr=0.1, constraints={"dec.weight": "orthogonal"})
+
+
+# ---------------------------------------------------------------- 8. half precision, every other set
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "spec",
+    [("circle", {"radius": 0.05}), ("sphere", {"radius": 1.0}), ("ball", {"radius": 0.5}), "nonnegative", ("box", {"lower": -0.1, "upper": 0.1})],
+    ids=["circle", "sphere", "ball", "nonnegative", "box"],
+)
+def test_half_precision_sets_step_and_stay_on_the_set(optimizer_cls, spec, dtype):
+    """The sets' fast paths in half precision: scales folded into bounds, squares and reciprocals
+    must not overflow (a circle step at lr 1e-6 once needed 1/k^2 = 1e12), and every step stays
+    finite and on the set to the dtype's tolerance."""
+    c = cs.make_constraint(spec)
+    w = torch.nn.Parameter(c.project(torch.randn(64, 32) * 0.1).to(dtype))
+    for lr, temperature in ((1e-6, 0.0), (0.05, 1e-3)):
+        opt = optimizer_cls([("w", w)], constraints={"w": spec}, lr=lr, temperature=temperature, seed=0)
+        for step in range(5):
+            w.grad = (torch.randn(64, 32, generator=torch.Generator().manual_seed(step))).to(dtype)
+            opt.step()
+            assert torch.isfinite(w).all()
+            assert max(v.item() for v in opt.violations()) <= c.tolerance(dtype), (lr, temperature, step)
