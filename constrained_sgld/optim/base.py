@@ -130,6 +130,7 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
                 self._raise_on_nonfinite(plan)
             for group, params, grads in plan:
                 self._step_group(group, params, grads, StepContext())
+            self._remember_versions(plan)
             return loss
         # sync-free: nothing is read on the host; a non-finite gradient makes the whole step a no-op
         # on the device (parameters and states restored from a snapshot) instead of raising
@@ -148,19 +149,27 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
                 previous = self._rejected_moves.get(id(group))
                 self._rejected_moves[id(group)] = count if previous is None else previous + count.to(previous.device)
         if snapshot is not None:
-            # keep the new values or restore the old ones, as multi-tensor calls per device: with
-            # keep in {0, 1} and both sides finite, new * keep + old * (1 - keep) is exact
-            for (_, floating), (current, saved) in snapshot.items():
-                if floating:
-                    keep = self._on(finite, current[0]).to(torch.float32)
-                    torch._foreach_mul_(current, keep)
-                    torch._foreach_add_(current, torch._foreach_mul(saved, 1.0 - keep))
-                else:  # integer or boolean state of a user-defined set
-                    for t, old in zip(current, saved):
-                        t.copy_(torch.where(self._on(finite, t), t, old))
+            # keep the new values or restore the old ones: one select per tensor, in place (an
+            # element-wise op may write to its own input), exact whatever the new values hold
+            for (device, _), (current, saved) in snapshot.items():
+                keep = self._on(finite, current[0])
+                for t, old in zip(current, saved):
+                    torch.where(keep, t, old, out=t)
             skipped = (~finite).long()
             self._skipped_steps = skipped if self._skipped_steps is None else self._skipped_steps + skipped
+        # after the restore, which writes every parameter: read earlier, the counters would call
+        # every parameter changed from outside, and the next step would re-derive every state
+        self._remember_versions(plan)
         return loss
+
+    def _remember_versions(self, plan) -> None:
+        """Note each stepped parameter's version counter, so that the next step can tell a change
+        made outside ``step`` (dynamo cannot trace version counters: not under torch.compile)."""
+        if torch.compiler.is_compiling():
+            return
+        for _, params, _ in plan:
+            for p in params:
+                self._versions[p] = distributed.local(p)._version
 
     @staticmethod
     def _group_constraint(group: Dict[str, Any]) -> Constraint:
@@ -174,8 +183,7 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
         states = [self._param_state(p, constraint) for p in params]
         # sharded (DTensor) parameters: update this rank's piece in place
         pieces = [distributed.local(p) for p in params]
-        tracking = not torch.compiler.is_compiling()  # dynamo cannot trace version counters
-        if tracking:
+        if not torch.compiler.is_compiling():  # dynamo cannot trace version counters
             for p, piece, state in zip(params, pieces, states):
                 # changed outside step() since our last update (model.load_state_dict, a manual
                 # copy_): the version counter says so without reading the device
@@ -205,9 +213,6 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
             packing.unpack_(packed, pieces)
             for k in keys:
                 packing.unpack_([s[k] for s in packed_states], [s[k] for s in states])
-        if tracking:
-            for p, piece in zip(params, pieces):
-                self._versions[p] = piece._version
 
     def _packing(self, constraint: Constraint, pieces: List[Tensor]):
         """How the group's tensors are packed for this step (the set decides; see ``Constraint.packing``)."""

@@ -154,3 +154,26 @@ def test_sync_free_option_is_validated():
         ConstrainedSGLD([p], sync_free="yes")
     with pytest.raises(ValueError, match="check_finite"):
         ConstrainedSGLD([p], check_finite="skip")
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_sync_free_steps_do_not_look_like_outside_changes(monkeypatch, check_finite):
+    # the sync-free guard writes every parameter back (keep or restore); the version counters that
+    # detect a change made outside step() must be read after that write, or every step re-derives
+    # every state (the circle's z from w: four passes, and z's rounding lost)
+    from constrained_sgld.constraints.circle import Circle
+
+    calls = []
+    original = Circle.sync_state
+    monkeypatch.setattr(Circle, "sync_state", lambda self, p, state: (calls.append(1), original(self, p, state)))
+    p = torch.nn.Parameter(torch.rand(4, 3) * 0.5)
+    opt = ConstrainedUnderdampedSGLD([p], constraints={p: ("circle", {"radius": 1.0})}, lr=0.01, sync_free=True, check_finite=check_finite)
+    for seed in range(4):
+        _set_grads([p], seed)
+        opt.step()
+    assert calls == []
+    with torch.no_grad():
+        p.mul_(0.5)  # a change the optimiser did not make
+    _set_grads([p], 5)
+    opt.step()
+    assert calls == [1]
