@@ -67,8 +67,13 @@ class _NormSet(Constraint):
         return torch.linalg.vector_norm(x, dim=reduction_dims(x, self.dim), keepdim=True)
 
     def _step_norm(self, x: Tensor) -> Tensor:
-        """The norm of a step or velocity, which (unlike a point's) can be huge: where the sum of
-        squares overflows, measured again on ``x`` scaled down by 2^-64."""
+        """The norm of a step or velocity, which (unlike a point's) can be huge. Half and single
+        precision: summed in double, where no square of theirs can overflow (one pass, cheaper than
+        the fallback; it also compiles, where a second reduction of ``x`` trips inductor's CPU code
+        generator in torch 2.13). Double (or MPS, which has none): where the sum of squares
+        overflows, measured again on ``x`` scaled down by 2^-64."""
+        if x.dtype in (torch.float16, torch.bfloat16, torch.float32) and x.device.type != "mps":
+            return torch.linalg.vector_norm(x, dim=reduction_dims(x, self.dim), keepdim=True, dtype=torch.float64).to(x.dtype)
         n = self._norm(x)
         big = 2.0**64
         return torch.where(n.isfinite(), n, self._norm(x * (1 / big)) * big)

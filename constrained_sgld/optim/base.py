@@ -149,12 +149,17 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
                 previous = self._rejected_moves.get(id(group))
                 self._rejected_moves[id(group)] = count if previous is None else previous + count.to(previous.device)
         if snapshot is not None:
-            # keep the new values or restore the old ones: one select per tensor, in place (an
-            # element-wise op may write to its own input), exact whatever the new values hold
+            # keep the new values or restore the old ones: one select per tensor, exact whatever
+            # the new values hold; eager, in place (an element-wise op may write to its input);
+            # compiled, as a copy (inductor fuses it; the out= form costs it several passes)
+            compiling = torch.compiler.is_compiling()
             for (device, _), (current, saved) in snapshot.items():
                 keep = self._on(finite, current[0])
                 for t, old in zip(current, saved):
-                    torch.where(keep, t, old, out=t)
+                    if compiling:
+                        t.copy_(torch.where(keep, t, old))
+                    else:
+                        torch.where(keep, t, old, out=t)
             skipped = (~finite).long()
             self._skipped_steps = skipped if self._skipped_steps is None else self._skipped_steps + skipped
         # after the restore, which writes every parameter: read earlier, the counters would call
