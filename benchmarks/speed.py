@@ -22,7 +22,12 @@ median is reported as a ratio to the row's baseline. Rows:
 8. the peers doing the same job, as training iterations on the MLP with its first weight matrix
    (1000 x 784, a Stiefel point) orthogonal: geoopt's RSGLD and SGRHMC on its Stiefel manifold, and
    posteriors' unconstrained ``sghmc`` and ``baoa`` on the whole MLP (needs the ``peers`` extra;
-   skipped with a note when missing).
+   skipped with a note when missing);
+9. row 6 and row 7 (T = 0) again with the step compiled whole, ``torch.compile(opt.step)`` with the
+   default inductor backend: only a sync-free step compiles as one graph, so these run
+   ``sync_free=True`` and ``check_finite=False`` (the sync-free finiteness guard costs a snapshot of
+   every parameter and state); the circle also with the guard. A set whose step inductor cannot
+   compile is listed as failed, with the error.
 """
 
 from __future__ import annotations
@@ -46,9 +51,10 @@ from .tasks.fmnist import SmallResNet
 
 PRESETS = {
     # smoke: CI checks that every row runs; the numbers mean little
-    "smoke": {"repeats": 3, "steps": 2, "iterations": 1, "batch": 16, "large": [(64, 64), (128, 32)], "large_steps": 1},
-    # large: row 4 again on matrices big enough that arithmetic, not per-call overhead, dominates
-    "quick": {"repeats": 15, "steps": 20, "iterations": 3, "batch": 128, "large": [(512, 512)] * 4 + [(1024, 256)] * 2, "large_steps": 3},
+    "smoke": {"repeats": 3, "steps": 2, "iterations": 1, "batch": 16, "large": [(64, 64), (128, 32)], "large_steps": 1, "compiled": ["circle"], "compiled_guard": False},
+    # large: row 4 again on matrices big enough that arithmetic, not per-call overhead, dominates;
+    # compiled: the sets of row 9 (and, with compiled_guard, the circle with the finiteness guard too)
+    "quick": {"repeats": 15, "steps": 20, "iterations": 3, "batch": 128, "large": [(512, 512)] * 4 + [(1024, 256)] * 2, "large_steps": 3, "compiled": ["circle", "sphere", "ball", "box", "nonnegative"], "compiled_guard": True},
 }
 TEMPERATURE = 1e-4
 
@@ -156,6 +162,76 @@ SETS = {
     "nonnegative": "nonnegative",
     "orthogonal": "orthogonal",
 }
+
+
+def _compiled_step(opt) -> Callable[[], None]:
+    """``torch.compile(opt.step)``, compiled now, so that a failure is seen here: the first call
+    creates the optimiser's state, the second traces the steady step."""
+    step = torch.compile(opt.step)
+    step()
+    step()
+    return step
+
+
+def row_compiled(cfg, device) -> List[Dict]:
+    """Row 9: the whole sync-free step compiled by inductor, per set and scheme (as row 6), and the
+    paper's c-CoLA-ud iteration at T = 0 with that step (as row 7)."""
+    torch.manual_seed(0)
+    template = mlp()
+    model = _with_grads(_copy(template), device)
+    candidates = {"SGD-momentum (foreach)": torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=True).step}
+    failed: List[Dict] = []
+    what = "step only, 784-1000-10 MLP, both weights on the set, T=0, torch.compile(opt.step), sync-free"
+    for set_name in cfg["compiled"]:
+        spec = SETS[set_name]
+        constraints = {"0.weight": spec, "2.weight": spec}
+        guards = (False, True) if set_name == "circle" and cfg["compiled_guard"] else (False,)
+        for cls, kwargs in ((ConstrainedSGLD, {}), (ConstrainedUnderdampedSGLD, {"momentum": 0.9})):
+            for guard in guards:
+                name = f"{set_name}, {cls.__name__}, compiled" + (", finiteness guard" if guard else "")
+                model = _copy(template)
+                _on_set(model, constraints)
+                model = _with_grads(model, device)
+                opt = cls(list(model.named_parameters()), constraints=constraints, lr=1e-4, seed=0, sync_free=True, check_finite=guard, **kwargs)
+                try:
+                    candidates[name] = _compiled_step(opt)
+                except Exception as e:  # an inductor failure names itself; the row says so and goes on
+                    failed.append({"row": 9, "what": what, "candidate": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}", "baseline": "SGD-momentum (foreach)"})
+                    print(f"row 9: {name} did not compile: {failed[-1]['error']}")
+    times = interleaved(candidates, cfg["repeats"], cfg["steps"], device)
+    base = times["SGD-momentum (foreach)"]
+    rows = [{"row": 9, "what": what, "candidate": name, "seconds": t, "ratio": t / base, "baseline": "SGD-momentum (foreach)"} for name, t in times.items()]
+    rows += failed
+    if "circle" not in cfg["compiled"]:
+        return rows
+    # the paper's iteration: forward and backward eager, as a user would leave them; the step compiled
+    x, y = _mlp_batch(cfg, device)
+    torch.manual_seed(0)
+    base_model = mlp().to(device)
+    model = _copy(base_model)
+    iterations = {"SGD-momentum": _iteration(model, torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, foreach=True), x, y)}
+    c = math.exp(-0.3)
+    paper = {"0.weight": ("circle", {"radius": 0.05}), "2.weight": ("circle", {"radius": 0.1})}
+    for guard in (False, True) if cfg["compiled_guard"] else (False,):
+        model = _copy(base_model)
+        opt = ConstrainedUnderdampedSGLD(model.named_parameters(), constraints=paper, lr=0.09 * (1 + c) / 2, momentum=c, seed=0, sync_free=True, check_finite=guard)
+        F.cross_entropy(model(x), y).backward()
+        try:
+            step = _compiled_step(opt)
+        except Exception as e:
+            print(f"row 9: the c-CoLA-ud step did not compile: {type(e).__name__}")
+            continue
+
+        def run(model=model, opt=opt, step=step):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            step()
+
+        iterations["c-CoLA-ud T=0, compiled step" + (", finiteness guard" if guard else "")] = run
+    times = interleaved(iterations, cfg["repeats"], max(1, cfg["iterations"]), device)
+    base = times["SGD-momentum"]
+    what = f"training iteration, 784-1000-10 MLP, batch {cfg['batch']} (the paper's c-CoLA-ud), torch.compile(opt.step), sync-free"
+    return rows + [{"row": 9, "what": what, "candidate": name, "seconds": t, "ratio": t / base, "baseline": "SGD-momentum"} for name, t in times.items()]
 
 
 def _on_set(model: nn.Module, constraints: Dict[str, object]) -> None:
@@ -463,6 +539,9 @@ def row_memory(device) -> List[Dict]:
 def markdown(rows: List[Dict], header: str) -> str:
     out = [header, "", "| row | what | candidate | median time | ratio | baseline |", "|---|---|---|---|---|---|"]
     for r in rows:
+        if "error" in r:
+            out.append(f"| {r['row']} | {r['what']} | {r['candidate']} | failed: {r['error']} | - | {r['baseline']} |")
+            continue
         t = f"{r['seconds'] * 1e3:.3f} ms" if "seconds" in r else ", ".join(r.get("state", [])) or "none"
         out.append(f"| {r['row']} | {r['what']} | {r['candidate']} | {t} | {r['ratio']:.2f}x | {r['baseline']} |")
     return "\n".join(out) + "\n"
@@ -486,6 +565,7 @@ def main(args) -> int:
     rows += row_sets(cfg, device)
     rows += row_paper_iteration(cfg, device)
     rows += row_peers(cfg, device)
+    rows += row_compiled(cfg, device)
     folder = Path(args.out) / "speed"
     folder.mkdir(parents=True, exist_ok=True)
     info = {"preset": args.preset, "settings": cfg, "device": device_name(device), "versions": versions(), "temperature": TEMPERATURE}
