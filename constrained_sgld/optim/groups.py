@@ -180,6 +180,12 @@ class GroupsMixin:
         for p in params:
             piece = distributed.local(p.detach())
             if not bool(constraint.violation(piece) <= constraint.tolerance(p.dtype)):
+                if not bool(piece.isfinite().all()):  # no set has a nearest point to a NaN
+                    raise ValueError(
+                        f"parameter {self._label(p)!r} has non-finite entries (inf or nan), so it cannot be projected onto "
+                        f"the '{constraint.name}' set; initialise it first (torch.empty leaves memory as it found it; "
+                        "constrained_sgld.init has an initialiser per set)"
+                    )
                 piece.copy_(constraint.project(piece))
                 self._moved.append(self._label(p))
 

@@ -219,3 +219,12 @@ def test_half_precision_sets_step_and_stay_on_the_set(optimizer_cls, spec, dtype
             opt.step()
             assert torch.isfinite(w).all()
             assert max(v.item() for v in opt.violations()) <= c.tolerance(dtype), (lr, temperature, step)
+
+
+@pytest.mark.parametrize("spec", ["orthogonal", ("sphere", {}), ("circle", {"radius": 0.5}), "nonnegative"])
+def test_non_finite_parameter_to_project_is_refused_by_name(spec):
+    # torch.empty can hold NaN: projecting it would fail deep inside an SVD, or spread the NaN
+    w = torch.nn.Parameter(torch.full((4, 3), float("nan")))
+    with pytest.raises(ValueError, match="'w' has non-finite entries"):
+        ConstrainedSGLD([("w", w)], constraints={"w": spec})
+    assert torch.isnan(w).all()  # left as it was

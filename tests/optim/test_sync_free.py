@@ -127,8 +127,8 @@ def test_a_non_finite_gradient_skips_the_step_on_the_device(make, bad):
 
 def test_an_unfinished_shake_rejects_the_move_and_stays_feasible():
     torch.manual_seed(0)
-    small = torch.nn.Parameter(torch.empty(8, 4))
-    big = torch.nn.Parameter(torch.empty(8, 4))
+    small = torch.nn.Parameter(torch.randn(8, 4))  # projected onto the set by the optimiser
+    big = torch.nn.Parameter(torch.randn(8, 4))
     opt = ConstrainedSGLD([small, big], lr=1.0, constraints={small: "orthogonal", big: "orthogonal"}, sync_free=True)
     before, small_before = big.detach().clone(), small.detach().clone()
     small.grad = 1e-3 * torch.randn(8, 4)
