@@ -77,14 +77,18 @@ class _Interval(AmbientTangent):
                 velocity.addcmul_(velocity, flips, value=-2.0)
             torch.sub(inside, overshoot, out=p)  # 2 clamp(p) - p
         else:
+            # in periods of the unfolded path (2 widths): u = (p - lo) / (2 width). The point is at
+            # the fraction u - floor(u) of its period, and the walls crossed are floor(2u), so the
+            # direction of travel is reversed where floor(2u) - 2 floor(u) (0 or 1) is 1. Written
+            # with floor only: inductor's CPU code vectorises floor but not remainder (10x slower)
             width = hi - lo
-            offset = p - lo
-            # number of walls crossed; odd means the direction of travel is reversed
-            crossings = torch.floor(offset / width)
-            folded = torch.remainder(offset, 2 * width)
-            p.copy_(lo + (width - (folded - width).abs()))
+            u = p.sub(lo).mul_(0.5 / width)
+            periods = torch.floor(u)
             if velocity is not None:
-                velocity.addcmul_(velocity, torch.remainder(crossings, 2), value=-2.0)
+                reversed_ = torch.floor(u * 2).sub_(periods * 2)
+                velocity.addcmul_(velocity, reversed_, value=-2.0)
+            # fraction f in [0, 1] -> lo + width (1 - |2 f - 1|)
+            p.copy_(u.sub_(periods).mul_(2).sub_(1).abs_().mul_(-width).add_(hi))
         return velocity
 
     def _crossings(self, params, ctx: StepContext, velocities: bool = False):

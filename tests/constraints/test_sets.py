@@ -148,6 +148,31 @@ def test_box_one_wall_reflection_equals_the_general_fold():
         assert box.violation(fast) == 0
 
 
+def test_box_general_fold_equals_bouncing_off_the_walls_one_by_one():
+    """The general fold (closed form, any number of walls crossed) against the reflections done
+    one at a time: the same final point, and the velocity reversed exactly when an odd number of
+    walls was hit. Moves of up to 40 widths, and entries left exactly on a wall or inside."""
+    from constrained_sgld import Box
+    from constrained_sgld.constraints.base import StepContext
+
+    box = Box(lower=-0.2, upper=0.3)
+    g = torch.Generator().manual_seed(2)
+    start = torch.rand(20_000, generator=g, dtype=torch.float64) * 0.5 - 0.2
+    v = torch.randn(20_000, generator=g, dtype=torch.float64) * torch.logspace(-6, 1.3, 20_000, dtype=torch.float64)
+    v[:10] = 0.0
+    start[:5] = 0.3
+    x, flips = start + v, torch.zeros_like(v)
+    while bool(((x > 0.3) | (x < -0.2)).any()):
+        high, low = x > 0.3, x < -0.2
+        x = torch.where(high, 0.6 - x, torch.where(low, -0.4 - x, x))
+        flips += (high | low).double()
+    folded = start.clone()
+    v_new = box.drift_many_([folded], [v.clone()], 1.0, [{}], StepContext(sync_free=True))[0]
+    torch.testing.assert_close(folded, x, rtol=0, atol=1e-12)
+    assert torch.equal(v_new, torch.where(flips % 2 == 1, -v, v))
+    assert (flips > 10).any() and (flips == 0).any()
+
+
 @pytest.mark.parametrize("lower", [0.0, -0.3])
 def test_half_line_reflection_flips_exactly_the_crossing_velocities(lower):
     """``nonnegative`` (and a half-line at another wall): an entry that crossed the wall lands at

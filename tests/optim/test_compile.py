@@ -87,9 +87,10 @@ def test_inductor_compiled_sync_free_step_matches_eager(check_finite):
     def build():
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(12, 9), torch.nn.Tanh(), torch.nn.Linear(9, 3))
-        constraints = {"0.weight": ("circle", {"radius": 0.3}), "2.weight": "nonnegative"}
+        constraints = {"0.weight": ("circle", {"radius": 0.3}), "2.weight": "nonnegative", "0.bias": ("box", {"lower": -0.1, "upper": 0.1})}
         with torch.no_grad():
             model[2].weight.abs_()
+            model[0].bias.clamp_(-0.1, 0.1)
         opt = ConstrainedUnderdampedSGLD(model.named_parameters(), constraints=constraints, lr=0.05, sync_free=True, check_finite=check_finite)
         return model, opt
 
