@@ -114,15 +114,14 @@ class Sphere(_NormSet):
     # -- dynamics: in place, with the set's scratch buffers (each pass over a parameter costs as
     # much as a pass of SGD; a fresh multi-megabyte tensor costs several on the CPU)
     def _dot(self, a: Tensor, b: Tensor) -> Tensor:
-        """``<a, b>`` per norm slice, shaped for broadcasting (one fused pass where the slices are
-        rows of a contiguous tensor: no product tensor is made)."""
+        """``<a, b>`` per norm slice, shaped for broadcasting. The product goes to a reused scratch
+        buffer: ``linalg.vecdot`` makes a fresh one (a product tensor, then a sum), and on the CPU
+        a fresh multi-megabyte tensor costs page faults that can double the whole step."""
         dims = reduction_dims(a, self.dim)
         if dims is None and a.is_contiguous() and b.is_contiguous():
             return torch.dot(a.reshape(-1), b.reshape(-1)).reshape([1] * a.ndim)
-        if a.ndim > 1 and dims == tuple(range(1, a.ndim)) and a.is_contiguous() and b.is_contiguous():
-            rows = torch.linalg.vecdot(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1), dim=1)
-            return rows.reshape([a.shape[0]] + [1] * (a.ndim - 1))
-        return self._inner(a, b)
+        prod = torch.mul(a, b, out=self.workspace.like(a, "dot"))
+        return prod.sum(dim=dims, keepdim=True) if dims is not None else prod.sum().reshape([1] * a.ndim)
 
     def _untangle_(self, p: Tensor, v: Tensor) -> Tensor:
         """``v <- v - p <p, v> / r^2`` in place: ``v`` made tangent at ``p`` (two passes)."""
@@ -136,9 +135,72 @@ class Sphere(_NormSet):
             return n if bool(n.isfinite().all()) else self._step_norm(v)
         return self._step_norm(v)
 
-    def _geodesic_(self, p: Tensor, v: Tensor, t: float, ctx: StepContext = DEFAULT_CONTEXT, velocity: bool = True) -> Tensor:
-        """Move ``p`` along the great circle of the tangent velocity ``v`` for time ``t``, in
-        place; with ``velocity``, ``v`` becomes (in place) the velocity at the new point."""
+    def _rotation(self, p: Tensor, v: Tensor, t: float, ctx: StepContext, velocity: bool = True):
+        """Per-slice coefficients of the geodesic as a linear map of ``(p, v)``, or ``None``.
+
+        From three reductions of the inputs (``|p|^2``, ``<p, v>``, ``|v|^2``; no pass that
+        writes), with ``k = <p, v> / |p|^2``, the tangent part ``w = v - k p`` of speed ``s`` and
+        ``theta = t s / r``, the geodesic from ``r p / |p|`` with velocity ``w`` is::
+
+            p' = A p + B v,      A = (r / |p|) cos(theta) - B k,   B = t sin(theta) / theta
+            v' = C p + D v,      C = -cos(theta) k - s sin(theta) / |p|,   D = cos(theta)
+
+        and ``A D - B C = r / |p|``, so the new velocity follows from the new point in place:
+        ``v' = (r / |p|) / A v + C / A p'``. The whole drift is then two in-place passes instead
+        of the explicit untangle, move, renormalisation and re-tangent (about twice the passes).
+        The point is put back on the sphere and the velocity made tangent from the measured
+        ``|p|`` and ``<p, v>``, so rounding does not accumulate from step to step (as with the
+        explicit renormalisation).
+
+        ``None`` (take the explicit route) sync-free (the check below is a host read), and
+        where any slice is not finite, turns by more than ``max_fast_angle`` (with a velocity
+        to update: ``A`` must stay away from 0), or would lose more than a factor
+        ``max_fast_cancellation`` in ``s^2 = |v|^2 - k <p, v>`` (a velocity almost normal to the
+        sphere: there ``s`` is measured on the projected velocity instead)."""
+        if ctx.sync_free:
+            return None
+        r = self.radius
+        wide = torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
+        dims = reduction_dims(p, self.dim)
+        pp = torch.linalg.vector_norm(p, dim=dims, keepdim=True, dtype=wide).square_()
+        vv = torch.linalg.vector_norm(v, dim=dims, keepdim=True, dtype=wide).square_()
+        pv = self._dot(p, v).to(wide)
+        k = pv / pp
+        s2 = torch.addcmul(vv, k, pv, value=-1.0)
+        speed = s2.clamp_min(0).sqrt_()
+        theta = speed * (t / r)
+        # written so that NaN and inf count as bad (one host read for both conditions)
+        limit = self.max_fast_angle if velocity else torch.finfo(wide).max
+        bad = (vv <= s2 * self.max_fast_cancellation).logical_and_(theta.abs() <= limit).logical_not_()
+        if bool(bad.any()):
+            return None
+        cos = theta.cos()
+        along = torch.sinc(theta * (1 / math.pi)).mul_(t)  # r sin(theta) / s, and t at s = 0
+        inv_n = pp.rsqrt_()
+        a = torch.mul(cos, inv_n).mul_(r).addcmul_(along, k, value=-1.0)
+        if not velocity:
+            return a, along
+        c = torch.mul(speed, theta.sin_()).mul_(inv_n).addcmul_(cos, k).neg_()
+        return a, along, c.div_(a), inv_n.mul_(r).div_(a)
+
+    #: the one-pass geodesic's limits (see :meth:`_rotation`)
+    max_fast_angle = 1.0
+    max_fast_cancellation = 16.0
+
+    def _geodesic_(self, p: Tensor, v: Tensor, t: float, ctx: StepContext = DEFAULT_CONTEXT, velocity: bool = True, c: float = 1.0) -> Tensor:
+        """Move ``p`` along the great circle of ``v``'s tangent part for time ``t``, in place; with
+        ``velocity``, ``v`` becomes (in place) ``c`` times the velocity at the new point."""
+        fast = self._rotation(p, v, t, ctx, velocity)
+        if fast is not None:
+            p.mul_(fast[0].to(p.dtype)).addcmul_(v, fast[1].to(p.dtype))
+            if velocity:
+                c_over_a, det_over_a = fast[2], fast[3]
+                if c != 1.0:
+                    c_over_a, det_over_a = c_over_a * c, det_over_a * c
+                v.mul_(det_over_a.to(p.dtype)).addcmul_(p, c_over_a.to(p.dtype))
+            return v
+        # the explicit route: any turn, any size
+        self._untangle_(p, v)
         r = self.radius
         speed = self._speed(v, ctx)
         theta = speed * (t / r)
@@ -152,6 +214,8 @@ class Sphere(_NormSet):
         p.mul_(r / self._norm(p))
         if velocity:
             self._untangle_(p, v.mul_(cos).sub_(back))
+            if c != 1.0:
+                v.mul_(c)
         return v
 
     def retract_(self, p: Tensor, step: Tensor, state: Dict[str, Tensor]) -> None:
@@ -181,22 +245,27 @@ class Sphere(_NormSet):
                 self._untangle_(p, m.add_(xi, alpha=std))
 
     def move_(self, params, grads, scale, weight_decay, noise, std, states, ctx=DEFAULT_CONTEXT):
-        """``x <- exp_x(T_x(scale g + std xi))`` (weight decay's force is normal: no move)."""
+        """``x <- exp_x(T_x(scale g + std xi))`` (weight decay's force is normal: no move). The
+        geodesic moves along the step's tangent part, so the step is not projected first; without
+        noise it is the geodesic of ``g`` for time ``scale``, and the step is never formed."""
         for i, (p, g) in enumerate(zip(params, grads)):
+            if noise is None:
+                fast = self._rotation(p, g, scale, ctx, velocity=False)
+                if fast is not None:
+                    p.mul_(fast[0].to(p.dtype)).addcmul_(g, fast[1].to(p.dtype))
+                    continue
             step = torch.mul(g, scale, out=self.workspace.like(p, "step"))
             if noise is not None:
                 step.add_(noise[i], alpha=std)
-            self._geodesic_(p, self._untangle_(p, step), 1.0, ctx, velocity=False)
+            self._geodesic_(p, step, 1.0, ctx, velocity=False)
 
     def drift_ou_drift_(self, params, momenta, t, c, noise, std, states, ctx=DEFAULT_CONTEXT):
         """Without noise the O step only slows the momentum down, along the same great circle: ``A(t)
         O A(t)`` is then one geodesic for time ``t (1 + c)`` and the momentum times ``c``."""
-        if noise is not None:
+        if noise is not None or t <= 0:
             return super().drift_ou_drift_(params, momenta, t, c, noise, std, states, ctx)
-        if t > 0:
-            for p, m in zip(params, momenta):
-                self._geodesic_(p, m, t * (1.0 + c), ctx)
-        torch._foreach_mul_(momenta, c)
+        for p, m in zip(params, momenta):
+            self._geodesic_(p, m, t * (1.0 + c), ctx, c=c)
 
 
 @register_constraint("ball")

@@ -230,3 +230,40 @@ def test_fused_drift_ou_drift_equals_the_drifts_in_turn(spec, noisy):
     assert c.violation(x1) <= 1e-12
     if name in ("box", "nonnegative", "ball"):  # the straight flight left the set: walls were hit
         assert c.violation(x0 + t * (1 + friction) * m0) > 0.1
+
+
+def test_sphere_one_pass_geodesic_equals_the_explicit_route():
+    """The sphere's drift as one linear map of (point, velocity) per row (taken when a host read
+    allows) lands where the explicit route (untangle, exact geodesic, renormalise, re-tangent;
+    what a sync-free step takes) does, for velocities with a normal part, with and without the
+    friction factor, and for the overdamped move along a gradient (negative time). Turns too
+    wide for it and velocities almost normal to the sphere are left to the explicit route."""
+    from constrained_sgld import Sphere
+    from constrained_sgld.constraints.base import DEFAULT_CONTEXT, StepContext
+
+    sphere = Sphere(radius=1.5)
+    g = torch.Generator().manual_seed(3)
+    start = sphere.project(torch.randn(40, 9, generator=g, dtype=torch.float64))
+    for t, c, scale in ((1e-3, 1.0, 1.0), (0.15, 0.8, 1.0), (0.2, 0.5, 1.2), (0.05, 1.0, 1e-6)):
+        v = torch.randn(40, 9, generator=g, dtype=torch.float64) * scale  # normal part and all
+        assert sphere._rotation(start, v, t, DEFAULT_CONTEXT) is not None
+        p1, v1, p2, v2 = start.clone(), v.clone(), start.clone(), v.clone()
+        sphere._geodesic_(p1, v1, t, DEFAULT_CONTEXT, c=c)
+        sphere._geodesic_(p2, v2, t, StepContext(sync_free=True), c=c)
+        torch.testing.assert_close(p1, p2, rtol=0, atol=1e-13)
+        torch.testing.assert_close(v1, v2, rtol=0, atol=1e-13)
+        assert sphere.violation(p1) < 1e-14
+        assert (p1 * v1).sum(1).abs().max() < 1e-13
+    # the overdamped move: the geodesic of the gradient's tangent part for time -lr
+    grad = torch.randn(40, 9, generator=g, dtype=torch.float64)
+    p1, p2 = start.clone(), start.clone()
+    sphere.move_([p1], [grad], -0.4, 0.0, None, 0.0, [{}])
+    sphere.move_([p2], [grad], -0.4, 0.0, None, 0.0, [{}], StepContext(sync_free=True))
+    torch.testing.assert_close(p1, p2, rtol=0, atol=1e-13)
+    # beyond its limits
+    wide = torch.randn(40, 9, generator=g, dtype=torch.float64) * 10
+    assert sphere._rotation(start, wide, 1.0, DEFAULT_CONTEXT) is None
+    assert sphere._rotation(start, wide, 1.0, DEFAULT_CONTEXT, velocity=False) is not None
+    normal = start * 3 + 1e-3 * torch.randn(40, 9, generator=g, dtype=torch.float64)
+    assert sphere._rotation(start, normal, 0.1, DEFAULT_CONTEXT) is None
+    assert sphere._rotation(start, torch.full_like(start, float("nan")), 0.1, DEFAULT_CONTEXT) is None
