@@ -23,11 +23,13 @@ median is reported as a ratio to the row's baseline. Rows:
    (1000 x 784, a Stiefel point) orthogonal: geoopt's RSGLD and SGRHMC on its Stiefel manifold, and
    posteriors' unconstrained ``sghmc`` and ``baoa`` on the whole MLP (needs the ``peers`` extra;
    skipped with a note when missing);
-9. row 6 and row 7 (T = 0) again with the step compiled whole, ``torch.compile(opt.step)`` with the
+9. row 6 and row 7 again with the step compiled whole, ``torch.compile(opt.step)`` with the
    default inductor backend: only a sync-free step compiles as one graph, so these run
    ``sync_free=True`` and ``check_finite=False`` (the sync-free finiteness guard costs a snapshot of
    every parameter and state); the circle also with the guard. A set whose step inductor cannot
-   compile is listed as failed, with the error.
+   compile is listed as failed, with the error; row 7 at T = 1e-5 too, with the draw timed beside it;
+10. a training iteration with every set under each scheme at T = 0, on the MLP (both weight
+   matrices on the set) and on the small ResNet (every conv but the stem), against SGD-momentum's.
 """
 
 from __future__ import annotations
@@ -261,6 +263,37 @@ def _row_compiled(cfg, device) -> List[Dict]:
     base = times["SGD-momentum"]
     what = f"training iteration, 784-1000-10 MLP, batch {cfg['batch']} (the paper's c-CoLA-ud), torch.compile(opt.step), sync-free"
     return rows + [{"row": 9, "what": what, "candidate": name, "seconds": t, "ratio": t / base, "baseline": "SGD-momentum"} for name, t in times.items()]
+
+
+def row_set_iterations(cfg, device) -> List[Dict]:
+    """Row 10: a training iteration with every set under each scheme (T = 0), on the paper's MLP
+    (both weight matrices on the set) and on the small ResNet (every conv but the stem on the set,
+    the parameters row 2 makes orthogonal), against SGD-momentum's iteration on the same model and
+    batch. Row 6 times the step alone; this is what a user's epoch pays."""
+    batch = cfg["batch"]
+    resnet_batch = (torch.randn(batch, 1, 28, 28, device=device), torch.randint(0, 10, (batch,), device=device))
+    models = (
+        ("784-1000-10 MLP", mlp, lambda m: ["0.weight", "2.weight"], _mlp_batch(cfg, device)),
+        ("small ResNet", SmallResNet, lambda m: list(orthogonal_convs(m)), resnet_batch),
+    )
+    rows: List[Dict] = []
+    for model_name, build, chosen, (x, y) in models:
+        torch.manual_seed(0)
+        template = build().to(device)
+        model = _copy(template)
+        candidates = {"SGD-momentum": _iteration(model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=True), x, y)}
+        for set_name, spec in SETS.items():
+            constraints = {name: spec for name in chosen(template)}
+            for cls, kwargs in ((ConstrainedSGLD, {}), (ConstrainedUnderdampedSGLD, {"momentum": 0.9})):
+                model = _copy(template)
+                _on_set(model, constraints)
+                opt = cls(model.named_parameters(), constraints=constraints, lr=1e-4, seed=0, **kwargs)
+                candidates[f"{set_name}, {cls.__name__}"] = _iteration(model, opt, x, y)
+        times = interleaved(candidates, cfg["repeats"], max(1, cfg["iterations"]), device)
+        base = times["SGD-momentum"]
+        what = f"training iteration, {model_name}, batch {batch}, every set, T=0"
+        rows += [{"row": 10, "what": what, "candidate": name, "seconds": t, "ratio": t / base, "baseline": "SGD-momentum"} for name, t in times.items()]
+    return rows
 
 
 def _on_set(model: nn.Module, constraints: Dict[str, object]) -> None:
@@ -595,6 +628,7 @@ def main(args) -> int:
     rows += row_paper_iteration(cfg, device)
     rows += row_peers(cfg, device)
     rows += row_compiled(cfg, device)
+    rows += row_set_iterations(cfg, device)
     folder = Path(args.out) / "speed"
     folder.mkdir(parents=True, exist_ok=True)
     info = {"preset": args.preset, "settings": cfg, "device": device_name(device), "versions": versions(), "temperature": TEMPERATURE}
