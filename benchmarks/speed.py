@@ -16,7 +16,8 @@ median is reported as a ratio to the row's baseline. Rows:
    against our step;
 5. optimiser state per parameter entry, per constraint set, against SGD-momentum's one buffer;
 6. step only, per set: the paper's 784-1000-10 MLP with both weight matrices on the set (biases
-   free), fixed gradients, temperature 0, each scheme against SGD-momentum stepping the same model;
+   free), and the small ResNet with every conv but the stem on the set, fixed gradients,
+   temperature 0, each scheme against SGD-momentum stepping the same model;
 7. a full training iteration (batch 128) of the paper's c-CoLA-ud (circle radii 0.05 / 0.1) on that
    MLP at temperature 0 and 1e-5, against SGD-momentum's iteration;
 8. the peers doing the same job, as training iterations on the MLP with its first weight matrix
@@ -306,24 +307,33 @@ def _on_set(model: nn.Module, constraints: Dict[str, object]) -> None:
 
 
 def row_sets(cfg, device) -> List[Dict]:
-    """Row 6: every set's step under both schemes on the paper's MLP, T = 0, against SGD-momentum."""
-    torch.manual_seed(0)
-    template = mlp()
-    model = _with_grads(_copy(template), device)
-    opts = {"SGD-momentum (foreach)": torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=True)}
-    for set_name, spec in SETS.items():
-        constraints = {"0.weight": spec, "2.weight": spec}
-        for cls, kwargs in ((ConstrainedSGLD, {}), (ConstrainedUnderdampedSGLD, {"momentum": 0.9})):
-            model = _copy(template)  # each optimiser steps its own copy, on its own set
-            _on_set(model, constraints)
-            model = _with_grads(model, device)
-            opts[f"{set_name}, {cls.__name__}"] = cls(list(model.named_parameters()), constraints=constraints, lr=1e-4, seed=0, **kwargs)
-    times = interleaved({name: opt.step for name, opt in opts.items()}, cfg["repeats"], cfg["steps"], device)
-    base = times["SGD-momentum (foreach)"]
-    return [
-        {"row": 6, "what": "step only, 784-1000-10 MLP, both weights on the set, T=0", "candidate": name, "seconds": t, "ratio": t / base, "baseline": "SGD-momentum (foreach)"}
-        for name, t in times.items()
-    ]
+    """Row 6: every set's step under both schemes, T = 0, against SGD-momentum's step on the same
+    model: the paper's MLP (both weight matrices on the set) and the small ResNet (every conv but
+    the stem)."""
+    models = (
+        ("784-1000-10 MLP, both weights on the set", mlp, lambda m: ["0.weight", "2.weight"]),
+        ("small ResNet, every conv but the stem on the set", SmallResNet, lambda m: list(orthogonal_convs(m))),
+    )
+    rows: List[Dict] = []
+    for model_name, build, chosen in models:
+        torch.manual_seed(0)
+        template = build()
+        model = _with_grads(_copy(template), device)
+        opts = {"SGD-momentum (foreach)": torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=True)}
+        for set_name, spec in SETS.items():
+            constraints = {name: spec for name in chosen(template)}
+            for cls, kwargs in ((ConstrainedSGLD, {}), (ConstrainedUnderdampedSGLD, {"momentum": 0.9})):
+                model = _copy(template)  # each optimiser steps its own copy, on its own set
+                _on_set(model, constraints)
+                model = _with_grads(model, device)
+                opts[f"{set_name}, {cls.__name__}"] = cls(list(model.named_parameters()), constraints=constraints, lr=1e-4, seed=0, **kwargs)
+        times = interleaved({name: opt.step for name, opt in opts.items()}, cfg["repeats"], cfg["steps"], device)
+        base = times["SGD-momentum (foreach)"]
+        rows += [
+            {"row": 6, "what": f"step only, {model_name}, T=0", "candidate": name, "seconds": t, "ratio": t / base, "baseline": "SGD-momentum (foreach)"}
+            for name, t in times.items()
+        ]
+    return rows
 
 
 def _copy(model: nn.Module) -> nn.Module:
