@@ -19,7 +19,7 @@ left) or clamps (``x -> r x / |x|``, outward radial velocity dropped).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from torch import Tensor
@@ -78,9 +78,10 @@ class _NormSet(Constraint):
         big = 2.0**64
         return torch.where(n.isfinite(), n, self._norm(x * (1 / big)) * big)
 
-    def _inner(self, a: Tensor, b: Tensor) -> Tensor:
+    def _inner(self, a: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
+        """``<a, b>`` per norm slice, shaped for broadcasting; the product goes to ``out`` if given."""
         dims = reduction_dims(a, self.dim)
-        prod = a * b
+        prod = a * b if out is None else torch.mul(a, b, out=out)
         return prod.sum(dim=dims, keepdim=True) if dims is not None else prod.sum().reshape([1] * a.ndim)
 
 
@@ -117,11 +118,9 @@ class Sphere(_NormSet):
         """``<a, b>`` per norm slice, shaped for broadcasting. The product goes to a reused scratch
         buffer: ``linalg.vecdot`` makes a fresh one (a product tensor, then a sum), and on the CPU
         a fresh multi-megabyte tensor costs page faults that can double the whole step."""
-        dims = reduction_dims(a, self.dim)
-        if dims is None and a.is_contiguous() and b.is_contiguous():
+        if reduction_dims(a, self.dim) is None and a.is_contiguous() and b.is_contiguous():
             return torch.dot(a.reshape(-1), b.reshape(-1)).reshape([1] * a.ndim)
-        prod = torch.mul(a, b, out=self.workspace.like(a, "dot"))
-        return prod.sum(dim=dims, keepdim=True) if dims is not None else prod.sum().reshape([1] * a.ndim)
+        return self._inner(a, b, out=self.workspace.like(a, "dot"))
 
     def _untangle_(self, p: Tensor, v: Tensor) -> Tensor:
         """``v <- v - p <p, v> / r^2`` in place: ``v`` made tangent at ``p`` (two passes)."""
@@ -187,17 +186,24 @@ class Sphere(_NormSet):
     max_fast_angle = 1.0
     max_fast_cancellation = 16.0
 
+    def _rotated_(self, p: Tensor, v: Tensor, t: float, ctx: StepContext, velocity: bool = True, c: float = 1.0) -> bool:
+        """The geodesic by :meth:`_rotation`'s map, in place, if it may be taken (then True; else
+        nothing is touched). ``v`` is only written with ``velocity``."""
+        fast = self._rotation(p, v, t, ctx, velocity)
+        if fast is None:
+            return False
+        p.mul_(fast[0].to(p.dtype)).addcmul_(v, fast[1].to(p.dtype))
+        if velocity:
+            c_over_a, det_over_a = fast[2], fast[3]
+            if c != 1.0:
+                c_over_a, det_over_a = c_over_a * c, det_over_a * c
+            v.mul_(det_over_a.to(p.dtype)).addcmul_(p, c_over_a.to(p.dtype))
+        return True
+
     def _geodesic_(self, p: Tensor, v: Tensor, t: float, ctx: StepContext = DEFAULT_CONTEXT, velocity: bool = True, c: float = 1.0) -> Tensor:
         """Move ``p`` along the great circle of ``v``'s tangent part for time ``t``, in place; with
         ``velocity``, ``v`` becomes (in place) ``c`` times the velocity at the new point."""
-        fast = self._rotation(p, v, t, ctx, velocity)
-        if fast is not None:
-            p.mul_(fast[0].to(p.dtype)).addcmul_(v, fast[1].to(p.dtype))
-            if velocity:
-                c_over_a, det_over_a = fast[2], fast[3]
-                if c != 1.0:
-                    c_over_a, det_over_a = c_over_a * c, det_over_a * c
-                v.mul_(det_over_a.to(p.dtype)).addcmul_(p, c_over_a.to(p.dtype))
+        if self._rotated_(p, v, t, ctx, velocity, c):
             return v
         # the explicit route: any turn, any size
         self._untangle_(p, v)
@@ -249,11 +255,8 @@ class Sphere(_NormSet):
         geodesic moves along the step's tangent part, so the step is not projected first; without
         noise it is the geodesic of ``g`` for time ``scale``, and the step is never formed."""
         for i, (p, g) in enumerate(zip(params, grads)):
-            if noise is None:
-                fast = self._rotation(p, g, scale, ctx, velocity=False)
-                if fast is not None:
-                    p.mul_(fast[0].to(p.dtype)).addcmul_(g, fast[1].to(p.dtype))
-                    continue
+            if noise is None and self._rotated_(p, g, scale, ctx, velocity=False):  # g is only read
+                continue
             step = torch.mul(g, scale, out=self.workspace.like(p, "step"))
             if noise is not None:
                 step.add_(noise[i], alpha=std)
