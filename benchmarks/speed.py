@@ -166,6 +166,25 @@ SETS = {
     "nonnegative": "nonnegative",
     "orthogonal": "orthogonal",
 }
+#: both schemes, as rows 6, 9 and 10 run them
+SCHEMES = ((ConstrainedSGLD, {}), (ConstrainedUnderdampedSGLD, {"momentum": 0.9}))
+#: the models of rows 6 and 10, with the parameters each set goes on
+SET_MODELS = (
+    ("784-1000-10 MLP", "both weights on the set", mlp, lambda m: ["0.weight", "2.weight"]),
+    ("small ResNet", "every conv but the stem on the set", SmallResNet, lambda m: list(orthogonal_convs(m))),
+)
+
+
+def _on_every_set(template: nn.Module, chosen: Callable[[nn.Module], List[str]], device):
+    """``(name, model, optimiser)`` for every set under each scheme: each optimiser on its own copy
+    of ``template``, with the ``chosen`` parameters projected onto the set."""
+    for set_name, spec in SETS.items():
+        constraints = {name: spec for name in chosen(template)}
+        for cls, kwargs in SCHEMES:
+            model = _copy(template)
+            _on_set(model, constraints)
+            model = model.to(device)
+            yield f"{set_name}, {cls.__name__}", model, cls(list(model.named_parameters()), constraints=constraints, lr=1e-4, seed=0, **kwargs)
 
 
 def _compiled_step(opt) -> Callable[[], None]:
@@ -213,7 +232,7 @@ def _row_compiled(cfg, device) -> List[Dict]:
         spec = SETS[set_name]
         constraints = {"0.weight": spec, "2.weight": spec}
         guards = (False, True) if set_name == "circle" and cfg["compiled_guard"] else (False,)
-        for cls, kwargs in ((ConstrainedSGLD, {}), (ConstrainedUnderdampedSGLD, {"momentum": 0.9})):
+        for cls, kwargs in SCHEMES:
             for guard in guards:
                 name = f"{set_name}, {cls.__name__}, compiled" + (", finiteness guard" if guard else "")
                 model = _copy(template)
@@ -272,24 +291,16 @@ def row_set_iterations(cfg, device) -> List[Dict]:
     the parameters row 2 makes orthogonal), against SGD-momentum's iteration on the same model and
     batch. Row 6 times the step alone; this is what a user's epoch pays."""
     batch = cfg["batch"]
-    resnet_batch = (torch.randn(batch, 1, 28, 28, device=device), torch.randint(0, 10, (batch,), device=device))
-    models = (
-        ("784-1000-10 MLP", mlp, lambda m: ["0.weight", "2.weight"], _mlp_batch(cfg, device)),
-        ("small ResNet", SmallResNet, lambda m: list(orthogonal_convs(m)), resnet_batch),
-    )
+    batches = {"784-1000-10 MLP": _mlp_batch(cfg, device), "small ResNet": _resnet_batch(batch, device)}
     rows: List[Dict] = []
-    for model_name, build, chosen, (x, y) in models:
+    for model_name, _, build, chosen in SET_MODELS:
+        x, y = batches[model_name]
         torch.manual_seed(0)
         template = build().to(device)
         model = _copy(template)
         candidates = {"SGD-momentum": _iteration(model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=True), x, y)}
-        for set_name, spec in SETS.items():
-            constraints = {name: spec for name in chosen(template)}
-            for cls, kwargs in ((ConstrainedSGLD, {}), (ConstrainedUnderdampedSGLD, {"momentum": 0.9})):
-                model = _copy(template)
-                _on_set(model, constraints)
-                opt = cls(model.named_parameters(), constraints=constraints, lr=1e-4, seed=0, **kwargs)
-                candidates[f"{set_name}, {cls.__name__}"] = _iteration(model, opt, x, y)
+        for name, model, opt in _on_every_set(template, chosen, device):
+            candidates[name] = _iteration(model, opt, x, y)
         times = interleaved(candidates, cfg["repeats"], max(1, cfg["iterations"]), device)
         base = times["SGD-momentum"]
         what = f"training iteration, {model_name}, batch {batch}, every set, T=0"
@@ -310,27 +321,19 @@ def row_sets(cfg, device) -> List[Dict]:
     """Row 6: every set's step under both schemes, T = 0, against SGD-momentum's step on the same
     model: the paper's MLP (both weight matrices on the set) and the small ResNet (every conv but
     the stem)."""
-    models = (
-        ("784-1000-10 MLP, both weights on the set", mlp, lambda m: ["0.weight", "2.weight"]),
-        ("small ResNet, every conv but the stem on the set", SmallResNet, lambda m: list(orthogonal_convs(m))),
-    )
     rows: List[Dict] = []
-    for model_name, build, chosen in models:
+    for model_name, on_set, build, chosen in SET_MODELS:
         torch.manual_seed(0)
         template = build()
         model = _with_grads(_copy(template), device)
         opts = {"SGD-momentum (foreach)": torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, foreach=True)}
-        for set_name, spec in SETS.items():
-            constraints = {name: spec for name in chosen(template)}
-            for cls, kwargs in ((ConstrainedSGLD, {}), (ConstrainedUnderdampedSGLD, {"momentum": 0.9})):
-                model = _copy(template)  # each optimiser steps its own copy, on its own set
-                _on_set(model, constraints)
-                model = _with_grads(model, device)
-                opts[f"{set_name}, {cls.__name__}"] = cls(list(model.named_parameters()), constraints=constraints, lr=1e-4, seed=0, **kwargs)
+        for name, model, opt in _on_every_set(template, chosen, device):
+            _with_grads(model, device)
+            opts[name] = opt
         times = interleaved({name: opt.step for name, opt in opts.items()}, cfg["repeats"], cfg["steps"], device)
         base = times["SGD-momentum (foreach)"]
         rows += [
-            {"row": 6, "what": f"step only, {model_name}, T=0", "candidate": name, "seconds": t, "ratio": t / base, "baseline": "SGD-momentum (foreach)"}
+            {"row": 6, "what": f"step only, {model_name}, {on_set}, T=0", "candidate": name, "seconds": t, "ratio": t / base, "baseline": "SGD-momentum (foreach)"}
             for name, t in times.items()
         ]
     return rows
@@ -347,6 +350,10 @@ def _mlp_batch(cfg, device):
     x = torch.randn(cfg["batch"], 784, generator=g).to(device)
     y = torch.randint(0, 10, (cfg["batch"],), generator=g).to(device)
     return x, y
+
+
+def _resnet_batch(batch: int, device):
+    return torch.randn(batch, 1, 28, 28, device=device), torch.randint(0, 10, (batch,), device=device)
 
 
 def _iteration(model: nn.Module, opt, x, y) -> Callable[[], None]:
@@ -463,8 +470,7 @@ def row_step_only(model_name: str, build: Callable[[], nn.Module], cfg, device) 
 
 def row_iteration(cfg, device) -> List[Dict]:
     batch = cfg["batch"]
-    x = torch.randn(batch, 1, 28, 28, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
+    x, y = _resnet_batch(batch, device)
 
     def make(kind: str):
         torch.manual_seed(0)
