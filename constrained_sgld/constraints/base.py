@@ -39,6 +39,9 @@ that can do better overrides them, in its own file, and no scheme needs to know:
 - ``tangent_force_many`` / ``tangent_noise_many``: the projections, as lists;
 - ``tangent_sq_norm(params, momenta, states)`` and ``tangent_dim(p)``: kinetic energy and degrees
   of freedom (a kinetic temperature is their ratio).
+- ``block_mean(p, values)`` and ``second_moment_(params, moments, forces, alpha)``: the blocks on
+  which a preconditioner's mass is one scalar (default: the whole tensor; entries, rows or matrices
+  for the built-in sets), and the running second moment over them.
 
 Fused sequences are set-provided operations too, with defaults that compose the plain ones (so a
 scheme may call either and stay correct):
@@ -72,6 +75,7 @@ __all__ = [
     "Packing",
     "StepContext",
     "Workspace",
+    "EntryBlocks",
 ]
 
 _REGISTRY: Dict[str, Type["Constraint"]] = {}
@@ -266,6 +270,25 @@ class Constraint:
         # one fused norm pass (no float64 copies); the squares are summed in float64
         return torch.stack(torch._foreach_norm(momenta)).double().square().sum()
 
+    # ---------------------------------------------------------------- the preconditioner's blocks
+    def block_mean(self, p: Tensor, values: Tensor) -> Tensor:
+        """The mean of ``values`` (shaped like ``p``) over each block of ``p`` on which a
+        preconditioner's mass must be one scalar for the stationary law to stay exact (see
+        ``constrained_sgld/optim/preconditioner.py``), with the reduced dims kept (broadcastable to
+        ``p``). Default: the whole tensor is one block, which is exact for every set (a constraint
+        couples nothing across tensors); built-in sets use their finer blocks (entries, rows,
+        matrices)."""
+        if values.ndim == 0:
+            return values.clone()
+        return values.mean(dim=tuple(range(values.ndim)), keepdim=True)
+
+    def second_moment_(self, params: List[Tensor], moments: List[Tensor], forces: List[Tensor], alpha: float) -> None:
+        """The preconditioner's running second moment, in place: ``V = alpha V + (1 - alpha)
+        block_mean(f * f)`` per tensor (``V`` shaped like ``block_mean``'s result)."""
+        squares = [self.block_mean(p, f * f) for p, f in zip(params, forces)]
+        torch._foreach_mul_(moments, alpha)
+        torch._foreach_add_(moments, squares, alpha=1.0 - alpha)
+
     # ---------------------------------------------------------------- description
     def spec(self) -> Tuple[str, Dict[str, Any]]:
         """``(name, kwargs)``: enough to rebuild this set with :func:`make_constraint`."""
@@ -331,6 +354,19 @@ class Packing:
         self.unpack_ = unpack_
 
 
+class EntryBlocks:
+    """For sets whose constraint acts entry by entry (flat space, intervals, the circle's pairs):
+    every entry is its own block, so a per-entry preconditioner is exact, and the second moment
+    is RMSprop's own in-place update (no squares tensor)."""
+
+    def block_mean(self, p: Tensor, values: Tensor) -> Tensor:
+        return values
+
+    def second_moment_(self, params, moments, forces, alpha):
+        torch._foreach_mul_(moments, alpha)
+        torch._foreach_addcmul_(moments, forces, forces, value=1.0 - alpha)
+
+
 class AmbientTangent(Constraint):
     """For sets whose tangent space is everything (flat space, the interior of an inequality set):
     tangent vectors are ambient vectors, so kicks and noise go into the momenta in place, with no
@@ -359,7 +395,7 @@ class AmbientTangent(Constraint):
             torch._foreach_add_(momenta, noise, alpha=std)
 
 
-class Unconstrained(AmbientTangent):
+class Unconstrained(EntryBlocks, AmbientTangent):
     """No constraint: what a parameter with spec ``None`` uses internally. Its drifts are
     additive, so the fused operations are plain multi-tensor passes."""
 

@@ -26,11 +26,11 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from .base import DEFAULT_CONTEXT, Constraint, check_positive, register_constraint
+from .base import DEFAULT_CONTEXT, Constraint, EntryBlocks, check_positive, register_constraint
 
 
 @register_constraint("circle")
-class Circle(Constraint):
+class Circle(EntryBlocks, Constraint):
     """``w^2 + z^2 = radius^2`` per entry, with the auxiliary ``z`` held by the optimiser."""
 
     is_inequality = True  # as a set of w alone: the interval [-r, r]

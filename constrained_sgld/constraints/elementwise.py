@@ -15,10 +15,10 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from .base import DEFAULT_CONTEXT, AmbientTangent, StepContext, check_boundary, register_constraint
+from .base import DEFAULT_CONTEXT, AmbientTangent, EntryBlocks, StepContext, check_boundary, register_constraint
 
 
-class _Interval(AmbientTangent):
+class _Interval(EntryBlocks, AmbientTangent):
     is_inequality = True
 
     def shard_local(self, p, sharded_dims):

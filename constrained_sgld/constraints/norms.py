@@ -66,6 +66,11 @@ class _NormSet(Constraint):
     def _norm(self, x: Tensor) -> Tensor:
         return torch.linalg.vector_norm(x, dim=reduction_dims(x, self.dim), keepdim=True)
 
+    def block_mean(self, p: Tensor, values: Tensor) -> Tensor:
+        """One block per norm (per row by default): a scalar mass on each keeps the law exact."""
+        dims = reduction_dims(p, self.dim)
+        return super().block_mean(p, values) if dims is None else values.mean(dim=dims, keepdim=True)
+
     def _step_norm(self, x: Tensor) -> Tensor:
         """The norm of a step or velocity, which (unlike a point's) can be huge. Half and single
         precision: summed in double, where no square of theirs can overflow (one pass, cheaper than

@@ -176,6 +176,11 @@ class Orthogonal(Constraint):
             m = m.transpose(-2, -1)
         return m.reshape(like.shape)
 
+    def block_mean(self, p: Tensor, values: Tensor) -> Tensor:
+        """One block per matrix (the dims past ``batch_dims``): the constraint couples a whole matrix."""
+        b = self.batch_dims
+        return values.mean(dim=tuple(range(b, values.ndim)), keepdim=True)
+
     def tangent_dim(self, p: Tensor) -> int:
         m = self._matrix(p)
         n, k = m.shape[-2:]

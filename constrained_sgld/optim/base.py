@@ -20,14 +20,19 @@ from .diagnostics import DiagnosticsMixin
 from .groups import STEP_TIME, GroupsMixin
 from .guards import GuardsMixin
 from .noise import NoiseStreamsMixin
+from .preconditioner import PRECONDITIONER_KEYS, make_preconditioner, precondition, preconditioner_state
 
 __all__ = ["ConstrainedLangevinOptimizer"]
 
 
 class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, DiagnosticsMixin, CheckpointMixin, torch.optim.Optimizer):
     """Base class: subclasses define ``_noise_scale``, ``_init_param_state`` and ``_update_group``
-    (the scheme); this class gathers each group's tensors, draws the noise, packs, guards and
-    steps."""
+    (the scheme); this class gathers each group's tensors, draws the noise, preconditions, packs,
+    guards and steps."""
+
+    #: the scheme's update reads the mass (``mass=`` of ``_update_group``) even when packed: the
+    #: thermostat's kinetic energy does; the other schemes need only the preconditioned forces
+    _uses_mass = False
 
     def __init__(
         self,
@@ -91,6 +96,11 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
             for option in self._option_rules:
                 if option in group:
                     self._check_option(option, group[option], where, at_step=True)
+            spec = group.get("preconditioner")
+            if spec is not None:  # validated again: a user may edit a group's options between steps
+                checked = make_preconditioner(spec, where)
+                if checked != spec:
+                    group["preconditioner"] = checked
             if group.get("constraint") is not None and not isinstance(group["constraint"], Constraint):
                 raise ValueError(
                     f"param_groups[{self.param_groups.index(group)}]['constraint'] was set to {group['constraint']!r} "
@@ -109,12 +119,15 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
             plan.append((group, params, grads))
         return plan
 
-    def _param_state(self, p: Tensor, constraint: Constraint) -> Dict[str, Any]:
+    def _param_state(self, p: Tensor, constraint: Constraint, group: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """``p``'s state, created on first use (and the preconditioner's, when ``group`` has one)."""
         state = self.state[p]
-        if not state:
+        if not state or state.keys() <= set(PRECONDITIONER_KEYS):  # a mass set before the first step
             piece = distributed.local(p.detach())
             state.update(constraint.init_state(piece))
             self._init_param_state(piece, constraint, state)
+        if group is not None and group.get("preconditioner") is not None and "second_moment" not in state:
+            preconditioner_state(constraint, distributed.local(p.detach()), state)
         return state
 
     @torch.no_grad()
@@ -185,7 +198,7 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
         if not params:
             return
         constraint = self._group_constraint(group)
-        states = [self._param_state(p, constraint) for p in params]
+        states = [self._param_state(p, constraint, group) for p in params]
         # sharded (DTensor) parameters: update this rank's piece in place
         pieces = [distributed.local(p) for p in params]
         if not torch.compiler.is_compiling():  # dynamo cannot trace version counters
@@ -204,16 +217,24 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
                 self._noise_norms[id(group)] = group_norm * self._noise_scale(group)
         else:
             self._noise_norms.pop(id(group), None)  # diagnostics() reports 0 at temperature 0
+        weight_decay, mass = group["weight_decay"], None
+        spec = group.get("preconditioner")
+        if spec is not None:
+            # the scheme gets forces (g + wd x) / M and noise / sqrt(M); weight decay is folded in
+            grads, noise = precondition(spec, constraint, pieces, grads, noise, states, weight_decay)
+            weight_decay, mass = 0.0, [s["mass"] for s in states]
         packing = self._packing(constraint, pieces)
         if packing is None:
-            self._update_group(group, constraint, pieces, grads, states, noise, ctx)
+            self._update_group(group, constraint, pieces, grads, states, noise, ctx, weight_decay=weight_decay, mass=mass)
         else:  # batched sets: pack every tensor of the step once, update the packs, unpack once
-            keys = [k for k, v in states[0].items() if isinstance(v, Tensor)]
+            keys = [k for k, v in states[0].items() if isinstance(v, Tensor) and k not in PRECONDITIONER_KEYS]
             packed = packing.pack(pieces)
             packed_states = [dict(zip(keys, values)) for values in zip(*(packing.pack([s[k] for s in states]) for k in keys))] or [{} for _ in packed]
+            if mass is not None:  # one scalar per matrix, spread over it for the packed layout
+                mass = packing.pack([m.expand_as(x) for m, x in zip(mass, pieces)]) if self._uses_mass else None
             self._update_group(
                 group, packing.constraint, packed, packing.pack(grads), packed_states,
-                None if noise is None else packing.pack(noise), ctx,
+                None if noise is None else packing.pack(noise), ctx, weight_decay=weight_decay, mass=mass,
             )
             packing.unpack_(packed, pieces)
             for k in keys:
@@ -226,6 +247,10 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
     def _init_param_state(self, p: Tensor, constraint: Constraint, state: Dict[str, Any]) -> None:
         pass
 
-    def _update_group(self, group, constraint, params, grads, states, noise, ctx: StepContext) -> None:
-        """The scheme's update of one group's lists, in place (``ctx``: the step's context)."""
+    def _update_group(self, group, constraint, params, grads, states, noise, ctx: StepContext, *, weight_decay: float, mass=None) -> None:
+        """The scheme's update of one group's lists, in place (``ctx``: the step's context).
+
+        ``grads`` are the forces to use and ``weight_decay`` the decay to add to them: the group's
+        own, or, with a preconditioner, the preconditioned forces and 0. ``mass``: the diagonal
+        mass per tensor (broadcastable; ``None``: unit mass), for schemes whose equations read it."""
         raise NotImplementedError

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .. import distributed
 from ..constraints.base import UNCONSTRAINED, Constraint, make_constraint
+from .preconditioner import make_preconditioner
 
 STEP_TIME = "at step time"
 
@@ -119,6 +120,8 @@ class GroupsMixin:
         for option, default in self.defaults.items():
             group.setdefault(option, default)
             self._check_option(option, group[option], where)
+        if "preconditioner" in group:  # plain data, one dict per group (never shared with the defaults)
+            group["preconditioner"] = make_preconditioner(group["preconditioner"], where)
 
         seen = {p for g in self.param_groups for p in g["params"]}
         for t, label in zip(tensors, labels):

@@ -59,7 +59,7 @@ class GuardsMixin:
         for group, params, _ in plan:
             constraint = self._group_constraint(group)
             for p in params:
-                state = self._param_state(p, constraint)
+                state = self._param_state(p, constraint, group)
                 for t in [distributed.local(p)] + [v for v in state.values() if isinstance(v, Tensor)]:
                     current.setdefault((t.device, t.is_floating_point()), []).append(t)
         return {key: (ts, [t.clone() for t in ts] if not key[1] else torch._foreach_mul(ts, 1.0)) for key, ts in current.items()}

@@ -79,6 +79,15 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
             orthogonal set runs a fixed number of SHAKE iterations and rejects the move of a matrix
             that has not converged (``rejected_moves``) instead of falling back to the polar
             projection. Default False.
+        preconditioner: ``None`` (default: unit mass), ``"rmsprop"`` or a dict of its options
+            ``{"alpha": 0.99, "eps": 1e-8, "adapt_steps": None}``: an adaptive diagonal mass
+            ``M = sqrt(V) + eps`` from a running second moment ``V`` of the force, one scalar per
+            block of the set (entry, row, matrix), so that the stationary law stays exact on every
+            set. The drift becomes ``-lr M^-1 (g + weight_decay x)`` and the noise
+            ``N(0, 2 lr T M^-1)``; at ``temperature=0`` without a constraint this is
+            ``torch.optim.RMSprop``. ``adapt_steps=N`` adapts for the first ``N`` steps and then
+            freezes the mass (exact from then on); ``None`` adapts continually (pSGLD; a small bias).
+            Per group, like ``lr``; see ``constrained_sgld/optim/preconditioner.py``.
         foreach: accepted for ``torch.optim`` compatibility; the step always runs the sets'
             multi-tensor operations (``torch._foreach_*`` calls, same-shaped orthogonal matrices
             batched). The per-tensor reference the tests compare against is in ``tests/``.
@@ -92,20 +101,21 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
         constraints: Optional[Mapping[Any, Any]] = None,
         temperature: float = 0.0,
         weight_decay: float = 0.0,
+        preconditioner: Any = None,
         seed: Optional[int] = None,
         check_finite: bool = True,
         foreach: bool = True,
         chain_id: int = 0,
         sync_free: bool = False,
     ) -> None:
-        defaults = dict(lr=lr, temperature=temperature, weight_decay=weight_decay, foreach=foreach)
+        defaults = dict(lr=lr, temperature=temperature, weight_decay=weight_decay, preconditioner=preconditioner, foreach=foreach)
         super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id, sync_free=sync_free)
 
     def _noise_scale(self, group) -> float:
         return math.sqrt(2.0 * group["lr"] * group["temperature"])
 
-    def _update_group(self, group, constraint, params, grads, states, noise, ctx) -> None:
+    def _update_group(self, group, constraint, params, grads, states, noise, ctx, *, weight_decay, mass=None) -> None:
         overdamped_update(
             params, grads, states, constraint,
-            lr=group["lr"], temperature=group["temperature"], weight_decay=group["weight_decay"], noise=noise, ctx=ctx,
+            lr=group["lr"], temperature=group["temperature"], weight_decay=weight_decay, noise=noise, ctx=ctx,
         )

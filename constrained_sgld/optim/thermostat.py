@@ -78,22 +78,28 @@ def thermostat_update(
     weight_decay: float,
     noise: Optional[List[Tensor]],
     kinetic: Optional[Tensor] = None,
+    mass: Optional[List[Tensor]] = None,
     ctx: StepContext = DEFAULT_CONTEXT,
 ) -> None:
     """One BADODAB step: ``params``, their ``state["momentum"]`` and the thermostat ``xi`` (a 0-dim
     float64 tensor) in place. ``dims``: the tangent dimension of the whole group. ``kinetic``: a
     function applied to the local ``|p|^2`` before the thermostat reads it (the sum over ranks for
     a sharded group). ``noise``: standard normal tensors shaped like ``params`` (``None`` at
-    temperature 0). A step with ``lr = 0`` (annealed) changes nothing."""
+    temperature 0). ``mass``: a diagonal mass per tensor (broadcastable to it; ``None``: unit mass):
+    the momenta are then velocities ``M^-1 p`` and the kinetic energy the thermostat reads is
+    ``v^T M v`` (``grads`` and ``noise`` come preconditioned). A step with ``lr = 0`` (annealed)
+    changes nothing."""
     h = langevin_step_size(lr, momentum)
     if h == 0:
         return
     friction = -math.log(momentum) / h  # A: the friction the injected noise balances at T
     momenta = [state["momentum"] for state in states]
     rate = 0.5 * h / thermostat_mass
+    root_mass = None if mass is None else torch._foreach_sqrt(mass)
 
     def thermostat_half_step() -> None:  # D(h/2), on the device (no host read)
-        sq = constraint.tangent_sq_norm(params, momenta, states)
+        weighted = momenta if root_mass is None else torch._foreach_mul(momenta, root_mass)
+        sq = constraint.tangent_sq_norm(params, weighted, states)
         if kinetic is not None:
             sq = kinetic(sq)
         xi.add_(rate * (sq.to(xi.device, xi.dtype) / dims - temperature))
@@ -129,6 +135,8 @@ class ConstrainedSGNHT(MomentumState, ConstrainedLangevinOptimizer):
             The thermostat starts at ``xi = A``, where a step equals the underdamped optimiser's.
         thermostat_mass: ``Q`` in ``dxi/dt = (|p|^2 / d - T) / Q``; ``None`` (default): ``T``, or 1
             at ``T = 0``. Smaller reacts faster and fluctuates more.
+        preconditioner: as for :class:`~constrained_sgld.ConstrainedUnderdampedSGLD` (the momenta are
+            velocities ``M^-1 p``); the thermostat then holds ``v^T M v / d`` at ``temperature``.
 
     ``diagnostics()`` adds ``kinetic_temperature`` (``|p|^2 / d``) and ``thermostat`` (``xi``, in
     units of 1/time; ``A`` when nothing needs removing). Each group's ``xi`` is
@@ -151,13 +159,14 @@ class ConstrainedSGNHT(MomentumState, ConstrainedLangevinOptimizer):
         temperature: float = 0.0,
         thermostat_mass: Optional[float] = None,
         weight_decay: float = 0.0,
+        preconditioner: Any = None,
         seed: Optional[int] = None,
         check_finite: bool = True,
         foreach: bool = True,
         chain_id: int = 0,
         sync_free: bool = False,
     ) -> None:
-        defaults = dict(lr=lr, momentum=momentum, temperature=temperature, thermostat_mass=thermostat_mass, weight_decay=weight_decay, foreach=foreach)
+        defaults = dict(lr=lr, momentum=momentum, temperature=temperature, thermostat_mass=thermostat_mass, weight_decay=weight_decay, preconditioner=preconditioner, foreach=foreach)
         super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id, sync_free=sync_free)
 
     # -- state (the momenta: MomentumState)
@@ -211,16 +220,18 @@ class ConstrainedSGNHT(MomentumState, ConstrainedLangevinOptimizer):
         torch.distributed.all_reduce(sq)
         return sq
 
-    def _update_group(self, group, constraint, params, grads, states, noise, ctx) -> None:
-        mass = group["thermostat_mass"]
-        if mass is None:
-            mass = group["temperature"] if group["temperature"] > 0 else 1.0
+    _uses_mass = True  # the kinetic energy the thermostat reads is v^T M v
+
+    def _update_group(self, group, constraint, params, grads, states, noise, ctx, *, weight_decay, mass=None) -> None:
+        thermostat_mass = group["thermostat_mass"]
+        if thermostat_mass is None:
+            thermostat_mass = group["temperature"] if group["temperature"] > 0 else 1.0
         thermostat_update(
             params, grads, states, constraint,
             xi=self._thermostat(group, params[0].device), dims=max(self._step_dims, 1),
             lr=group["lr"], momentum=group["momentum"], temperature=group["temperature"],
-            thermostat_mass=mass, weight_decay=group["weight_decay"], noise=noise,
-            kinetic=self._all_reduce if self._step_sharded else None, ctx=ctx,
+            thermostat_mass=thermostat_mass, weight_decay=weight_decay, noise=noise,
+            kinetic=self._all_reduce if self._step_sharded else None, mass=mass, ctx=ctx,
         )
 
     # -- diagnostics

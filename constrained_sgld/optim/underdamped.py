@@ -77,17 +77,21 @@ class MomentumState:
         return math.sqrt(group["temperature"] * (1.0 - group["momentum"] ** 2))
 
     def _kinetic_temperature(self, group) -> Tensor:
-        """``sum |p|^2 / d`` over this process's pieces of the group's parameters: the momenta are
-        N(0, T) on the tangent space at equilibrium (unit mass), so this estimates ``temperature``
-        (circle: arc-length momenta)."""
+        """``sum v^T M v / d`` over this process's pieces of the group's parameters (``M``: the
+        preconditioner's mass, 1 without one): the velocities are N(0, T M^-1) on the tangent
+        space at equilibrium, so this estimates ``temperature`` (circle: arc-length momenta)."""
         constraint = self._group_constraint(group)
+        weighted = group.get("preconditioner") is not None
         params, momenta, states, dims = [], [], [], 0
         for p in group["params"]:
             state = self.state.get(p)
             if state and "momentum" in state:
                 local = distributed.local(p.detach())
                 params.append(local)
-                momenta.append(state["momentum"])
+                momentum = state["momentum"]
+                if weighted and "mass" in state:
+                    momentum = momentum * state["mass"].sqrt()
+                momenta.append(momentum)
                 states.append(state)
                 dims += constraint.tangent_dim(local)
         if not momenta:
@@ -106,6 +110,11 @@ class ConstrainedUnderdampedSGLD(MomentumState, ConstrainedLangevinOptimizer):
             ``torch.optim.SGD(lr=lr, momentum=momentum)``.
         momentum: ``c = exp(-friction * h)`` in [0, 1): the fraction of momentum kept by the
             Ornstein-Uhlenbeck step. 0 redraws the momentum each step.
+        preconditioner: as for :class:`~constrained_sgld.ConstrainedSGLD`: an adaptive diagonal
+            mass ``M`` (one scalar per block of the set). The kick becomes ``-h M^-1 (g + wd x)``,
+            the O step's noise ``N(0, T (1 - c^2) M^-1)``, and ``state["momentum"]`` holds the
+            velocity ``M^-1 p`` (its law ``N(0, T M^-1)``). At ``temperature=0`` without a
+            constraint the trajectory is ``torch.optim.RMSprop(lr, alpha, eps, momentum=momentum)``'s.
     """
 
     def __init__(
@@ -117,21 +126,22 @@ class ConstrainedUnderdampedSGLD(MomentumState, ConstrainedLangevinOptimizer):
         constraints: Optional[Mapping[Any, Any]] = None,
         temperature: float = 0.0,
         weight_decay: float = 0.0,
+        preconditioner: Any = None,
         seed: Optional[int] = None,
         check_finite: bool = True,
         foreach: bool = True,
         chain_id: int = 0,
         sync_free: bool = False,
     ) -> None:
-        defaults = dict(lr=lr, momentum=momentum, temperature=temperature, weight_decay=weight_decay, foreach=foreach)
+        defaults = dict(lr=lr, momentum=momentum, temperature=temperature, weight_decay=weight_decay, preconditioner=preconditioner, foreach=foreach)
         super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id, sync_free=sync_free)
 
     def _extra_diagnostics(self, group) -> Dict[str, Tensor]:
         return {"kinetic_temperature": self._kinetic_temperature(group)}
 
-    def _update_group(self, group, constraint, params, grads, states, noise, ctx) -> None:
+    def _update_group(self, group, constraint, params, grads, states, noise, ctx, *, weight_decay, mass=None) -> None:
         underdamped_update(
             params, grads, states, constraint,
             lr=group["lr"], momentum=group["momentum"], temperature=group["temperature"],
-            weight_decay=group["weight_decay"], noise=noise, ctx=ctx,
+            weight_decay=weight_decay, noise=noise, ctx=ctx,
         )

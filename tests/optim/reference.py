@@ -38,13 +38,15 @@ def underdamped_reference(params, grads, states, constraint, *, lr, momentum, te
         state["momentum"].copy_(p)
 
 
-def thermostat_reference(params, grads, states, constraint, *, xi, dims, lr, momentum, temperature, thermostat_mass, weight_decay, noise):
-    """BADODAB, tensor by tensor for B, A and O; the thermostat reads the whole group's momenta."""
+def thermostat_reference(params, grads, states, constraint, *, xi, dims, lr, momentum, temperature, thermostat_mass, weight_decay, noise, mass=None):
+    """BADODAB, tensor by tensor for B, A and O; the thermostat reads the whole group's momenta
+    (velocities ``M^-1 p`` with a preconditioner's mass ``M``: kinetic energy ``v^T M v``)."""
     h = langevin_step_size(lr, momentum)
     a = -math.log(momentum) / h
+    masses = mass if mass is not None else [1.0] * len(params)
 
     def kinetic(momenta):
-        return sum(constraint.tangent_sq_norm([x], [p], [s]) for x, p, s in zip(params, momenta, states))
+        return sum(constraint.tangent_sq_norm([x], [p * m**0.5], [s]) for x, p, s, m in zip(params, momenta, states, masses))
 
     momenta = []
     for x, g, state in zip(params, grads, states):
@@ -72,24 +74,24 @@ class _Reference:
 
 
 class ReferenceSGLD(_Reference, ConstrainedSGLD):
-    def _update_group(self, group, constraint, params, grads, states, noise, ctx):
+    def _update_group(self, group, constraint, params, grads, states, noise, ctx, *, weight_decay, mass=None):
         overdamped_reference(params, grads, states, constraint, lr=group["lr"], temperature=group["temperature"],
-                             weight_decay=group["weight_decay"], noise=noise)
+                             weight_decay=weight_decay, noise=noise)
 
 
 class ReferenceUnderdampedSGLD(_Reference, ConstrainedUnderdampedSGLD):
-    def _update_group(self, group, constraint, params, grads, states, noise, ctx):
+    def _update_group(self, group, constraint, params, grads, states, noise, ctx, *, weight_decay, mass=None):
         underdamped_reference(params, grads, states, constraint, lr=group["lr"], momentum=group["momentum"],
-                              temperature=group["temperature"], weight_decay=group["weight_decay"], noise=noise)
+                              temperature=group["temperature"], weight_decay=weight_decay, noise=noise)
 
 
 class ReferenceSGNHT(_Reference, ConstrainedSGNHT):
-    def _update_group(self, group, constraint, params, grads, states, noise, ctx):
+    def _update_group(self, group, constraint, params, grads, states, noise, ctx, *, weight_decay, mass=None):
         xi = self._thermostat(group, params[0].device)
-        mass = group["thermostat_mass"] or (group["temperature"] if group["temperature"] > 0 else 1.0)
+        q = group["thermostat_mass"] or (group["temperature"] if group["temperature"] > 0 else 1.0)
         new = thermostat_reference(params, grads, states, constraint, xi=float(xi), dims=self._step_dims, lr=group["lr"],
-                                   momentum=group["momentum"], temperature=group["temperature"], thermostat_mass=mass,
-                                   weight_decay=group["weight_decay"], noise=noise)
+                                   momentum=group["momentum"], temperature=group["temperature"], thermostat_mass=q,
+                                   weight_decay=weight_decay, noise=noise, mass=mass)
         xi.fill_(new)
 
 
