@@ -24,6 +24,10 @@ class CheckpointMixin:
         index = {id(g): i for i, g in enumerate(self.param_groups)}
         state["_noise_norms"] = {index[k]: v for k, v in self._noise_norms.items() if k in index}
         state["_rejected_moves"] = {index[k]: v for k, v in self._rejected_moves.items() if k in index}
+        # a copied tensor's version counter starts again at 0: the recorded versions would make the
+        # copy's first step see every parameter as changed from outside and re-derive set states
+        # (the circle's partner z, whose sign would be lost), as after load_state_dict
+        state["_versions"] = {}
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:

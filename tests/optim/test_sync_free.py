@@ -32,6 +32,10 @@ OPTIMISERS = [
     pytest.param(lambda ps, **kw: ConstrainedSGLD(ps, lr=0.01, **kw), id="od"),
     pytest.param(lambda ps, **kw: ConstrainedUnderdampedSGLD(ps, lr=0.01, momentum=0.9, **kw), id="ud"),
     pytest.param(lambda ps, **kw: ConstrainedSGNHT(ps, lr=0.01, momentum=0.9, **kw), id="nht"),
+    # the preconditioner: adapting (the first steps) and frozen after them, both without host reads
+    pytest.param(lambda ps, **kw: ConstrainedSGLD(ps, lr=1e-3, preconditioner={"eps": 1e-3, "adapt_steps": 2}, **kw), id="od-rmsprop"),
+    pytest.param(lambda ps, **kw: ConstrainedUnderdampedSGLD(ps, lr=1e-3, momentum=0.9, preconditioner={"eps": 1e-3}, **kw), id="ud-rmsprop"),
+    pytest.param(lambda ps, **kw: ConstrainedSGNHT(ps, lr=1e-3, momentum=0.9, preconditioner={"eps": 1e-3, "adapt_steps": 2}, **kw), id="nht-rmsprop"),
 ]
 
 
