@@ -124,6 +124,37 @@ def _constrained(family: str, underdamped: bool, thermostat: bool = False):
     return build
 
 
+def _preconditioned(family: Optional[str], underdamped: bool = False):
+    """A scheme with the adaptive mass (``preconditioner=``, RMSprop's form), on ``family``'s sets
+    (``None``: no set, pSGLD). The constrained weights take ``precond_lr * precond_constrained_lr_factor``
+    (expRNN's advice for RNNs: the orthogonal lr 10x smaller), the rest ``precond_lr``. At T = 0 and
+    off the set the overdamped scheme is RMSprop with that lr, the underdamped one RMSprop with
+    momentum ``ud_momentum`` (its lr then ``precond_lr * (1 - momentum)``: the same effective step)."""
+
+    def build(model, task, seed):
+        constraints = task.constrained(model, family) if family else {}
+        start_on_set(model, constraints)
+        lr = task.hp["precond_lr"]
+        factor = task.hp["precond_constrained_lr_factor"] if constraints else 1.0
+        kwargs: Dict[str, Any] = {}
+        if underdamped:
+            kwargs["momentum"] = task.hp["ud_momentum"]
+            lr = lr * (1 - kwargs["momentum"])
+        named = list(model.named_parameters())
+        on = [(n, p) for n, p in named if n in constraints]
+        off = [(n, p) for n, p in named if n not in constraints]
+        groups = ([{"params": off}] if off else []) + ([{"params": on, "lr": lr * factor}] if on else [])
+        preconditioner = {"alpha": task.hp["precond_alpha"], "eps": task.hp["precond_eps"], "adapt_steps": task.hp["precond_adapt_steps"]}
+        cls = ConstrainedUnderdampedSGLD if underdamped else ConstrainedSGLD
+        optim = cls(groups, lr=lr, constraints=constraints, temperature=task.hp["temperature"], preconditioner=preconditioner, seed=seed, **kwargs)
+        hp = dict(lr=lr, temperature=task.hp["temperature"], preconditioner=preconditioner, **kwargs)
+        if constraints:
+            hp.update(constrained_lr=lr * factor, constraints={k: _spec_text(v) for k, v in constraints.items()})
+        return optim, hp, constraints
+
+    return build
+
+
 def projecting(optimizer_cls):
     """``optimizer_cls`` that maps chosen parameters back onto their set with the set's ``project``
     after every step: projected SGD, the usual way to keep weights non-negative (input-convex nets),
@@ -273,6 +304,14 @@ METHODS: Dict[str, Method] = {
         Method("sgd-momentum-orth-init", "SGD-momentum from the orthogonal start of o-cola-*, unconstrained", "orthogonal", _sgd_momentum_orth_init),
         Method("lstm-rmsprop", "an LSTM of about the same parameter count, RMSprop", None, _lstm_rmsprop, variant="lstm", needs=("lstm_lr",)),
         Method("geotorch-orthogonal", "geotorch's orthogonal parametrisation of the same layers, SGD-momentum", "orthogonal", _geotorch),
+        # the adaptive mass (preconditioner="rmsprop"): the same scheme, one mass per block of the set
+        Method("psgld", "ConstrainedSGLD with the adaptive mass and no constraint (pSGLD; RMSprop at T = 0)", None, _preconditioned(None), needs=("precond_lr",)),
+        Method("o-cola-od-rms", "ConstrainedSGLD with the adaptive mass (RMSprop's form, one per matrix), orthogonal constraints", "orthogonal", _preconditioned("orthogonal"), needs=("precond_lr",)),
+        Method("o-cola-ud-rms", "ConstrainedUnderdampedSGLD with the adaptive mass, orthogonal constraints", "orthogonal", _preconditioned("orthogonal", True), needs=("precond_lr",)),
+        Method("b-cola-od-rms", "ConstrainedSGLD with the adaptive mass (one per entry), box constraints", "box", _preconditioned("box"), needs=("precond_lr",)),
+        Method("b-cola-ud-rms", "ConstrainedUnderdampedSGLD with the adaptive mass, box constraints", "box", _preconditioned("box", True), needs=("precond_lr",)),
+        Method("c-cola-od-rms", "ConstrainedSGLD with the adaptive mass (one per (w, z) pair), circle constraints", "circle", _preconditioned("circle"), needs=("precond_lr",)),
+        Method("c-cola-ud-rms", "ConstrainedUnderdampedSGLD with the adaptive mass, circle constraints", "circle", _preconditioned("circle", True), needs=("precond_lr",)),
     ]
 }
 

@@ -10,6 +10,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 
+#: what a task adds to ``HPARAMS`` to run the preconditioned methods (their defaults: RMSprop's)
+PRECONDITIONER_HPARAMS = {
+    "precond_alpha": 0.99,  # torch.optim.RMSprop's default
+    "precond_eps": 1e-8,  # torch.optim.RMSprop's default
+    "precond_adapt_steps": None,  # continual adaptation (pSGLD); exact once frozen (N steps)
+    "precond_constrained_lr_factor": 1.0,
+}
+
+
 class Task:
     """One data set, one model, and the methods that fit them.
 

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from constrained_sgld import init
 
-from .base import ClassificationTask
+from .base import PRECONDITIONER_HPARAMS, ClassificationTask
 from .fmnist import fashion_splits
 
 VARIANCE_FLOOR = 1e-6  # keeps the surrogate finite where every weight is exactly +-1
@@ -95,6 +95,8 @@ class BinaryFashion(ClassificationTask):
         "ud_momentum": 0.9,
         "od_lr": 0.1,  # b-cola-od: ud_lr / (1 - momentum)
         "temperature": 0.0,
+        "precond_lr": 1e-3,  # *-rms: as adam-clip's lr
+        **PRECONDITIONER_HPARAMS,
         "binary_draws": 10,  # sampled binary networks per evaluation
     }
 

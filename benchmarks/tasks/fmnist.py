@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import data
-from .base import ClassificationTask
+from .base import PRECONDITIONER_HPARAMS, ClassificationTask
 
 # Fashion-MNIST pixel mean and standard deviation over the 60,000 training images (in [0, 1] units)
 MEAN, STD = 0.2860, 0.3530
@@ -104,6 +104,8 @@ class FashionMLP(ClassificationTask):
         "ud_momentum": math.exp(-0.3),
         "od_lr": 0.3,
         "temperature": 1e-5,  # ours, smoke and quick (the paper preset: 0, as the paper): a cold posterior, N * T = 0.1
+        "precond_lr": 1e-3,  # *-rms and psgld: as adam's lr
+        **PRECONDITIONER_HPARAMS,
         "radius_1": 0.05,  # first layer (paper)
         "radius_2": 0.1,  # second layer (paper)
         **NORM_HPARAMS,

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .base import ClassificationTask, Task
+from .base import PRECONDITIONER_HPARAMS, ClassificationTask, Task
 
 
 @torch.no_grad()
@@ -180,6 +180,10 @@ class CopyMemory(RecurrentTask):
         "od_lr": 0.03,  # ud_lr / (1 - momentum): the same effective step
         "temperature": 0.0,
         "clip": None,
+        # the adaptive constrained methods (*-rms): expRNN's RMSprop settings, lr 10x smaller on the set
+        "precond_lr": 2e-4,
+        **PRECONDITIONER_HPARAMS,
+        "precond_constrained_lr_factor": 0.1,
     }
 
     @property
@@ -256,6 +260,7 @@ class PixelFashion(RecurrentTask, ClassificationTask):
     hparams = dict(
         CopyMemory.hparams,
         rmsprop_lr=1e-3,  # expRNN's psMNIST setting for the non-orthogonal parameters
+        precond_lr=1e-3,  # as rmsprop_lr
         permutation_seed=1234,  # the one fixed pixel order
     )
 

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The adaptive constrained methods' round (docs/benchmarks.md, "Adaptive methods"): a three-point lr
+# grid on the validation split (seed 0) for every method alike, then 3 seeds at each method's best
+# lr. One task per core, one thread each. Usage: scripts/adaptive_round.sh grid|seeds TASK LR...
+# grid:  one run per lr, every method at that lr         -> runs/adaptive/TASK-grid-LR
+# seeds: seeds 1 and 2 of METHOD at its lr (LR = METHOD=LR pairs) -> runs/adaptive/TASK-seeds-METHOD
+set -euo pipefail
+mode=$1; task=$2; shift 2
+methods=${METHODS:-rmsprop,geotorch-orthogonal,o-cola-od-rms}
+case "$mode" in
+  grid)
+    for lr in "$@"; do
+      python -m benchmarks run --task "$task" --preset quick --seeds 1 --threads 1 --no-progress \
+        --methods "$methods" --set rmsprop_lr="$lr" --set precond_lr="$lr" --set adam_lr="$lr" \
+        --out "runs/adaptive/$task-grid-$lr"
+    done ;;
+  seeds)
+    for pair in "$@"; do
+      method=${pair%%=*}; lr=${pair#*=}
+      python -m benchmarks run --task "$task" --preset quick --seeds 2 --first-seed 1 --threads 1 --no-progress \
+        --methods "$method" --set rmsprop_lr="$lr" --set precond_lr="$lr" --set adam_lr="$lr" \
+        --out "runs/adaptive/$task-seeds-$method"
+    done ;;
+esac
