@@ -80,7 +80,7 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
             that has not converged (``rejected_moves``) instead of falling back to the polar
             projection. Default False.
         preconditioner: ``None`` (default: unit mass), ``"rmsprop"`` or a dict of its options
-            ``{"alpha": 0.99, "eps": 1e-8, "adapt_steps": None}``: an adaptive diagonal mass
+            ``{"alpha": 0.99, "eps": 1e-8, "adapt_steps": None, "bias_correction": False}``: an adaptive diagonal mass
             ``M = sqrt(V) + eps`` from a running second moment ``V`` of the force, one scalar per
             block of the set (entry, row, matrix), so that the stationary law stays exact on every
             set. The drift becomes ``-lr M^-1 (g + weight_decay x)`` and the noise

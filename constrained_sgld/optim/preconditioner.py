@@ -6,6 +6,7 @@ It sits between the gradients and the scheme: the schemes never see it. Per step
 
     V <- alpha V + (1 - alpha) B(f * f)     while adapting (B: the set's ``block_mean``)
     M  = sqrt(V) + eps                       the mass: one scalar per block of the set
+                                             (sqrt(V / (1 - alpha^t)) + eps with bias_correction)
     f  -> f / M                              the force every scheme then uses (weight decay folded in)
     xi -> xi / sqrt(M)                       the injected noise, N(0, M^-1) before the set projects it
 
@@ -31,9 +32,16 @@ bias (measured in docs/verification.md). ``adapt_steps=N`` adapts for a paramete
 steps and then freezes (Springenberg's burn-in recipe: exact after it); ``None`` adapts
 continually (pSGLD practice). Setting ``adapt_steps`` to 0 in a group freezes it from then on.
 
+The noise's scale per entry is ``M^-1/2``, so where a force is tiny (a dead unit, a parameter at
+an optimum, the first step from ``V = 0``) it grows to ``sqrt(2 lr T / eps)`` per step. RMSprop's
+``eps = 1e-8`` is meant for optimisation; to sample, choose ``eps`` near the smallest force scale
+that matters, and ``bias_correction=True`` (Adam's ``V / (1 - alpha^t)``, so that the first steps'
+mass is the force's scale rather than ``sqrt(1 - alpha)`` of it) or a start near the target.
+
 At ``temperature=0`` on an unconstrained parameter, :class:`~constrained_sgld.ConstrainedSGLD`
 with the preconditioner is ``torch.optim.RMSprop(lr, alpha, eps)`` and the momentum optimiser is
-``RMSprop(lr, alpha, eps, momentum=c)`` (the same updates, ``V`` starting at zero as RMSprop's).
+``RMSprop(lr, alpha, eps, momentum=c)`` (the same updates, ``V`` starting at zero as RMSprop's;
+without ``bias_correction``, the default).
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ __all__ = ["make_preconditioner", "precondition", "preconditioner_state", "DEFAU
 PRECONDITIONER_KEYS = ("second_moment", "mass", "preconditioner_step")
 
 #: the options of the RMSprop form and their defaults (those of ``torch.optim.RMSprop``)
-DEFAULTS: Dict[str, Any] = {"kind": "rmsprop", "alpha": 0.99, "eps": 1e-8, "adapt_steps": None}
+DEFAULTS: Dict[str, Any] = {"kind": "rmsprop", "alpha": 0.99, "eps": 1e-8, "adapt_steps": None, "bias_correction": False}
 
 
 def _finite_number(v: Any) -> bool:
@@ -87,6 +95,8 @@ def make_preconditioner(spec: Any, where: Any = "") -> Optional[Dict[str, Any]]:
         raise ValueError(f"invalid preconditioner alpha={out['alpha']!r}{at()}: alpha must be a number in [0, 1)")
     if not (_finite_number(out["eps"]) and out["eps"] > 0):
         raise ValueError(f"invalid preconditioner eps={out['eps']!r}{at()}: eps must be a finite number > 0")
+    if not isinstance(out["bias_correction"], bool):
+        raise ValueError(f"invalid preconditioner bias_correction={out['bias_correction']!r}{at()}: bias_correction must be True or False")
     steps = out["adapt_steps"]
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
         raise ValueError(f"invalid preconditioner adapt_steps={steps!r}{at()}: adapt_steps must be None (adapt continually) or an int >= 0")
@@ -135,9 +145,12 @@ def precondition(
         # in place: a skipped sync-free step restores the state tensors it snapshotted
         torch._foreach_copy_(masses, moments)
         torch._foreach_sqrt_(masses)
-        torch._foreach_add_(masses, spec["eps"])
         for i in adapting:
             states[i]["preconditioner_step"] += 1
+        if spec["bias_correction"]:  # Adam's: V / (1 - alpha^t), t the steps adapted (host ints, no sync)
+            alpha = spec["alpha"]
+            torch._foreach_mul_(masses, [(1.0 - alpha ** states[i]["preconditioner_step"]) ** -0.5 for i in adapting])
+        torch._foreach_add_(masses, spec["eps"])
     masses = [s["mass"] for s in states]
     if weight_decay != 0:
         torch._foreach_div_(forces, masses)

@@ -200,7 +200,7 @@ def test_state_dict_round_trip_continues_bit_for_bit_and_loads_weights_only(opti
     twin.load_state_dict(saved["model"])
     twin_opt = _constrained(optimizer_cls, twin)
     twin_opt.load_state_dict(saved["optim"])
-    assert twin_opt.param_groups[0]["preconditioner"] == {"kind": "rmsprop", "alpha": 0.9, "eps": 1e-8, "adapt_steps": 7}
+    assert twin_opt.param_groups[0]["preconditioner"] == {"kind": "rmsprop", "alpha": 0.9, "eps": 1e-8, "adapt_steps": 7, "bias_correction": False}
     train_steps(twin, twin_opt, 6, seed=1)
     assert all(torch.equal(a, b) for a, b in zip(expected, twin.parameters()))
 
@@ -228,6 +228,7 @@ def test_deepcopy_continues_identically(optimizer_cls):
         ({"adapt_steps": -1}, "adapt_steps must be None"),
         ({"adapt_steps": 2.5}, "adapt_steps must be None"),
         ({"kind": "adam"}, "the only kind is 'rmsprop'"),
+        ({"bias_correction": 1}, "bias_correction must be True or False"),
     ],
 )
 def test_bad_preconditioners_are_named(optimizer_cls, spec, match):
