@@ -180,6 +180,7 @@ def main(argv=None) -> int:
     speed.add_argument("--device", default="cpu")
     speed.add_argument("--out", default="results")
     speed.add_argument("--threads", type=int, default=None)
+    speed.add_argument("--rows", default=None, help="comma-separated row numbers to run (default: every row; 2 runs rows 2 and 3)")
     speed.set_defaults(fn=cmd_speed)
 
     args = parser.parse_args(argv)

@@ -30,7 +30,10 @@ median is reported as a ratio to the row's baseline. Rows:
    every parameter and state); the circle also with the guard. A set whose step inductor cannot
    compile is listed as failed, with the error; row 7 at T = 1e-5 too, with the draw timed beside it;
 10. a training iteration with every set under each scheme at T = 0, on the MLP (both weight
-   matrices on the set) and on the small ResNet (every conv but the stem), against SGD-momentum's.
+   matrices on the set) and on the small ResNet (every conv but the stem), against SGD-momentum's;
+11. the preconditioned step (``preconditioner="rmsprop"``) per set and scheme, adapting and
+   frozen, at T = 0 and T > 0 (``TEMPERATURE``), on row 6's models, against the plain step of the same set and scheme
+   (the same model, the same gradients); unconstrained too.
 """
 
 from __future__ import annotations
@@ -185,6 +188,42 @@ def _on_every_set(template: nn.Module, chosen: Callable[[nn.Module], List[str]],
             _on_set(model, constraints)
             model = model.to(device)
             yield f"{set_name}, {cls.__name__}", model, cls(list(model.named_parameters()), constraints=constraints, lr=1e-4, seed=0, **kwargs)
+
+
+def row_preconditioned(cfg, device) -> List[Dict]:
+    """Row 11: each set's step with the adaptive mass against its plain step, both schemes, the
+    mass adapting (the default) and frozen (``adapt_steps=1``: frozen after the untimed first
+    step), at T = 0 and ``TEMPERATURE``, on row 6's models; the whole model unconstrained too."""
+    rows: List[Dict] = []
+    sets = {"unconstrained": None, **SETS}
+    for model_name, on_set, build, chosen in SET_MODELS:
+        torch.manual_seed(0)
+        template = build()
+        for temperature in (0.0, TEMPERATURE):
+            candidates: Dict[str, Callable[[], None]] = {}
+            pairs = []
+            for set_name, spec in sets.items():
+                constraints = {name: spec for name in chosen(template)} if spec is not None else {}
+                for cls, kwargs in SCHEMES:
+                    label = f"{set_name}, {cls.__name__}"
+                    for mode, pre in (("plain", None), ("adapting", "rmsprop"), ("frozen", {"adapt_steps": 1})):
+                        model = _copy(template)
+                        _on_set(model, constraints)
+                        model = _with_grads(model.to(device), device)
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            opt = cls(list(model.named_parameters()), constraints=constraints, lr=1e-5, seed=0,
+                                      temperature=temperature, preconditioner=pre, **kwargs)
+                        opt.step()  # states made (and a frozen mass frozen) before timing
+                        candidates[f"{label}, {mode}"] = opt.step
+                    pairs.append(label)
+            times = interleaved(candidates, cfg["repeats"], cfg["steps"], device)
+            for label in pairs:
+                base = times[f"{label}, plain"]
+                for mode in ("adapting", "frozen"):
+                    rows.append({"row": 11, "what": f"step only, {model_name}, {on_set}, T={temperature:g}", "candidate": f"{label}, mass {mode}",
+                                 "seconds": times[f"{label}, {mode}"], "ratio": times[f"{label}, {mode}"] / base, "baseline": "the same set's plain step"})
+    return rows
 
 
 def _compiled_step(opt) -> Callable[[], None]:
@@ -634,17 +673,25 @@ def main(args) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available to this torch")
     cfg = PRESETS[args.preset]
+    every = {
+        1: lambda: row_step_only("small ResNet (fmnist-resnet)", SmallResNet, cfg, device) + row_step_only("784-1000-10 MLP", mlp, cfg, device),
+        2: lambda: row_iteration(cfg, device),  # rows 2 and 3
+        4: lambda: row_research_step(cfg, device),
+        5: lambda: row_memory(device),
+        6: lambda: row_sets(cfg, device),
+        7: lambda: row_paper_iteration(cfg, device),
+        8: lambda: row_peers(cfg, device),
+        9: lambda: row_compiled(cfg, device),
+        10: lambda: row_set_iterations(cfg, device),
+        11: lambda: row_preconditioned(cfg, device),
+    }
+    chosen = sorted(every) if not getattr(args, "rows", None) else [int(r) for r in args.rows.split(",")]
+    unknown = [r for r in chosen if r not in every]
+    if unknown:
+        raise SystemExit(f"--rows: no row(s) {unknown}; the rows are {sorted(every)} (2 runs rows 2 and 3)")
     rows: List[Dict] = []
-    rows += row_step_only("small ResNet (fmnist-resnet)", SmallResNet, cfg, device)
-    rows += row_step_only("784-1000-10 MLP", mlp, cfg, device)
-    rows += row_iteration(cfg, device)
-    rows += row_research_step(cfg, device)
-    rows += row_memory(device)
-    rows += row_sets(cfg, device)
-    rows += row_paper_iteration(cfg, device)
-    rows += row_peers(cfg, device)
-    rows += row_compiled(cfg, device)
-    rows += row_set_iterations(cfg, device)
+    for r in chosen:
+        rows += every[r]()
     folder = Path(args.out) / "speed"
     folder.mkdir(parents=True, exist_ok=True)
     info = {"preset": args.preset, "settings": cfg, "device": device_name(device), "versions": versions(), "temperature": TEMPERATURE}

@@ -42,14 +42,15 @@ def finish():
     os._exit(0)
 
 
-def make(cls, seed=None):
+def make(cls, seed=None, **kwargs):
     torch.manual_seed(0)
     model = Net()
     with torch.no_grad():
         Orthogonal().init_(model.conv1.weight)
     ddp = nn.parallel.DistributedDataParallel(model)
     # seed=None on purpose: rank 0's seed must reach every rank
-    opt = cls(ddp.module.named_parameters(), constraints=CONSTRAINTS, lr=0.02, temperature=1e-3, seed=seed)
+    kwargs = {"lr": 0.02, **kwargs}
+    opt = cls(ddp.module.named_parameters(), constraints=CONSTRAINTS, temperature=1e-3, seed=seed, **kwargs)
     return ddp, opt
 
 
@@ -74,11 +75,14 @@ def flat_state(model, opt):
 def ddp_worker(rank, world, store_file, out_dir):
     setup(rank, world, store_file)
     results = {}
-    for cls in (ConstrainedSGLD, ConstrainedUnderdampedSGLD):
-        name = cls.__name__
+    # the preconditioner's second moments must stay identical across replicas too
+    variants = [(ConstrainedSGLD, {}), (ConstrainedUnderdampedSGLD, {}),
+                (ConstrainedUnderdampedSGLD, {"lr": 2e-3, "preconditioner": {"eps": 1e-3, "adapt_steps": 20}})]
+    for cls, kwargs in variants:
+        name = cls.__name__ + ("+preconditioner" if kwargs else "")
         # uninterrupted: 30 steps
         torch.manual_seed(rank)  # different global RNG per rank: seeds would differ without the broadcast
-        ddp, opt = make(cls)
+        ddp, opt = make(cls, **kwargs)
         start = ddp.module.conv1.weight.detach().clone()
         train(ddp, opt, 30, rank)
         results[name] = {
@@ -88,14 +92,14 @@ def ddp_worker(rank, world, store_file, out_dir):
         }
         # checkpointed: 15 steps, rank 0 saves, every rank loads into fresh objects, 15 more
         torch.manual_seed(rank)
-        ddp, opt = make(cls)
+        ddp, opt = make(cls, **kwargs)
         train(ddp, opt, 15, rank)
         path = os.path.join(out_dir, f"{name}.pt")
         if rank == 0:
             torch.save({"model": ddp.module.state_dict(), "optim": opt.state_dict()}, path)
         dist.barrier()
         torch.manual_seed(1234 + rank)
-        ddp2, opt2 = make(cls, seed=999)  # whatever seed: the checkpoint's wins
+        ddp2, opt2 = make(cls, seed=999, **kwargs)  # whatever seed: the checkpoint's wins
         ckpt = torch.load(path, weights_only=True)
         ddp2.module.load_state_dict(ckpt["model"])
         opt2.load_state_dict(ckpt["optim"])
