@@ -129,9 +129,8 @@ def precondition(
     Adapts ``V`` and ``M`` in ``states`` (in place), and returns the preconditioned forces
     ``(g + weight_decay * x) / M`` (new tensors: ``.grad`` is never written) and the noise scaled
     by ``M^-1/2`` (in place on ``noise``; ``None`` stays ``None``). The caller runs the scheme
-    with these forces and no weight decay."""
-    for p, state in zip(params, states):
-        preconditioner_state(constraint, p, state)
+    with these forces and no weight decay. ``states`` hold the preconditioner's entries already
+    (:func:`preconditioner_state`; the optimiser creates them with the rest of a parameter's state)."""
     if weight_decay != 0:
         forces = torch._foreach_add(grads, params, alpha=weight_decay)
     else:

@@ -19,7 +19,6 @@ become ``lr * max(M^-1)``: the largest effective step.
 """
 
 import math
-import warnings
 
 import pytest
 import torch
@@ -29,6 +28,7 @@ from constrained_sgld.constraints.base import UNCONSTRAINED
 from constrained_sgld.optim.preconditioner import preconditioner_state
 
 from .test_stationary import SEED, Z, _vmf_grad, _vmf_mean, check, quadratic_allowance
+from .test_stationary import run_chains as stationary_chains
 
 Z_VAR = Z
 
@@ -48,30 +48,24 @@ def random_masses(shape, seed=SEED):
 
 
 def run_chains(scheme, x0, spec, grad_fn, stats, *, lr, temperature=1.0, steps, burn, masses=None):
-    """As ``test_stationary.run_chains``, with a frozen preconditioner whose mass is ``masses``
-    (one per block of the set; default: random, see :func:`random_masses`). Returns the per-chain
-    averages, the optimiser and the masses."""
-    cls, extra = SCHEMES[scheme]
-    x = torch.nn.Parameter(x0.clone().to(torch.float64))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        opt = cls([{"params": [x], "constraint": spec}], lr=lr, temperature=temperature, seed=SEED,
-                  preconditioner={"adapt_steps": 0}, **extra)
-    constraint = opt.param_groups[0]["constraint"] or UNCONSTRAINED
-    state = opt.state[x]
-    preconditioner_state(constraint, x.detach(), state)
-    if masses is None:
-        masses = random_masses(state["mass"].shape)
-    state["mass"].copy_(masses)
-    sums = [0.0] * len(stats)
-    for i in range(steps):
-        x.grad = grad_fn(x.detach())
-        opt.step()
-        if i >= burn:
-            for j, f in enumerate(stats):
-                sums[j] = sums[j] + f(x.detach())
-    assert state["preconditioner_step"] == 0 and torch.equal(state["mass"], masses)  # frozen
-    return [s / (steps - burn) for s in sums], opt, masses
+    """``test_stationary.run_chains`` with a frozen preconditioner whose mass is ``masses`` (one per
+    block of the set; default: random, see :func:`random_masses`). Returns the per-chain averages,
+    the optimiser and the masses."""
+    chosen = {}
+
+    def freeze(opt, x):
+        constraint = opt.param_groups[0]["constraint"] or UNCONSTRAINED
+        state = opt.state[x]
+        preconditioner_state(constraint, x.detach(), state)
+        chosen["masses"] = random_masses(state["mass"].shape) if masses is None else masses
+        state["mass"].copy_(chosen["masses"])
+        chosen["state"] = state
+
+    averages, opt = stationary_chains(scheme, x0, spec, grad_fn, stats, lr=lr, temperature=temperature, steps=steps, burn=burn,
+                                      schemes=SCHEMES, options={"preconditioner": {"adapt_steps": 0}}, prepare=freeze)
+    state = chosen["state"]
+    assert state["preconditioner_step"] == 0 and torch.equal(state["mass"], chosen["masses"])  # frozen
+    return averages, opt, chosen["masses"]
 
 
 def largest_step(lr):

@@ -55,13 +55,17 @@ def quadratic_allowance(scheme, lr, scale):
     return lr * scale if scheme.startswith("nht") else 0.0
 
 
-def run_chains(scheme, x0, spec, grad_fn, stats, *, lr, temperature=1.0, steps, burn):
-    """Per-chain time averages (after ``burn``) of each statistic in ``stats``."""
-    cls, extra = SCHEMES[scheme]
+def run_chains(scheme, x0, spec, grad_fn, stats, *, lr, temperature=1.0, steps, burn, schemes=None, options=None, prepare=None):
+    """Per-chain time averages (after ``burn``) of each statistic in ``stats``. ``schemes``: the
+    table ``scheme`` is looked up in (default ``SCHEMES``); ``options``: more optimiser keywords;
+    ``prepare(opt, x)``: called once before the first step."""
+    cls, extra = (schemes or SCHEMES)[scheme]
     x = torch.nn.Parameter(x0.clone().to(torch.float64))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        opt = cls([{"params": [x], "constraint": spec}], lr=lr, temperature=temperature, seed=SEED, **extra)
+        opt = cls([{"params": [x], "constraint": spec}], lr=lr, temperature=temperature, seed=SEED, **extra, **(options or {}))
+    if prepare is not None:
+        prepare(opt, x)
     sums = [0.0] * len(stats)
     for i in range(steps):
         x.grad = grad_fn(x.detach())
