@@ -3,11 +3,14 @@ processes with different --out folders) into one folder, then rebuild its report
 
     python scripts/merge_results.py results/paper results/paper-s1 results/paper-s2
 
-``--evaluated-only`` keeps only the evaluated epochs' rows (and the last): long runs (two-spirals'
-10,000 epochs) record a row per epoch, too large to keep in docs/results; the tables and curves
-need the evaluated ones (the time per epoch is then the mean over those epochs).
+The first folder is the target; where it holds no results yet, the first source's are its start.
+``--methods a,b`` keeps only those methods' runs (an lr grid's winner, taken out of a grid point that
+ran every method). ``--evaluated-only`` keeps only the evaluated epochs' rows (and the last): long
+runs (two-spirals' 10,000 epochs) record a row per epoch, too large to keep in docs/results; the
+tables and curves need the evaluated ones (the time per epoch is then the mean over those epochs).
 """
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,26 +20,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.report import rebuild  # noqa: E402
 from benchmarks.runner import save_results  # noqa: E402
 
-args = sys.argv[1:]
-evaluated_only = "--evaluated-only" in args
-target, *sources = (Path(p) for p in args if p != "--evaluated-only")
-for task_dir in sorted(target.glob("*/results.json")):
-    merged = json.loads(task_dir.read_text())
-    for src in sources:
-        other = src / task_dir.parent.name / "results.json"
-        if not other.is_file():
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("target", type=Path)
+parser.add_argument("sources", type=Path, nargs="+")
+parser.add_argument("--methods", help="comma-separated methods to keep (default: all)")
+parser.add_argument("--evaluated-only", action="store_true")
+args = parser.parse_args()
+keep = set(args.methods.split(",")) if args.methods else None
+
+tasks = sorted({p.parent.name for folder in [args.target, *args.sources] for p in folder.glob("*/results.json")})
+for task in tasks:
+    merged = None
+    for folder in [args.target, *args.sources]:
+        path = folder / task / "results.json"
+        if not path.is_file():
             continue
-        extra = json.loads(other.read_text())
+        extra = json.loads(path.read_text())
+        extra["runs"] = [r for r in extra["runs"] if keep is None or r["method"] in keep]
+        if merged is None:
+            merged = extra
+            continue
         if (extra["preset"], extra["settings"], extra["task_hparams"]) != (merged["preset"], merged["settings"], merged["task_hparams"]):
-            raise SystemExit(f"{other}: different preset or settings; not merged")
+            raise SystemExit(f"{path}: different preset or settings; not merged")
         keys = {(r["method"], r["seed"]) for r in extra["runs"]}
         merged["runs"] = [r for r in merged["runs"] if (r["method"], r["seed"]) not in keys] + extra["runs"]
     merged["runs"].sort(key=lambda r: (r["seed"], r["method"]))
-    if evaluated_only:
+    if args.evaluated_only:
         for run in merged["runs"]:
             last = run["epochs"][-1:]
             run["epochs"] = [row for row in run["epochs"][:-1] if any(k.startswith("test_") for k in row)] + last
         merged["epochs_kept"] = "evaluated epochs only (scripts/merge_results.py --evaluated-only)"
-    save_results(merged, task_dir.parent)
-rebuild(target)
-print(f"merged into {target}")
+    save_results(merged, args.target / task)
+rebuild(args.target)
+print(f"merged into {args.target}")

@@ -14,3 +14,26 @@ def test_quickstart_shows_no_violation_for_the_unconstrained_optimiser():
     rows = {line.split("  ")[0]: line for line in out.splitlines() if "test accuracy" in line}
     assert rows["sgd-momentum"].split("largest violation")[1].split()[0] == "–"
     assert all("e-0" in line.split("largest violation")[1] for name, line in rows.items() if name != "sgd-momentum")
+
+
+def test_parallel_chains_pools_samples_that_stay_on_the_sphere():
+    out = subprocess.run(
+        [sys.executable, "examples/parallel_chains.py", "--chains", "2", "--steps", "500"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=300,
+    ).stdout
+    assert "2 chains x" in out
+    violation = float(out.rsplit("|w| = 1:", 1)[1].split()[0])
+    assert violation < 1e-5
+
+
+def test_ddp_example_keeps_replicas_identical_and_resumes_to_the_same_end(tmp_path):
+    checkpoint = tmp_path / "ckpt.pt"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "examples/ddp_train.py", "--steps", "20"]
+    straight = subprocess.run(launch, cwd=ROOT, capture_output=True, text=True, check=True, timeout=300).stdout
+    first = subprocess.run(launch + ["--checkpoint", str(checkpoint)], cwd=ROOT, capture_output=True, text=True, check=True, timeout=300).stdout
+    resumed = subprocess.run(launch + ["--checkpoint", str(checkpoint)], cwd=ROOT, capture_output=True, text=True, check=True, timeout=300).stdout
+    assert "saved" in first and "saved" not in resumed
+    for out in (straight, first, resumed):
+        assert "ranks identical: True" in out
+    final = [next(line for line in out.splitlines() if line.startswith("step 20:")) for out in (straight, first, resumed)]
+    assert final[0] == final[1] == final[2]
