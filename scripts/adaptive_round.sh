@@ -4,6 +4,8 @@
 # lr. One task per core, one thread each. Usage: scripts/adaptive_round.sh grid|seeds TASK LR...
 # grid:  one run per lr, every method at that lr         -> runs/adaptive/TASK-grid-LR
 # seeds: seeds 1 and 2 of METHOD at its lr (LR = METHOD=LR pairs) -> runs/adaptive/TASK-seeds-METHOD
+# collect: seed 0 from the grid point at METHOD's lr and its seeds (METHOD=LR pairs)
+#          -> docs/results/adaptive/METHOD/TASK (what docs/results.md and README's tables read)
 set -euo pipefail
 mode=$1; task=$2; shift 2
 methods=${METHODS:-rmsprop,geotorch-orthogonal,o-cola-od-rms}
@@ -20,5 +22,12 @@ case "$mode" in
       python -m benchmarks run --task "$task" --preset quick --seeds 2 --first-seed 1 --threads 1 --no-progress \
         --methods "$method" --set rmsprop_lr="$lr" --set precond_lr="$lr" --set adam_lr="$lr" \
         --out "runs/adaptive/$task-seeds-$method"
+    done ;;
+  collect)
+    for pair in "$@"; do
+      method=${pair%%=*}; lr=${pair#*=}
+      rm -rf "docs/results/adaptive/$method/$task"
+      python scripts/merge_results.py "docs/results/adaptive/$method" "runs/adaptive/$task-grid-$lr" \
+        runs/adaptive/"$task"-seed*-"$method" --methods "$method"
     done ;;
 esac

@@ -66,7 +66,9 @@ def _cell(row: dict, column: str, metric: str) -> str:
         return "diverged" if "diverged" in row["status"] else row["status"]
     if column in PERCENT and metric == "accuracy" and "±" in value:
         mean, sd = (float(v) for v in value.split("±"))
-        return f"{100 * mean:.1f} ± {100 * sd:.1f}%"
+        value = f"{100 * mean:.1f} ± {100 * sd:.1f}%"
+    if row["status"] != "done":  # some seeds diverged: the value is over the others
+        value += f" ({row['status'].split(':')[0]})"
     return value
 
 

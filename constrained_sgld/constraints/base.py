@@ -157,12 +157,18 @@ class Constraint:
 
     # ---------------------------------------------------------------- set operations
     def project(self, p: Tensor) -> Tensor:
+        """The point of the set nearest to ``p`` (a new tensor, ``p`` unchanged). Required of a
+        user's set; the default position update is ``project(x + step)``."""
         raise NotImplementedError(f"{type(self).__name__} must define project(p)")
 
     def tangent_project(self, p: Tensor, v: Tensor) -> Tensor:
+        """The orthogonal projection of ``v`` onto the tangent space of the set at ``p`` (for a
+        set with an interior: ``v`` itself inside). Required of a user's set."""
         raise NotImplementedError(f"{type(self).__name__} must define tangent_project(p, v)")
 
     def violation(self, p: Tensor) -> Tensor:
+        """How far ``p`` is from the set, as a 0-d tensor (0 on the set; the largest entry-wise or
+        row-wise residual of the set's equations). Required of a user's set."""
         raise NotImplementedError(f"{type(self).__name__} must define violation(p)")
 
     @torch.no_grad()

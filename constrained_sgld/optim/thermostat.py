@@ -127,9 +127,10 @@ class ConstrainedSGNHT(MomentumState, ConstrainedLangevinOptimizer):
     noisy (minibatch) gradients is removed instead of raising the sampled temperature. See the
     module docstring for the equations and docs/dynamics.md for the units.
 
+    ``params``, ``constraints``, ``temperature``, ``weight_decay``, ``seed``, ``check_finite``,
+    ``foreach``, ``chain_id`` and ``sync_free`` are as for :class:`~constrained_sgld.ConstrainedSGLD`.
+
     Args:
-        params, constraints, temperature, weight_decay, seed, check_finite, foreach, chain_id, sync_free: as for
-            :class:`~constrained_sgld.ConstrainedSGLD`.
         lr: learning rate in SGD units; the Langevin step is ``h = sqrt(2 lr / (1 + momentum))``.
         momentum: in (0, 1): ``exp(-A h)`` for the friction ``A`` that the injected noise balances.
             The thermostat starts at ``xi = A``, where a step equals the underdamped optimiser's.

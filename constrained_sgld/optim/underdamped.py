@@ -102,9 +102,10 @@ class MomentumState:
 class ConstrainedUnderdampedSGLD(MomentumState, ConstrainedLangevinOptimizer):
     """Underdamped (momentum) Langevin dynamics that keeps chosen parameters on constraint sets.
 
+    ``params``, ``constraints``, ``temperature``, ``weight_decay``, ``seed``, ``check_finite``,
+    ``foreach``, ``chain_id`` and ``sync_free`` are as for :class:`~constrained_sgld.ConstrainedSGLD`.
+
     Args:
-        params, constraints, temperature, weight_decay, seed, check_finite, foreach, chain_id, sync_free: as for
-            :class:`~constrained_sgld.ConstrainedSGLD`.
         lr: learning rate in SGD units; the Langevin step is ``h = sqrt(2 lr / (1 + momentum))``.
             At ``temperature=0`` without constraints the trajectory is that of
             ``torch.optim.SGD(lr=lr, momentum=momentum)``.
