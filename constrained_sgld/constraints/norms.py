@@ -179,7 +179,11 @@ class Sphere(_NormSet):
         if bool(bad.any()):
             return None
         cos = theta.cos()
-        along = torch.sinc(theta * (1 / math.pi)).mul_(t)  # r sin(theta) / s, and t at s = 0
+        # r sin(theta) / s = t sin(theta) / theta, and t at s = 0. Its sine must be of the very
+        # theta the cosine had: sinc(theta / pi) rounds theta / pi and multiplies by pi again, an
+        # angle up to ulp(theta) away, which left |p'| off by ~1e-4 on the big turns the
+        # overdamped move takes at large steps (the move has no angle limit)
+        along = torch.where(theta != 0, theta.sin() / theta, 1.0).mul_(t)
         inv_n = pp.rsqrt_()
         a = torch.mul(cos, inv_n).mul_(r).addcmul_(along, k, value=-1.0)
         if not velocity:

@@ -267,3 +267,29 @@ def test_sphere_one_pass_geodesic_equals_the_explicit_route():
     normal = start * 3 + 1e-3 * torch.randn(40, 9, generator=g, dtype=torch.float64)
     assert sphere._rotation(start, normal, 0.1, DEFAULT_CONTEXT) is None
     assert sphere._rotation(start, torch.full_like(start, float("nan")), 0.1, DEFAULT_CONTEXT) is None
+
+
+@pytest.mark.parametrize("scheme", ["od", "ud"])
+@pytest.mark.parametrize(
+    "spec",
+    ["orthogonal", ("sphere", {"radius": 2.0}), ("ball", {"radius": 2.0}), ("circle", {"radius": 2.0}), "nonnegative", "box"],
+    ids=lambda s: s if isinstance(s, str) else s[0],
+)
+def test_huge_steps_stay_on_the_set_to_float32_rounding(spec, scheme):
+    """lr = 1e3 turns the sphere's geodesic by thousands of radians per step: every set must still
+    land within a few float32 ulps of itself (the sphere's one-pass map once took its sine and
+    cosine of angles an ulp apart, and left 6e-5)."""
+    cls = cs.ConstrainedSGLD if scheme == "od" else cs.ConstrainedUnderdampedSGLD
+    worst = 0.0
+    for seed in range(40):
+        gen = torch.Generator().manual_seed(seed)
+        p = torch.nn.Parameter(torch.randn(6, 4, generator=gen))
+        c = cs.make_constraint(spec)
+        with torch.no_grad():
+            p.copy_(c.project(p))
+        opt = cls([p], constraints={p: spec}, lr=1e3, temperature=1e-2, seed=seed)
+        for _ in range(3):
+            p.grad = torch.randn(6, 4, generator=gen)
+            opt.step()
+        worst = max(worst, float(opt.violations()[0]))
+    assert worst <= 16 * torch.finfo(torch.float32).eps, worst
