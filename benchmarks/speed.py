@@ -34,6 +34,10 @@ median is reported as a ratio to the row's baseline. Rows:
 11. the preconditioned step (``preconditioner="rmsprop"``) per set and scheme, adapting and
    frozen, at T = 0 and T > 0 (``TEMPERATURE``), on row 6's models, against the plain step of the same set and scheme
    (the same model, the same gradients); unconstrained too.
+12. a training iteration of ``deep-mlp``'s model (32 tanh layers of width 256, batch 128, the 30
+   square hidden-to-hidden matrices orthogonal) at T = 0, both schemes, against SGD-momentum's
+   iteration; each scheme also with the square matrices on the SHAKE route (what every
+   orthogonal matrix took before the Cayley route), and the step alone beside each iteration.
 """
 
 from __future__ import annotations
@@ -58,10 +62,10 @@ from .tasks.fmnist import SmallResNet
 
 PRESETS = {
     # smoke: CI checks that every row runs; the numbers mean little
-    "smoke": {"repeats": 3, "steps": 2, "iterations": 1, "batch": 16, "large": [(64, 64), (128, 32)], "large_steps": 1, "compiled": ["circle"], "compiled_guard": False},
+    "smoke": {"repeats": 3, "steps": 2, "iterations": 1, "batch": 16, "deep": (8, 64), "large": [(64, 64), (128, 32)], "large_steps": 1, "compiled": ["circle"], "compiled_guard": False},
     # large: row 4 again on matrices big enough that arithmetic, not per-call overhead, dominates;
     # compiled: the sets of row 9 (and, with compiled_guard, the circle with the finiteness guard too)
-    "quick": {"repeats": 15, "steps": 20, "iterations": 3, "batch": 128, "large": [(512, 512)] * 4 + [(1024, 256)] * 2, "large_steps": 3, "compiled": ["circle", "sphere", "ball", "box", "nonnegative"], "compiled_guard": True},
+    "quick": {"repeats": 15, "steps": 20, "iterations": 3, "batch": 128, "deep": (32, 256), "large": [(512, 512)] * 4 + [(1024, 256)] * 2, "large_steps": 3, "compiled": ["circle", "sphere", "ball", "box", "nonnegative"], "compiled_guard": True},
 }
 TEMPERATURE = 1e-4
 
@@ -344,6 +348,54 @@ def row_set_iterations(cfg, device) -> List[Dict]:
         base = times["SGD-momentum"]
         what = f"training iteration, {model_name}, batch {batch}, every set, T=0"
         rows += [{"row": 10, "what": what, "candidate": name, "seconds": t, "ratio": t / base, "baseline": "SGD-momentum"} for name, t in times.items()]
+    return rows
+
+
+class ShakeRouteOrthogonal(Orthogonal):
+    """The orthogonal set with every matrix on the SHAKE route (square ones included), as row 12's
+    comparison: what square matrices cost before the Cayley route."""
+
+    CAYLEY_DTYPES = ()
+
+
+def row_deep_mlp(cfg, device) -> List[Dict]:
+    """Row 12: deep-mlp's iteration (its quick model, its lrs: SGD-momentum and o-cola-ud at lr
+    0.01, momentum 0.9; o-cola-od at 0.1), T = 0, the square hidden matrices orthogonal; each
+    scheme on the Cayley route (the default) and on the SHAKE route; then each step alone."""
+    from .tasks.deep import DeepTanhMLP
+
+    depth, width = cfg["deep"]
+    batch = cfg["batch"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 784, generator=g).to(device)
+    y = torch.randint(0, 10, (batch,), generator=g).to(device)
+    torch.manual_seed(0)
+    template = DeepTanhMLP(depth, width).to(device)
+    hidden = [f"layers.{i}.weight" for i in range(1, depth - 1)]
+    for name in hidden:
+        Orthogonal().init_(dict(template.named_parameters())[name])
+    setups = {"SGD-momentum": None}
+    for route, cons in (("Cayley route", Orthogonal()), ("SHAKE route", ShakeRouteOrthogonal())):
+        setups[f"o-cola-ud (ConstrainedUnderdampedSGLD), {route}"] = (ConstrainedUnderdampedSGLD, {"lr": 0.01, "momentum": 0.9}, cons)
+        setups[f"o-cola-od (ConstrainedSGLD), {route}"] = (ConstrainedSGLD, {"lr": 0.1}, cons)
+    iterations: Dict[str, Callable[[], None]] = {}
+    steps: Dict[str, Callable[[], None]] = {}
+    for label, setup in setups.items():
+        model = _copy(template)
+        if setup is None:
+            opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, foreach=True)
+        else:
+            cls, kwargs, cons = setup
+            opt = cls(list(model.named_parameters()), constraints={n: cons for n in hidden}, seed=0, **kwargs)
+        iterations[label] = _iteration(model, opt, x, y)
+        iterations[label]()  # gradients and states exist before the steps are timed alone
+        steps[label] = opt.step
+    what = f"training iteration, deep-mlp ({depth} tanh layers of width {width}, {depth - 2} square matrices orthogonal), batch {batch}, T=0"
+    times = interleaved(iterations, cfg["repeats"], max(1, cfg["iterations"]), device)
+    rows = [{"row": 12, "what": what, "candidate": n, "seconds": t, "ratio": t / times["SGD-momentum"], "baseline": "SGD-momentum"} for n, t in times.items()]
+    times = interleaved(steps, cfg["repeats"], max(1, cfg["iterations"]), device)
+    what = f"step only, deep-mlp ({depth} x {width}), the iteration's gradients, T=0"
+    rows += [{"row": 12, "what": what, "candidate": n, "seconds": t, "ratio": t / times["SGD-momentum"], "baseline": "SGD-momentum's step"} for n, t in times.items()]
     return rows
 
 
@@ -684,6 +736,7 @@ def main(args) -> int:
         9: lambda: row_compiled(cfg, device),
         10: lambda: row_set_iterations(cfg, device),
         11: lambda: row_preconditioned(cfg, device),
+        12: lambda: row_deep_mlp(cfg, device),
     }
     chosen = sorted(every) if not getattr(args, "rows", None) else [int(r) for r in args.rows.split(",")]
     unknown = [r for r in chosen if r not in every]

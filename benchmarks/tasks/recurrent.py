@@ -180,8 +180,9 @@ class CopyMemory(RecurrentTask):
         "od_lr": 0.03,  # ud_lr / (1 - momentum): the same effective step
         "temperature": 0.0,
         "clip": None,
-        # the adaptive constrained methods (*-rms): expRNN's RMSprop settings, lr 10x smaller on the set
-        "precond_lr": 2e-4,
+        # the adaptive constrained methods (*-rms): expRNN's split (lr 10x smaller on the set); lr
+        # chosen on the validation split (docs/results/adaptive/copy-grid.md, o-cola-od-rms)
+        "precond_lr": 2e-3,
         **PRECONDITIONER_HPARAMS,
         "precond_constrained_lr_factor": 0.1,
     }
@@ -260,7 +261,7 @@ class PixelFashion(RecurrentTask, ClassificationTask):
     hparams = dict(
         CopyMemory.hparams,
         rmsprop_lr=1e-3,  # expRNN's psMNIST setting for the non-orthogonal parameters
-        precond_lr=1e-3,  # as rmsprop_lr
+        precond_lr=5e-3,  # chosen on the validation split (docs/results/adaptive/pixel-fmnist-grid.md)
         permutation_seed=1234,  # the one fixed pixel order
     )
 

@@ -18,6 +18,18 @@ On the unit-scale tall matrix ``X = W / s``:
   converged after ``max_iter`` iterations (very large steps). In a sync-free step
   (:class:`~constrained_sgld.constraints.base.StepContext`) it runs a fixed, dtype-aware number of
   iterations instead and rejects the move of a matrix that has not converged (no host read).
+- square matrices (the orthogonal group, ``n = k``) move by the Cayley map in the body frame instead:
+  a tangent vector at ``X`` is ``X A`` with ``A`` skew, ``A = skew(X^T V)``, and the drift is
+  ``X <- X cay(t A)``, ``cay(S) = (I - S/2)^-1 (I + S/2) = 2 (I - S/2)^-1 - I``, with ``A`` (the
+  body-frame velocity) unchanged. One linear solve and no SHAKE iterations: on square matrices
+  SHAKE's k x k products are full n x n products, a dozen per drift. ``cay`` is exactly
+  orthogonal, and the flow is reversible (``cay(-S) = cay(S)^-1``) and preserves the measure
+  ``dX dA`` (right multiplication by a fixed rotation preserves Haar measure), so the splitting's
+  stationary-law argument is unchanged; ``cay(tA)`` differs from the geodesic ``exp(tA)`` by
+  ``O(t^3)``, which changes the discrete chain as the circle's Cayley angle does. Rounding in the
+  solve accumulates from step to step (about ``1e-6 sqrt(steps)`` in float32), so a matrix whose
+  orthogonality, measured by a fixed probe vector, has drifted past a tenth of the tolerance gets
+  one Newton-Schulz step ``X (3 I - X^T X) / 2`` (in a sync-free step: every time, no host read).
 """
 
 from __future__ import annotations
@@ -131,6 +143,54 @@ def _shake(x: Tensor, y: Tensor, max_iter: int, ctx: StepContext) -> Tensor:
     return new
 
 
+def _skew(a: Tensor) -> Tensor:
+    return 0.5 * (a - a.transpose(-2, -1))
+
+
+def cayley_drift(x: Tensor, a: Tensor, t: float) -> Tensor:
+    """``x cay(t a)`` for (batches of) square orthogonal ``x`` and skew ``a``: with
+    ``cay(S) = 2 (I - S/2)^-1 - I``, ``x (I - S/2)^-1`` is the solution ``Y`` of
+    ``(I + S/2) Y^T = x^T`` (``(I - S/2)^T = I + S/2`` for skew ``S``): one solve, no product.
+    ``I + S/2`` is invertible for every real skew ``S`` (its eigenvalues are ``1 + i lambda``)."""
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    y_t = torch.linalg.solve(torch.add(eye, a, alpha=0.5 * t), x.transpose(-2, -1))
+    return y_t.transpose(-2, -1).mul_(2.0).sub_(x)
+
+
+def _cayley_pair(x: Tensor, b: Tensor, u: float, c: float) -> Tensor:
+    """``x cay(u b) cay(u c b)``, the two drifts of ``A O A`` without noise, with one solve: the
+    two factors commute, so their product is ``P^-1 P^T`` with ``P = (I - u b / 2)(I - u c b / 2)
+    = I - a b + e b^2`` (``a = u (1 + c) / 2``, ``e = u^2 c / 4``; ``P^T = I + a b + e b^2`` for
+    skew ``b``), and ``x P^-1`` solves ``P^T Y^T = x^T``. One product for ``b^2`` and one for
+    ``Y P^T`` replace the second solve."""
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+    a, e = 0.5 * u * (1.0 + c), 0.25 * u * u * c
+    p_t = torch.add(eye, b, alpha=a).add_(b @ b, alpha=e)
+    y = torch.linalg.solve(p_t, x.transpose(-2, -1)).transpose(-2, -1)
+    return y @ p_t
+
+
+def _probe(n: int, like: Tensor) -> Tensor:
+    """A fixed unit vector with no special direction (a deterministic function of ``n``), so
+    that the orthogonality check is reproducible and a resumed run corrects when the original did."""
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    v = torch.cos(i * 2.399963229728653) + 0.5 * torch.sin(i * 0.7548776662466927)  # golden-angle phases
+    return (v / v.norm()).to(dtype=like.dtype, device=like.device)
+
+
+def reorthonormalise(x: Tensor, ctx: StepContext) -> Tensor:
+    """``x`` with the rounding the Cayley drifts accumulated taken out: one Newton-Schulz step
+    ``x (3 I - x^T x) / 2`` (the error ``E = x^T x - I`` goes to ``O(E^2)``) for the matrices whose
+    ``|x^T x z - z|``, with the fixed probe ``z``, exceeds a tenth of the set's tolerance. Two
+    matrix-vector products and one host read decide it; sync-free, every matrix is corrected."""
+    if not ctx.sync_free:
+        z = _probe(x.shape[-1], x).unsqueeze(-1)
+        drift = ((x.transpose(-2, -1) @ (x @ z)) - z).abs().amax()
+        if not bool(drift > 0.1 * shake_tolerance(x.dtype)):
+            return x
+    return torch.matmul(x, x.transpose(-2, -1) @ x).mul_(-0.5).add_(x, alpha=1.5)
+
+
 @register_constraint("orthogonal")
 class Orthogonal(Constraint):
     """``W^T W = scale^2 I`` (tall) or ``W W^T = scale^2 I`` (wide), per matrix.
@@ -218,10 +278,7 @@ class Orthogonal(Constraint):
     couples = "matrix"
 
     def retract_(self, p: Tensor, step: Tensor, state: Dict[str, Tensor]) -> None:
-        s = self.scale
-        x = self._matrix(p) / s
-        y = x + self._matrix(step) / s
-        p.copy_(self._unmatrix(_shake(x, y, self.max_iter, DEFAULT_CONTEXT) * s, p))
+        self.retract_many_([p], [step], [state])
 
     def drift_(self, p: Tensor, velocity: Tensor, t: float, state: Dict[str, Tensor]) -> Tensor:
         return self.drift_many_([p], [velocity], t, [state])[0]
@@ -276,7 +333,7 @@ class Orthogonal(Constraint):
                     if piece.data_ptr() != targets[i].data_ptr():  # a lone matrix's "stack" is a view
                         targets[i].copy_(piece)
 
-        inner = Orthogonal(scale=self.scale, batch_dims=self.batch_dims + 1, max_iter=self.max_iter)
+        inner = type(self)(scale=self.scale, batch_dims=self.batch_dims + 1, max_iter=self.max_iter)  # a subclass keeps its overrides
         return Packing(inner, pack, unpack_)
 
     def _unit(self, m: Tensor) -> Tensor:
@@ -298,10 +355,26 @@ class Orthogonal(Constraint):
     def tangent_noise_many(self, params, xis, std, states):
         return self._tangent_many(params, xis, std)
 
+    #: dtypes the Cayley route runs in (torch.linalg.solve has no half-precision CPU kernel)
+    CAYLEY_DTYPES = (torch.float32, torch.float64)
+
+    def _cayley(self, x: Tensor) -> bool:
+        """The route of a stacked bucket: the Cayley map for square matrices, SHAKE otherwise
+        (tall matrices: there SHAKE's products are k x k, cheaper than an n x n solve)."""
+        return x.shape[-1] == x.shape[-2] and x.dtype in self.CAYLEY_DTYPES
+
     def retract_many_(self, params, steps, states, ctx=DEFAULT_CONTEXT):
         s = self.scale
         for idx, rows in self._buckets(params):
             x = self._unit(self._stack(params, idx, rows))
+            if self._cayley(x):
+                # the step's tangent part is x skew(x^T step); its normal part drops out
+                body = _skew(x.transpose(-2, -1) @ self._stack(steps, idx, rows))
+                new = reorthonormalise(cayley_drift(x, body, 1 / s), ctx)
+                new = new if s == 1 else new * s
+                for j, i in enumerate(idx):
+                    params[i].copy_(self._unstack(new, j, params[i]))
+                continue
             y = torch.add(x, self._stack(steps, idx, rows), alpha=1 / s)
             new = _shake(x, y, self.max_iter, ctx)
             new = new if s == 1 else new * s
@@ -315,11 +388,17 @@ class Orthogonal(Constraint):
         out: List[Optional[Tensor]] = [None] * len(params)
         for idx, rows in self._buckets(params):
             x = self._unit(self._stack(params, idx, rows))
-            y = torch.add(x, self._stack(velocities, idx, rows), alpha=t / s)
-            new = _shake(x, y, self.max_iter, ctx)
-            v = torch.sub(new, x).mul_(s / t)
-            if project_velocity:
-                v = self._tangent_unit(new, v)
+            if self._cayley(x):
+                # body frame: the velocity x b (b skew) moves x to x cay(t b / s) and stays x' b
+                body = _skew(x.transpose(-2, -1) @ self._stack(velocities, idx, rows))
+                new = reorthonormalise(cayley_drift(x, body, t / s), ctx)
+                v = new @ body
+            else:
+                y = torch.add(x, self._stack(velocities, idx, rows), alpha=t / s)
+                new = _shake(x, y, self.max_iter, ctx)
+                v = torch.sub(new, x).mul_(s / t)
+                if project_velocity:
+                    v = self._tangent_unit(new, v)
             new = new if s == 1 else new * s
             for j, i in enumerate(idx):
                 params[i].copy_(self._unstack(new, j, params[i]))
@@ -343,8 +422,42 @@ class Orthogonal(Constraint):
         step's noise therefore need no projection; the second drift's RATTLE projects the result."""
         if t <= 0:
             return super().drift_ou_drift_(params, momenta, t, c, noise, std, states, ctx)
+        buckets = self._buckets(params)
+        square = [(idx, rows) for idx, rows in buckets if rows == self._matrix(params[idx[0]]).shape[-1] and params[idx[0]].dtype in self.CAYLEY_DTYPES]
+        for idx, rows in square:
+            self._cayley_drift_ou_drift_(params, momenta, t, c, noise, std, idx, rows, ctx)
+        if len(square) == len(buckets):
+            return
+        rest = sorted(i for idx, rows in buckets if (idx, rows) not in square for i in idx)
+        pick = lambda xs: [xs[i] for i in rest]  # noqa: E731
+        params, momenta, states = pick(params), pick(momenta), pick(states)
+        noise = None if noise is None else pick(noise)
         v = self.drift_many_(params, momenta, t, states, ctx, project_velocity=False)
         torch._foreach_mul_(v, c)
         if noise is not None:
             torch._foreach_add_(v, noise, alpha=std)
         torch._foreach_copy_(momenta, self.drift_many_(params, v, t, states, ctx))
+
+    def _cayley_drift_ou_drift_(self, params, momenta, t, c, noise, std, idx, rows, ctx) -> None:
+        """``A(t) O A(t)`` of one square bucket in the body frame: ``b = skew(x^T p)``, then
+        ``x <- x cay(t b / s)``, ``b <- c b + std skew(x^T xi)``, ``x <- x cay(t b / s)``, ``p = x b``:
+        two solves, and three products where the composition of the two drifts and the O step
+        takes five (the velocity ``x b`` between them is never formed). Without noise the two drifts
+        are one map (:func:`_cayley_pair`: one solve, two products)."""
+        s = self.scale
+        x = self._unit(self._stack(params, idx, rows))
+        body = _skew(x.transpose(-2, -1) @ self._stack(momenta, idx, rows))
+        if noise is None:
+            x = reorthonormalise(_cayley_pair(x, body, t / s, c), ctx)
+        else:
+            x = cayley_drift(x, body, t / s)
+            body.mul_(c)
+            body.add_(_skew(x.transpose(-2, -1) @ self._stack(noise, idx, rows)), alpha=std)
+            x = reorthonormalise(cayley_drift(x, body, t / s), ctx)
+        if noise is None:
+            body.mul_(c)
+        v = x @ body
+        x = x if s == 1 else x * s
+        for j, i in enumerate(idx):
+            params[i].copy_(self._unstack(x, j, params[i]))
+            momenta[i].copy_(self._unstack(v, j, params[i]))

@@ -293,3 +293,23 @@ def test_huge_steps_stay_on_the_set_to_float32_rounding(spec, scheme):
             opt.step()
         worst = max(worst, float(opt.violations()[0]))
     assert worst <= 16 * torch.finfo(torch.float32).eps, worst
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_square_orthogonal_drift_ou_drift_equals_its_composition(scale):
+    """Square matrices take the Cayley route; its fused A O A (one solve without noise, the
+    body-frame O step with noise) is the composition drift, O, drift of the same set."""
+    c = cs.Orthogonal(scale=scale)
+    gen = torch.Generator().manual_seed(0)
+    x0 = [c.init_(torch.empty(5, 5, dtype=torch.float64)), c.init_(torch.empty(5, 5, dtype=torch.float64))]
+    p0 = [c.tangent_project(x, torch.randn(5, 5, generator=gen, dtype=torch.float64)) for x in x0]
+    for noise in (None, [torch.randn(5, 5, generator=gen, dtype=torch.float64) for _ in x0]):
+        fused_x, fused_p = [x.clone() for x in x0], [p.clone() for p in p0]
+        c.drift_ou_drift_(fused_x, fused_p, 0.3, 0.7, noise, 0.2, [{}, {}])
+        xs, ps = [x.clone() for x in x0], [p.clone() for p in p0]
+        ps = c.drift_many_(xs, ps, 0.3, [{}, {}])
+        c.ou_(xs, ps, 0.7, noise, 0.2, [{}, {}])
+        ps = c.drift_many_(xs, ps, 0.3, [{}, {}])
+        for a, b in zip(fused_x + fused_p, xs + ps):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+        assert max(float(c.violation(x)) for x in fused_x) < 1e-12

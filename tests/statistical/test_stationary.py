@@ -154,6 +154,20 @@ def test_special_orthogonal_3_haar(scheme):
 
 
 @schemes
+def test_special_orthogonal_2_von_mises(scheme):
+    # U(Q) = -kappa tr Q on SO(2): with Q the rotation by theta, tr Q = 2 cos theta and the Haar
+    # measure is uniform in theta, so theta ~ von Mises(2 kappa / T): E[tr Q] / 2 = I1(2k) / I0(2k).
+    # Square matrices take the Cayley route (orthogonal.py), and this case gives it a force.
+    kappa, lr = 1.0, 0.01
+    x0 = torch.eye(2).expand(2000, 2, 2)
+    grad = lambda q: (-kappa * torch.eye(2, dtype=q.dtype)).expand_as(q).clone()  # noqa: E731
+    stat = lambda q: q.diagonal(dim1=1, dim2=2).sum(-1) / 2  # noqa: E731
+    (s,), _ = run_chains(scheme, x0, ("orthogonal", {"batch_dims": 1}), grad, [stat], lr=lr, steps=1500, burn=300)
+    k2 = torch.tensor(2 * kappa, dtype=torch.float64)
+    check(s, (torch.special.i1(k2) / torch.special.i0(k2)).item(), allowance=lr, label="E[cos theta]")
+
+
+@schemes
 @pytest.mark.parametrize("shape", [(5, 2), (2, 5)], ids=["tall", "wide"])
 def test_stiefel_uniform(scheme, shape):
     x0 = torch.zeros(1000, *shape)
