@@ -212,9 +212,6 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
         noise = None
         if group["temperature"] > 0:
             noise = self._standard_normal_like(pieces, [distributed.shard_rank(p) for p in params])
-            if self._track_noise:  # for diagnostics(): a tensor nobody reads unless asked
-                group_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(noise)).float())
-                self._noise_norms[id(group)] = group_norm * self._noise_scale(group)
         else:
             self._noise_norms.pop(id(group), None)  # diagnostics() reports 0 at temperature 0
         weight_decay, mass = group["weight_decay"], None
@@ -223,6 +220,10 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
             # the scheme gets forces (g + wd x) / M and noise / sqrt(M); weight decay is folded in
             grads, noise = precondition(spec, constraint, pieces, grads, noise, states, weight_decay)
             weight_decay, mass = 0.0, [s["mass"] for s in states]
+        if noise is not None and self._track_noise:  # for diagnostics(): a tensor nobody reads unless asked
+            # after the preconditioner's M^-1/2: the noise the step adds
+            group_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(noise)).float())
+            self._noise_norms[id(group)] = group_norm * self._noise_scale(group)
         packing = self._packing(constraint, pieces)
         if packing is None:
             self._update_group(group, constraint, pieces, grads, states, noise, ctx, weight_decay=weight_decay, mass=mass)

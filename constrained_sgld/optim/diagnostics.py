@@ -37,8 +37,8 @@ class DiagnosticsMixin:
 
         - ``violation``: the largest constraint violation (as :meth:`violations`);
         - ``grad_norm``: the norm of the group's current gradients;
-        - ``noise_norm``: the norm of the Gaussian noise the last step drew for the group, times its
-          scale per entry (0 at temperature 0). Recording it costs one pass over the noise, so it is
+        - ``noise_norm``: the norm of the Gaussian noise the last step added for the group, times its
+          scale per entry (with a ``preconditioner``: after its ``M^-1/2`` scaling; 0 at temperature 0). Recording it costs one pass over the noise, so it is
           recorded only once ``diagnostics()`` has been called: call it once before training to have
           it from the first step; until then it is NaN;
         - ``kinetic_temperature`` (underdamped only): the temperature the momenta show,

@@ -84,3 +84,20 @@ def test_tangent_dims():
     assert Sphere().tangent_dim(torch.zeros(4, 6)) == 24 - 4
     assert Sphere(dim=None).tangent_dim(torch.zeros(4, 6)) == 23
     assert Circle().tangent_dim(torch.zeros(4, 6)) == 24
+
+
+def test_noise_norm_is_the_noise_added_after_the_preconditioner(optimizer_cls):
+    """With a frozen mass M (here 4 on every entry) the step adds noise / sqrt(M): the diagnostic
+    reports that, half the unit-mass norm, not the draw before the scaling."""
+    torch.manual_seed(0)
+    n, lr, temperature, momentum = 20000, 0.01, 0.3, 0.9
+    x = torch.nn.Parameter(torch.zeros(n, dtype=torch.float64))
+    kwargs = {"momentum": momentum} if optimizer_cls in WITH_MOMENTUM else {}
+    opt = optimizer_cls([x], lr=lr, temperature=temperature, seed=1, preconditioner={"adapt_steps": 0}, **kwargs)
+    x.grad = torch.zeros_like(x)
+    opt.step()
+    opt.state[x]["mass"].fill_(4.0)
+    opt.diagnostics()
+    opt.step()
+    scale = math.sqrt(temperature * (1 - momentum**2)) if kwargs else math.sqrt(2 * lr * temperature)
+    assert abs(opt.diagnostics()[0]["noise_norm"].item() / scale - math.sqrt(n) / 2) < Z / math.sqrt(2) / 2
