@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .. import data
-from .base import ClassificationTask, Task
+from .base import PRECONDITIONER_HPARAMS, ClassificationTask, Task
 
 TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 
@@ -240,7 +240,7 @@ class ShakespeareRNN(ShakespeareCharLM):
     name = "shakespeare-rnn"
     description = "Shakespeare's plays, character level, held-out plays; vanilla tanh RNN (256) with an orthogonal recurrent matrix, against an LSTM of matched size"
     variants = ("lstm",)
-    default_methods = ("sgd-momentum", "rmsprop", "adam", "lstm-rmsprop", "geotorch-orthogonal", "o-cola-ud")
+    default_methods = ("sgd-momentum", "rmsprop", "adam", "lstm-rmsprop", "geotorch-orthogonal", "o-cola-ud", "o-cola-od-rms")
     presets = {
         "smoke": {"steps_per_epoch": 20, "epochs": 1, "batch_size": 32, "seq_len": 150, "hidden": 64, "eval_chars": 20000, "eval_every": 1},
         "quick": {"steps_per_epoch": 100, "epochs": 4, "batch_size": 32, "seq_len": 150, "hidden": 256, "eval_chars": 50000, "eval_every": 1},
@@ -253,6 +253,8 @@ class ShakespeareRNN(ShakespeareCharLM):
         geotorch_optimizer="rmsprop",
         orthogonal_lr_factor=0.1,  # expRNN: the orthogonal parameters' lr 10x smaller
         temperature=0.0,
+        **{**PRECONDITIONER_HPARAMS, "precond_constrained_lr_factor": 0.1},  # expRNN's split, as orthogonal_lr_factor
+        precond_lr=1e-3,  # *-rms: as rmsprop_lr (not tuned)
     )
 
     def build_model(self, variant: Optional[str] = None) -> nn.Module:
