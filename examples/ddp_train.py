@@ -89,6 +89,10 @@ def main():
     worst = max(v.item() for v in optim.violations())
     if rank == 0:
         print(f"ranks identical: {identical}; largest constraint violation: {worst:.1e}")
+    # tear down in order: DDP's reducer holds the process group, and a rank that destroys the group
+    # while another still uses it can abort at exit ("terminate called without an active exception")
+    del ddp
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -28,10 +28,18 @@ def test_parallel_chains_pools_samples_that_stay_on_the_sphere():
 
 def test_ddp_example_keeps_replicas_identical_and_resumes_to_the_same_end(tmp_path):
     checkpoint = tmp_path / "ckpt.pt"
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "examples/ddp_train.py", "--steps", "20"]
-    straight = subprocess.run(launch, cwd=ROOT, capture_output=True, text=True, check=True, timeout=300).stdout
-    first = subprocess.run(launch + ["--checkpoint", str(checkpoint)], cwd=ROOT, capture_output=True, text=True, check=True, timeout=300).stdout
-    resumed = subprocess.run(launch + ["--checkpoint", str(checkpoint)], cwd=ROOT, capture_output=True, text=True, check=True, timeout=300).stdout
+    # --standalone: a free port per launch (back-to-back launches on the default port can find it
+    # still taken by the previous one)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "examples/ddp_train.py", "--steps", "20"]
+
+    def run(extra):
+        proc = subprocess.run(launch + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        return proc.stdout
+
+    straight = run([])
+    first = run(["--checkpoint", str(checkpoint)])
+    resumed = run(["--checkpoint", str(checkpoint)])
     assert "saved" in first and "saved" not in resumed
     for out in (straight, first, resumed):
         assert "ranks identical: True" in out
