@@ -9,19 +9,19 @@
 set -euo pipefail
 mode=$1; task=$2; shift 2
 methods=${METHODS:-rmsprop,geotorch-orthogonal,o-cola-od-rms}
+# the hyper-parameters the grid's lr sets (LR_KEYS="precond_lr adam_lr" on a task without rmsprop_lr)
+lr_sets() { for key in ${LR_KEYS:-rmsprop_lr precond_lr adam_lr}; do printf -- "--set %s=%s " "$key" "$1"; done; }
 case "$mode" in
   grid)
     for lr in "$@"; do
       python -m benchmarks run --task "$task" --preset quick --seeds 1 --threads 1 --no-progress \
-        --methods "$methods" --set rmsprop_lr="$lr" --set precond_lr="$lr" --set adam_lr="$lr" \
-        --out "runs/adaptive/$task-grid-$lr"
+        --methods "$methods" $(lr_sets "$lr") --out "runs/adaptive/$task-grid-$lr"
     done ;;
   seeds)
     for pair in "$@"; do
       method=${pair%%=*}; lr=${pair#*=}
       python -m benchmarks run --task "$task" --preset quick --seeds 2 --first-seed 1 --threads 1 --no-progress \
-        --methods "$method" --set rmsprop_lr="$lr" --set precond_lr="$lr" --set adam_lr="$lr" \
-        --out "runs/adaptive/$task-seeds-$method"
+        --methods "$method" $(lr_sets "$lr") --out "runs/adaptive/$task-seeds-$method"
     done ;;
   collect)
     for pair in "$@"; do
