@@ -359,16 +359,19 @@ class Orthogonal(Constraint):
     #: dtypes the Cayley route runs in (torch.linalg.solve has no half-precision CPU kernel)
     CAYLEY_DTYPES = (torch.float32, torch.float64)
 
-    def _cayley(self, x: Tensor) -> bool:
-        """The route of a stacked bucket: the Cayley map for square matrices, SHAKE otherwise
-        (tall matrices: there SHAKE's products are k x k, cheaper than an n x n solve)."""
-        return x.shape[-1] == x.shape[-2] and x.dtype in self.CAYLEY_DTYPES
+    def _cayley(self, tensors: List[Tensor], idx: List[int], rows: int) -> bool:
+        """The route of a bucket (its padded row count ``rows``): the Cayley map for square
+        matrices, SHAKE otherwise (tall matrices: there SHAKE's products are k x k, cheaper than an
+        n x n solve). Rows are padded up to the bucket's largest, so ``rows == k`` means every
+        matrix in it is square."""
+        first = tensors[idx[0]]
+        return rows == self._matrix(first).shape[-1] and first.dtype in self.CAYLEY_DTYPES
 
     def retract_many_(self, params, steps, states, ctx=DEFAULT_CONTEXT):
         s = self.scale
         for idx, rows in self._buckets(params):
             x = self._unit(self._stack(params, idx, rows))
-            if self._cayley(x):
+            if self._cayley(params, idx, rows):
                 # the step's tangent part is x skew(x^T step); its normal part drops out
                 body = _skew(x.transpose(-2, -1) @ self._stack(steps, idx, rows))
                 new = reorthonormalise(cayley_drift(x, body, 1 / s), ctx)
@@ -389,7 +392,7 @@ class Orthogonal(Constraint):
         out: List[Optional[Tensor]] = [None] * len(params)
         for idx, rows in self._buckets(params):
             x = self._unit(self._stack(params, idx, rows))
-            if self._cayley(x):
+            if self._cayley(params, idx, rows):
                 # body frame: the velocity x b (b skew) moves x to x cay(t b / s) and stays x' b
                 body = _skew(x.transpose(-2, -1) @ self._stack(velocities, idx, rows))
                 new = reorthonormalise(cayley_drift(x, body, t / s), ctx)
@@ -423,13 +426,15 @@ class Orthogonal(Constraint):
         step's noise therefore need no projection; the second drift's RATTLE projects the result."""
         if t <= 0:
             return super().drift_ou_drift_(params, momenta, t, c, noise, std, states, ctx)
-        buckets = self._buckets(params)
-        square = [(idx, rows) for idx, rows in buckets if rows == self._matrix(params[idx[0]]).shape[-1] and params[idx[0]].dtype in self.CAYLEY_DTYPES]
-        for idx, rows in square:
-            self._cayley_drift_ou_drift_(params, momenta, t, c, noise, std, idx, rows, ctx)
-        if len(square) == len(buckets):
+        rest: List[int] = []
+        for idx, rows in self._buckets(params):
+            if self._cayley(params, idx, rows):
+                self._cayley_drift_ou_drift_(params, momenta, t, c, noise, std, idx, rows, ctx)
+            else:
+                rest += idx
+        if not rest:
             return
-        rest = sorted(i for idx, rows in buckets if (idx, rows) not in square for i in idx)
+        rest.sort()
         pick = lambda xs: [xs[i] for i in rest]  # noqa: E731
         params, momenta, states = pick(params), pick(momenta), pick(states)
         noise = None if noise is None else pick(noise)
@@ -450,13 +455,12 @@ class Orthogonal(Constraint):
         body = _skew(x.transpose(-2, -1) @ self._stack(momenta, idx, rows))
         if noise is None:
             x = reorthonormalise(_cayley_pair(x, body, t / s, c), ctx)
+            body.mul_(c)
         else:
             x = cayley_drift(x, body, t / s)
             body.mul_(c)
             body.add_(_skew(x.transpose(-2, -1) @ self._stack(noise, idx, rows)), alpha=std)
             x = reorthonormalise(cayley_drift(x, body, t / s), ctx)
-        if noise is None:
-            body.mul_(c)
         v = x @ body
         x = x if s == 1 else x * s
         for j, i in enumerate(idx):
