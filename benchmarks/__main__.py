@@ -106,9 +106,10 @@ def cmd_run(args) -> int:
         check_no_results_lost(task, out)
     try:
         for task, chosen in plans:
-            run_task(task, chosen, seeds, out, progress=not args.no_progress, command=command, tensorboard=tensorboard)
+            run_task(task, chosen, seeds, out, progress=not args.no_progress, command=command, tensorboard=tensorboard, resume=args.resume)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: finished runs are saved in {out}/<task>/results.json; "
+        print(f"\ninterrupted: finished runs are saved in {out}/<task>/results.json, the interrupted one's last "
+              f"checkpoint in {out}/<task>/checkpoints/; the same command with --resume continues it; "
               f"`python -m benchmarks report --out {out}` rebuilds the tables", file=sys.stderr)
         return 130
     except (DataUnavailable, DataCorrupted) as e:
@@ -162,6 +163,11 @@ def main(argv=None) -> int:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset setting or hyper-parameter (repeatable)")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--resume", action="store_true",
+        help="continue interrupted runs from their checkpoints (written at every evaluation) and skip runs already in results.json; "
+        "the resumed results equal an uninterrupted run's",
+    )
     run.add_argument(
         "--tensorboard", metavar="DIR", default=None,
         help="also write each epoch's metrics and optimiser diagnostics for TensorBoard to DIR/<task>/<method>/seed<n> (needs tensorboard)",

@@ -272,6 +272,47 @@ def plot_curves(results: Dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+STEP_LOSS_WINDOW = 25  # steps per point of the per-step curve (its mean): the raw steps are noise
+
+
+def plot_step_losses(results: Dict[str, Any], path: Path) -> bool:
+    """Training loss against the training step (the mean over ``STEP_LOSS_WINDOW`` steps, and over
+    seeds), with the task's memoryless baseline where it has one: the curve the copy task's papers
+    show. Only for tasks that record ``step_loss``; returns whether it drew."""
+    by_method: Dict[str, List[List[float]]] = {}
+    for run in results["runs"]:
+        steps = [x for row in run["epochs"] for x in row.get("step_loss", [])]
+        if steps:
+            by_method.setdefault(run["method"], []).append(steps)
+    if not by_method:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    styles = _styles(list(by_method))
+    for m in _order(by_method):
+        n = min(len(s) for s in by_method[m])  # a diverged seed ends early: the common part
+        w = max(1, min(STEP_LOSS_WINDOW, n // 10))  # short runs: at least 10 points
+        means = [statistics.mean(statistics.mean(s[i : i + w]) for s in by_method[m]) for i in range(0, n - w + 1, w)]
+        ax.plot([i + w for i in range(0, n - w + 1, w)], means, label=m, lw=1.2, **styles[m])
+    if "baseline" in results:
+        ax.axhline(results["baseline"], color="k", ls=":", lw=1, label="memoryless baseline")
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"training loss (mean of up to {STEP_LOSS_WINDOW} steps)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    n_seeds = len({r["seed"] for r in results["runs"]})
+    ax.set_title(f"{results['task']} ({results['preset']}, T = {results['settings'].get('T', '?')}, " + (f"mean over {n_seeds} seeds)" if n_seeds > 1 else "one seed)"))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot_gradient_profiles(results: Dict[str, Any], path: Path) -> bool:
     """Gradient norms through time or depth (``gradient_profile`` of the runs), at the start and at
     the end of training: one line per method (geometric mean over seeds), log scale. Vanishing
@@ -389,6 +430,7 @@ def write_task_report(results: Dict[str, Any], folder: Path) -> None:
     if results["task"] == "two-spirals":
         plot_boundaries(results, folder / "boundaries.png")
     plot_gradient_profiles(results, folder / "gradients.png")
+    plot_step_losses(results, folder / "steps.png")
 
 
 def rebuild(out: Path) -> List[Path]:

@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
+from .checkpoint import checkpoint_path, load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from .methods import METHODS, Method, largest_violation, wall_fraction
 from .tasks import TASKS, Task
 
@@ -42,10 +43,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_one(task: Task, method: Method, seed: int, progress: bool = True, tensorboard: Optional[Path] = None) -> Dict[str, Any]:
+def train_one(
+    task: Task,
+    method: Method,
+    seed: int,
+    progress: bool = True,
+    tensorboard: Optional[Path] = None,
+    checkpoint: Optional[Path] = None,
+    resume: bool = False,
+) -> Dict[str, Any]:
     """One training run; returns its record (per-epoch metrics, hyper-parameters, status).
     With ``tensorboard``, every epoch's metrics and optimiser diagnostics are also written there,
-    one run per ``<task>/<method>/seed<seed>`` folder."""
+    one run per ``<task>/<method>/seed<seed>`` folder. With ``checkpoint``, the run's state is saved
+    there at every evaluation (:mod:`benchmarks.checkpoint`); with ``resume`` as well, a run that
+    has a checkpoint there continues from it (the record counts the resumptions in ``resumed``)."""
     device = task.device
     torch.manual_seed(seed)
     model = (task.build_model(method.variant) if method.variant else task.build_model()).to(device)
@@ -66,15 +77,33 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True, tens
         diagnostics()  # switch on the noise-norm record from the first step
     collector = _posterior_collector(task, model, optimizer, steps)
     trace = _chain_trace(task, model, collector)
-    bar = _progress(task, method, seed, progress)
+    first_epoch = 1
+    saved = load_checkpoint(checkpoint, _configuration(task), method.name, seed) if checkpoint is not None and resume else None
+    if saved is not None:
+        # after building everything as a fresh run does: the same objects, then their saved states
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        order.set_state(saved["order"])
+        if collector is not None:
+            collector.load_state_dict(saved["collector"])
+        if trace is not None:
+            trace.load_state_dict(saved["trace"])
+        record, worst, profile_start = saved["record"], saved["worst"], saved["profile_start"]
+        record["resumed"] = record.get("resumed", 0) + 1
+        restore_rng_states(saved["rng"], device)
+        first_epoch = saved["epoch"] + 1
+    bar = _progress(task, method, seed, progress, done=first_epoch - 1)
     writer = tensorboard_writer(tensorboard / task.name / method.name / f"seed{seed}") if tensorboard else None
     try:
-        for epoch in range(1, task.epochs + 1):
+        for epoch in range(first_epoch, task.epochs + 1):
             _sync(device)
             start = time.perf_counter()
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             correct, seen = torch.zeros((), dtype=torch.float64, device=device), 0
             tracing = 0.0  # seconds spent evaluating the chain trace: not training, so not in "seconds"
+            step_losses = [] if task.record_step_loss else None
             for inputs, targets in task.batches(order):
                 optimizer.zero_grad(set_to_none=True)
                 loss, right = task.loss(model, inputs, targets)
@@ -89,6 +118,8 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True, tens
                     trace.record(test_loglik=task.test_log_likelihood(model))  # a host read: synchronised
                     tracing += time.perf_counter() - traced
                 loss_sum += loss.detach().double() * len(targets)
+                if step_losses is not None:
+                    step_losses.append(loss.detach())
                 correct += right
                 seen += len(targets)
             _sync(device)
@@ -96,6 +127,8 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True, tens
             row = {"epoch": epoch, "seconds": seconds, "train_loss": loss_sum.item() / seen}
             if tracing:
                 row["trace_seconds"] = tracing
+            if step_losses:
+                row["step_loss"] = torch.stack(step_losses).double().tolist()  # one host read per epoch
             if task.metric == "accuracy":
                 row["train_accuracy"] = correct.item() / seen
             if not math.isfinite(row["train_loss"]):
@@ -113,6 +146,16 @@ def train_one(task: Task, method: Method, seed: int, progress: bool = True, tens
             record["epochs"].append(row)
             if writer is not None:
                 log_epoch(writer, row)
+            if checkpoint is not None and (epoch % task.eval_every == 0 or epoch == task.epochs):
+                save_checkpoint(checkpoint, {
+                    "configuration": _configuration(task), "method": method.name, "seed": seed, "epoch": epoch,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": None if scheduler is None else scheduler.state_dict(),
+                    "order": order.get_state(), "rng": rng_states(device),
+                    "collector": None if collector is None else collector.state_dict(),
+                    "trace": None if trace is None else trace.state_dict(),
+                    "record": record, "worst": worst, "profile_start": profile_start,
+                })
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith("test_") or k == "train_loss"})
@@ -193,14 +236,14 @@ def _chain_trace(task: Task, model, collector):
     return ChainTrace(model, projections=4)
 
 
-def _progress(task: Task, method: Method, seed: int, enabled: bool):
+def _progress(task: Task, method: Method, seed: int, enabled: bool, done: int = 0):
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return None
-    return tqdm(total=task.epochs, desc=f"{task.name} {method.name} seed {seed}", unit="epoch", leave=False, file=sys.stderr)
+    return tqdm(total=task.epochs, initial=done, desc=f"{task.name} {method.name} seed {seed}", unit="epoch", leave=False, file=sys.stderr)
 
 
 def load_results(path: Path) -> Optional[Dict[str, Any]]:
@@ -276,10 +319,13 @@ def run_task(
     progress: bool = True,
     command: str = "",
     tensorboard: Optional[Path] = None,
+    resume: bool = False,
 ) -> Dict[str, Any]:
     """Run ``chosen`` methods for every seed (see :func:`plan_task`); results merge into
     ``out/<task>/results.json`` (the same configuration: :func:`check_no_results_lost`), so seeds
-    and methods can be added."""
+    and methods can be added. Every run keeps a checkpoint in ``out/<task>/checkpoints/`` until its
+    record is saved; with ``resume``, an interrupted run continues from its checkpoint and a run
+    already in ``results.json`` is not run again."""
     from .report import write_task_report
 
     task_name = task.name
@@ -295,9 +341,19 @@ def run_task(
         print(f"[{task_name}] memoryless baseline: cross-entropy {task.baseline:.4f} per step", flush=True)
     for seed in seeds:
         for method in chosen:
-            record = train_one(task, method, seed, progress, tensorboard)
+            checkpoint = checkpoint_path(folder, method.name, seed)
+            finished = any((r["method"], r["seed"]) == (method.name, seed) for r in results["runs"])
+            if resume and finished and not checkpoint.is_file():
+                print(f"[{task_name}] {method.name:20s} seed {seed}: already in results.json, not run again (--resume)", flush=True)
+                continue
+            if not resume and checkpoint.is_file():
+                print(f"[{task_name}] {method.name:20s} seed {seed}: starting afresh; the checkpoint of an interrupted run is replaced (--resume continues it)", file=sys.stderr, flush=True)
+            record = train_one(task, method, seed, progress, tensorboard, checkpoint=checkpoint, resume=resume)
             results["runs"] = [r for r in results["runs"] if (r["method"], r["seed"]) != (method.name, seed)] + [record]
             save_results(results, folder)  # after every run: Ctrl-C keeps what finished
+            checkpoint.unlink(missing_ok=True)  # the record is saved: nothing left to resume
+            if not any(checkpoint.parent.iterdir()):
+                checkpoint.parent.rmdir()
             last = next((r for r in reversed(record["epochs"]) if f"test_{task.metric}" in r), {})
             metric = last.get(f"test_{task.metric}", float("nan"))
             secs = sum(r["seconds"] for r in record["epochs"]) / max(1, len(record["epochs"]))

@@ -42,6 +42,8 @@ class Task:
     hparams: Dict[str, Any] = {}
     # hyper-parameters that a preset sets differently from ``hparams`` (the paper's temperature 0)
     preset_hparams: Dict[str, Dict[str, Any]] = {}
+    # record every step's training loss (``step_loss`` in each epoch row), not only the epoch's mean
+    record_step_loss: bool = False
 
     def __init__(self, preset: str, device: torch.device, overrides: Optional[Dict[str, Any]] = None):
         if preset not in self.presets:

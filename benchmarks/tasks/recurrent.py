@@ -157,6 +157,7 @@ class CopyMemory(RecurrentTask):
     description = "copy-memory task (10 symbols of 8, T blanks, marker; recall the symbols), expRNN's modReLU RNN with an orthogonal recurrent matrix"
     data_source = "generated (fresh training batches; fixed validation and test sets)"
     every_step = True
+    record_step_loss = True  # the curves the papers show: loss per step against the baseline
     inputs = 10  # 0 blank, 1..8 symbols, 9 marker (one-hot)
     outputs = 9  # blank or one of the 8 symbols
     presets = {

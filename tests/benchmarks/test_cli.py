@@ -47,11 +47,11 @@ def test_interrupt_keeps_finished_runs(tmp_path, monkeypatch):
     real = runner.train_one
     calls = []
 
-    def train_then_interrupt(task, method, seed, *args):
+    def train_then_interrupt(task, method, seed, *args, **kwargs):
         calls.append(method.name)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(task, method, seed, *args)
+        return real(task, method, seed, *args, **kwargs)
 
     monkeypatch.setattr(runner, "train_one", train_then_interrupt)
     out = tmp_path / "res"
