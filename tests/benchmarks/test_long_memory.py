@@ -139,3 +139,38 @@ def test_every_method_gets_its_own_plot_style():
 
     styles = _styles(list(METHODS))
     assert len({(s["color"], s["linestyle"]) for s in styles.values()}) == len(METHODS)
+
+
+def test_copy_sweep_table_says_where_each_method_falls_to_the_baseline(tmp_path):
+    """scripts/copy_sweep.py on hand-made results: a method whose loss reaches the baseline at T = 500
+    (and stays there) falls at 500, one that never does is said not to, a diverged run counts as
+    fallen, and lengths run with different budgets are refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+
+    def write(t, runs, steps=100):
+        baseline = 10 * math.log(8) / (t + 20)
+        folder = tmp_path / f"T{t}" / "copy"
+        folder.mkdir(parents=True)
+        results = {"task": "copy", "baseline": baseline, "settings": {"T": t, "hidden": 8, "batch_size": 4, "steps_per_epoch": steps, "epochs": 1},
+                   "runs": [{"method": m, "seed": 0, "status": status, "epochs": [{"epoch": 1, "test_accuracy": acc, "test_loss": ratio * baseline}]}
+                            for m, acc, ratio, status in runs]}
+        (folder / "results.json").write_text(json.dumps(results))
+
+    write(100, [("rmsprop", 0.9, 0.1, "done"), ("o-cola-ud", 1.0, 0.01, "done"), ("adam", 0.9, 0.1, "done")])
+    write(500, [("rmsprop", 0.12, 0.99, "done"), ("o-cola-ud", 1.0, 0.02, "done"), ("adam", 0.1, 5.0, "diverged at epoch 1: x")])
+    write(1000, [("rmsprop", 0.12, 1.0, "done"), ("o-cola-ud", 0.99, 0.05, "done"), ("adam", 0.1, 1.0, "done")])
+    script = [sys.executable, str(root / "scripts" / "copy_sweep.py"), str(tmp_path)]
+    done = subprocess.run(script, capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    rows = {line.split(" | ")[0].strip("| "): line for line in (tmp_path / "sweep.md").read_text().splitlines() if line.startswith("| ") and "---" not in line}
+    assert rows["rmsprop"].endswith("| T = 500 |") and "90.0%, 0.100" in rows["rmsprop"]
+    assert rows["o-cola-ud"].endswith("| not at T <= 1000 |")
+    assert rows["adam"].endswith("| T = 500 |") and "| diverged |" in rows["adam"]  # no better than memoryless
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+    write(200, [("rmsprop", 0.9, 0.1, "done")], steps=50)
+    refused = subprocess.run(script, capture_output=True, text=True, cwd=root)
+    assert refused.returncode != 0 and "different budgets" in refused.stderr

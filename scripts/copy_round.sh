@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The copy task at the papers' length and the length sweep (docs/benchmarks.md, "Copy at T = 1000").
+# One process per method, one thread each, at most two at a time; every run is resumable (--resume),
+# so the same command continues a killed round. Usage: scripts/copy_round.sh MODE ...
+# grid  KEY METHOD LR...  : quick preset (T = 200), seed 0, one run per lr; the choice is by the
+#                           validation recall           -> runs/copy/grid-METHOD-LR
+# paper METHOD...         : the paper preset (T = 1000, hidden 190, 4,000 steps), seed 0
+#                                                        -> runs/copy/paper-METHOD
+# sweep METHOD T...       : the paper preset at length T for 1,000 steps (10 epochs of 100)
+#                                                        -> runs/copy/sweep-METHOD-TT
+# collect                 : merge the finished runs into docs/results/copy-paper and
+#                           docs/results/copy-sweep/T<T> (what docs/results.md and README read)
+# SETS="--set key=value ..." adds overrides to every run of grid, paper and sweep (the lrs chosen).
+set -euo pipefail
+mode=$1; shift
+run() { python -m benchmarks run --task copy --seeds 1 --threads 1 --no-progress --resume ${SETS:-} "$@"; }
+case "$mode" in
+  grid)
+    key=$1; method=$2; shift 2
+    for lr in "$@"; do run --preset quick --methods "$method" --set "$key=$lr" --out "runs/copy/grid-$method-$lr"; done ;;
+  paper)
+    for method in "$@"; do run --preset paper --methods "$method" --out "runs/copy/paper-$method"; done ;;
+  sweep)
+    method=$1; shift
+    for t in "$@"; do run --preset paper --methods "$method" --set "T=$t" --set epochs=10 --out "runs/copy/sweep-$method-T$t"; done ;;
+  collect)
+    shopt -s nullglob
+    papers=(runs/copy/paper-*); [ ${#papers[@]} -gt 0 ] && { rm -rf docs/results/copy-paper; python scripts/merge_results.py docs/results/copy-paper "${papers[@]}"; }
+    for t in 100 200 500 1000; do
+      sweeps=(runs/copy/sweep-*-T$t)
+      [ ${#sweeps[@]} -gt 0 ] && { rm -rf "docs/results/copy-sweep/T$t"; python scripts/merge_results.py "docs/results/copy-sweep/T$t" "${sweeps[@]}"; }
+    done
+    true ;;
+  *) echo "usage: $0 grid|paper|sweep|collect ..." >&2; exit 2 ;;
+esac
