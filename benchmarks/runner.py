@@ -141,8 +141,11 @@ def train_one(
                 row["diagnostics"] = [{k: v.item() for k, v in d.items()} for d in diagnostics()]
             if epoch % task.eval_every == 0 or epoch == task.epochs:
                 row.update(task.evaluate(model))
+            if epoch == task.epochs and hasattr(task, "evaluate_uncertainty"):
+                row.update(task.evaluate_uncertainty(model, "test"))
             if epoch == task.epochs and collector is not None and len(collector):
                 row.update(task.evaluate_posterior(collector))
+                row.update(task.evaluate_uncertainty(collector, "posterior"))
             record["epochs"].append(row)
             if writer is not None:
                 log_epoch(writer, row)

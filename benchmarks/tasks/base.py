@@ -144,9 +144,63 @@ class ClassificationTask(Task):
             n = self.eval_chunk
             probs = torch.cat([torch.softmax(model(x[i : i + n]).double(), -1) for i in range(0, len(y), n)])
             scores = classification_scores(probs, y)
-            out.update({f"{prefix}_loss": scores["nll"], f"{prefix}_accuracy": scores["accuracy"], f"{prefix}_ece": scores["ece"]})
+            out.update({f"{prefix}_loss": scores["nll"], f"{prefix}_accuracy": scores["accuracy"], f"{prefix}_ece": scores["ece"], f"{prefix}_brier": scores["brier"]})
+            if prefix == "test":
+                out["test_selective_accuracy"] = scores["selective_accuracy"]
         model.train()
         return out
+
+    # where a task sets them (the Fashion-MNIST tasks): out-of-distribution inputs (``x_ood``,
+    # normalised as the task's own), and the image shape and blank-pixel value for the rotations
+    x_ood: Optional[Tensor] = None
+    image_shape: Optional[Tuple[int, ...]] = None
+    blank_pixel: float = 0.0
+
+    @torch.no_grad()
+    def _log_probs(self, predict, x: Tensor) -> Tensor:
+        n = self.eval_chunk
+        return torch.cat([predict(x[i : i + n]) for i in range(0, len(x), n)])
+
+    @torch.no_grad()
+    def evaluate_uncertainty(self, model_or_collector, prefix: str) -> Dict[str, Any]:
+        """At the end of training, for the trained model (``prefix`` "test") or a SampleCollector's
+        posterior average ("posterior"): the temperature-scaled NLL (the temperature fitted on the
+        validation split), and where the task has them, out-of-distribution detection against
+        ``x_ood`` (AUROC and FPR95 of the max probability and of the predictive entropy) and the
+        accuracy, NLL and ECE on the test set rotated by each of ``uncertainty.ROTATIONS``."""
+        from .. import uncertainty as u
+
+        if hasattr(model_or_collector, "predict") and not isinstance(model_or_collector, nn.Module):
+            def predict(x):
+                return model_or_collector.predict(x).double().clamp_min(1e-12).log()
+        else:
+            model_or_collector.eval()
+
+            def predict(x):
+                return torch.log_softmax(model_or_collector(x).double(), -1)
+        try:
+            out: Dict[str, Any] = {}
+            test = self._log_probs(predict, self.x_test)
+            if getattr(self, "x_val", None) is not None:
+                t = u.fit_temperature(self._log_probs(predict, self.x_val), self.y_val)
+                out.update({f"{prefix}_temperature": t, f"{prefix}_nll_calibrated": u.calibrated_nll(test, self.y_test, t)})
+            if self.x_ood is not None:
+                probs_in, probs_out = test.exp(), self._log_probs(predict, self.x_ood).exp()
+                for name, score in (("", u.max_probability), ("_entropy", u.negative_entropy)):
+                    d = u.ood_detection(score(probs_in), score(probs_out))
+                    out.update({f"{prefix}_ood_auroc{name}": d["auroc"], f"{prefix}_ood_fpr95{name}": d["fpr95"]})
+            if self.image_shape is not None:
+                rotated = {}
+                images = self.x_test.reshape(len(self.x_test), *self.image_shape)
+                for angle in u.ROTATIONS:
+                    x = u.rotate(images, angle, self.blank_pixel).reshape(self.x_test.shape)
+                    scores = classification_scores(self._log_probs(predict, x).exp(), self.y_test)
+                    rotated[str(angle)] = {k: scores[k] for k in ("accuracy", "nll", "ece", "brier")}
+                out[f"{prefix}_rotated"] = rotated
+            return out
+        finally:
+            if isinstance(model_or_collector, nn.Module):
+                model_or_collector.train()
 
     @torch.no_grad()
     def test_log_likelihood(self, model: nn.Module) -> float:
@@ -167,12 +221,18 @@ class ClassificationTask(Task):
         n = self.eval_chunk
         probs = torch.cat([collector.predict(self.x_test[i : i + n]).double() for i in range(0, len(self.y_test), n)])
         scores = classification_scores(probs, self.y_test)
-        return {"posterior_accuracy": scores["accuracy"], "posterior_nll": scores["nll"], "posterior_ece": scores["ece"], "posterior_samples": len(collector)}
+        return {
+            "posterior_accuracy": scores["accuracy"], "posterior_nll": scores["nll"], "posterior_ece": scores["ece"],
+            "posterior_brier": scores["brier"], "posterior_selective_accuracy": scores["selective_accuracy"], "posterior_samples": len(collector),
+        }
 
 
 def classification_scores(probs: Tensor, y: Tensor, bins: int = 15) -> Dict[str, float]:
-    """Accuracy, negative log-likelihood and expected calibration error (``bins`` equal-width bins
-    of the top probability: ``sum_b n_b / N |accuracy_b - confidence_b|``, Guo et al. 2017)."""
+    """Accuracy, negative log-likelihood, expected calibration error (``bins`` equal-width bins
+    of the top probability: ``sum_b n_b / N |accuracy_b - confidence_b|``, Guo et al. 2017), the
+    Brier score and the selective accuracy (:mod:`benchmarks.uncertainty`)."""
+    from ..uncertainty import brier, selective_accuracy
+
     confidence, predicted = probs.max(1)
     right = (predicted == y).double()
     nll = -torch.log(probs.gather(1, y[:, None]).clamp_min(1e-12)).mean()
@@ -181,4 +241,4 @@ def classification_scores(probs: Tensor, y: Tensor, bins: int = 15) -> Dict[str,
     acc = torch.zeros_like(count).index_add_(0, which, right)
     conf = torch.zeros_like(count).index_add_(0, which, confidence.double())
     ece = (acc - conf).abs().sum() / len(y)
-    return {"accuracy": right.mean().item(), "nll": nll.item(), "ece": ece.item()}
+    return {"accuracy": right.mean().item(), "nll": nll.item(), "ece": ece.item(), "brier": brier(probs, y), "selective_accuracy": selective_accuracy(probs, y)}

