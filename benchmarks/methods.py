@@ -29,11 +29,16 @@ class Method:
     build: Callable[[nn.Module, Any, int], Built]
     variant: Optional[str] = None  # the model variant it trains (an LSTM baseline), or the task's model
     needs: Tuple[str, ...] = ()  # hyper-parameters it reads that not every task defines
+    members: int = 1  # a deep ensemble of this many of the task's models (benchmarks.ensemble)
 
     def applies_to(self, task) -> bool:
+        from .tasks.base import ClassificationTask
+
         family_ok = self.family is None or self.family in task.families
         variant_ok = self.variant is None or self.variant in task.variants
-        return family_ok and variant_ok and all(k in task.hp for k in self.needs)
+        # an ensemble trains through ClassificationTask's own loss, which knows its stacked logits
+        ensemble_ok = self.members == 1 or type(task).loss is ClassificationTask.loss
+        return family_ok and variant_ok and ensemble_ok and all(k in task.hp for k in self.needs)
 
 
 def _sgd(model, task, seed):
@@ -277,6 +282,7 @@ METHODS: Dict[str, Method] = {
     for m in [
         Method("sgd", "plain SGD", None, _sgd),
         Method("sgd-momentum", "SGD with heavy-ball momentum", None, _sgd_momentum),
+        Method("ensemble-sgd-momentum", "a deep ensemble of 5 SGD-momentum nets (independent inits, the same batches; 5x the cost), their averaged prediction", None, _sgd_momentum, members=5),
         Method("adam", "Adam", None, _adam),
         Method("rmsprop", "RMSprop", None, _rmsprop, needs=("rmsprop_lr",)),
         Method("sgd-wd", "SGD-momentum with weight decay", None, _sgd_wd),

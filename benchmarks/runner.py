@@ -59,7 +59,12 @@ def train_one(
     has a checkpoint there continues from it (the record counts the resumptions in ``resumed``)."""
     device = task.device
     torch.manual_seed(seed)
-    model = (task.build_model(method.variant) if method.variant else task.build_model()).to(device)
+    if method.members > 1:
+        from .ensemble import DeepEnsemble
+
+        model = DeepEnsemble([task.build_model() for _ in range(method.members)]).to(device)  # independent inits
+    else:
+        model = (task.build_model(method.variant) if method.variant else task.build_model()).to(device)
     optimizer, hparams, constraints = method.build(model, task, seed)
     profile_start = task.gradient_profile(model)  # after build: through any parametrisation it added
     steps = task.steps_per_epoch()

@@ -124,3 +124,28 @@ def test_fashion_run_records_the_uncertainty_columns(tmp_path):
             assert last[f"{p}_rotated"]["90"]["accuracy"] < last[f"{p}_accuracy"]  # a shift costs accuracy
     md = (out / "fmnist-mlp" / "results.md").read_text()
     assert "OOD AUROC" in md and "c-cola-ud (posterior)" in md and (out / "fmnist-mlp" / "rotation.png").is_file()
+
+
+def test_deep_ensemble_members_train_as_if_alone_and_predict_the_average():
+    from torch import nn
+
+    from benchmarks.ensemble import DeepEnsemble
+    from benchmarks.tasks.base import ClassificationTask
+
+    torch.manual_seed(0)
+    members = [nn.Linear(4, 3) for _ in range(3)]
+    ensemble = DeepEnsemble(members)
+    x, y = torch.randn(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    loss, right = ClassificationTask.loss(None, ensemble, x, y)
+    loss.backward()
+    for m in members:  # the gradient of its own loss, not a third of it
+        own = torch.autograd.grad(F.cross_entropy(m(x), y), [m.weight, m.bias])
+        assert torch.allclose(m.weight.grad, own[0]) and torch.allclose(m.bias.grad, own[1])
+    assert loss.item() == pytest.approx(sum(F.cross_entropy(m(x), y).item() for m in members) / 3)
+    assert right.item() == pytest.approx(sum((m(x).argmax(1) == y).sum().item() for m in members) / 3)
+    ensemble.eval()
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(m(x), -1) for m in members]).mean(0)
+        assert torch.allclose(torch.softmax(ensemble(x), -1), mean, atol=1e-6)
+    with pytest.raises(ValueError, match="at least 2"):
+        DeepEnsemble([members[0]])
