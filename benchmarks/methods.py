@@ -30,6 +30,7 @@ class Method:
     variant: Optional[str] = None  # the model variant it trains (an LSTM baseline), or the task's model
     needs: Tuple[str, ...] = ()  # hyper-parameters it reads that not every task defines
     members: int = 1  # a deep ensemble of this many of the task's models (benchmarks.ensemble)
+    posterior: Optional[str] = None  # "swag": the SWAG posterior over its iterates (benchmarks.swag)
 
     def applies_to(self, task) -> bool:
         from .tasks.base import ClassificationTask
@@ -283,6 +284,7 @@ METHODS: Dict[str, Method] = {
         Method("sgd", "plain SGD", None, _sgd),
         Method("sgd-momentum", "SGD with heavy-ball momentum", None, _sgd_momentum),
         Method("ensemble-sgd-momentum", "a deep ensemble of 5 SGD-momentum nets (independent inits, the same batches; 5x the cost), their averaged prediction", None, _sgd_momentum, members=5),
+        Method("swag", "SWAG (Maddox et al. 2019): SGD-momentum, the low-rank plus diagonal Gaussian of its iterates over the second half, 30 draws averaged", None, _sgd_momentum, posterior="swag"),
         Method("adam", "Adam", None, _adam),
         Method("rmsprop", "RMSprop", None, _rmsprop, needs=("rmsprop_lr",)),
         Method("sgd-wd", "SGD-momentum with weight decay", None, _sgd_wd),

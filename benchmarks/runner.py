@@ -80,7 +80,7 @@ def train_one(
     diagnostics = getattr(optimizer, "diagnostics", None)
     if diagnostics is not None:
         diagnostics()  # switch on the noise-norm record from the first step
-    collector = _posterior_collector(task, model, optimizer, steps)
+    collector = _posterior_collector(task, model, optimizer, steps, method, seed)
     trace = _chain_trace(task, model, collector)
     first_epoch = 1
     saved = load_checkpoint(checkpoint, _configuration(task), method.name, seed) if checkpoint is not None and resume else None
@@ -221,25 +221,34 @@ def log_epoch(writer, row: Dict[str, Any]) -> None:
 POSTERIOR_SAMPLES = 20  # snapshots averaged for the posterior prediction
 
 
-def _posterior_collector(task: Task, model, optimizer, steps_per_epoch: int):
+def _posterior_collector(task: Task, model, optimizer, steps_per_epoch: int, method: Optional[Method] = None, seed: int = 0):
     """For tempered Langevin methods on classification tasks: keep POSTERIOR_SAMPLES snapshots
-    spread over the second half of the run (the first half is burn-in)."""
+    spread over the second half of the run (the first half is burn-in). For ``swag`` methods: the
+    SWAG moments over the same POSTERIOR_SAMPLES steps (benchmarks.swag)."""
     from constrained_sgld import SampleCollector
 
-    tempered = any(g.get("temperature", 0) > 0 for g in optimizer.param_groups)
-    if not tempered or not hasattr(task, "evaluate_posterior"):
+    if not hasattr(task, "evaluate_posterior"):
         return None
     total = task.epochs * steps_per_epoch
     burn_in = total // 2
+    thin = max(1, (total - burn_in) // POSTERIOR_SAMPLES)
+    if method is not None and method.posterior == "swag":
+        from .swag import SWAGCollector
+
+        return SWAGCollector(model, burn_in=burn_in, thin=thin, rank=POSTERIOR_SAMPLES, seed=seed)
+    tempered = any(g.get("temperature", 0) > 0 for g in optimizer.param_groups)
+    if not tempered:
+        return None
     return SampleCollector(model, burn_in=burn_in, thin=max(1, (total - burn_in) // POSTERIOR_SAMPLES), max_samples=POSTERIOR_SAMPLES)
 
 
 def _chain_trace(task: Task, model, collector):
     """Where posterior samples are kept: a ChainTrace of the test log-likelihood and four fixed random
     projections of the weights at each kept sample (the seeds are the chains)."""
-    if collector is None or not hasattr(task, "test_log_likelihood"):
+    from constrained_sgld import ChainTrace, SampleCollector
+
+    if not isinstance(collector, SampleCollector) or not hasattr(task, "test_log_likelihood"):
         return None
-    from constrained_sgld import ChainTrace
 
     return ChainTrace(model, projections=4)
 

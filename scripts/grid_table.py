@@ -3,6 +3,7 @@ epoch's validation metric (what the lr is chosen on: the highest accuracy, or th
 character). The test metric is not read. Usage: python scripts/grid_table.py runs/adaptive/TASK-grid-*"""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from pathlib import Path
 def main(folders):
     rows = {}
     for folder in folders:
-        lr = folder.rstrip("/").rpartition("-grid-")[2]
+        lr = re.search(r"-([0-9.]+(?:e-?[0-9]+)?)$", folder.rstrip("/")).group(1)  # TASK-grid-LR, grid-METHOD-LR
         for path in Path(folder).glob("*/results.json"):
             data = json.loads(path.read_text())
             key, sign = f"val_{data['metric']}", (1 if data["metric"] == "accuracy" else -1)

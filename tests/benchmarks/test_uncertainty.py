@@ -149,3 +149,39 @@ def test_deep_ensemble_members_train_as_if_alone_and_predict_the_average():
         assert torch.allclose(torch.softmax(ensemble(x), -1), mean, atol=1e-6)
     with pytest.raises(ValueError, match="at least 2"):
         DeepEnsemble([members[0]])
+
+
+def test_swag_moments_and_draws_follow_the_papers_gaussian():
+    from torch import nn
+
+    from benchmarks.swag import SWAGCollector
+
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)  # 6 weights
+    iterates = [torch.randn(6, dtype=torch.float64) * (1 + i % 3) for i in range(8)]
+    swag = SWAGCollector(model, burn_in=2, thin=2, rank=5, draws=20000, seed=1)
+    for step in range(2 + 2 * len(iterates)):
+        if step >= 2 and (step - 2) % 2 == 1:  # the next update() is a collected step: put the iterate in place
+            theta = iterates[(step - 2) // 2]
+            torch.nn.utils.vector_to_parameters(theta.float(), model.parameters())
+        swag.update()
+    thetas = torch.stack([t.float().double() for t in iterates])
+    assert swag.n == len(iterates)
+    assert torch.allclose(swag.mean, thetas.mean(0), atol=1e-6)
+    assert torch.allclose(swag.sq_mean, (thetas**2).mean(0), atol=1e-5)
+    running = torch.cumsum(thetas, 0) / torch.arange(1, 9, dtype=torch.float64)[:, None]
+    assert torch.allclose(torch.stack(list(swag.deviations)).double(), (thetas - running)[-5:], atol=1e-5)  # the last rank
+    # the draws: mean theta_bar, covariance Sigma_diag / 2 + D D^T / (2 (K - 1)), per coordinate
+    draws = torch.stack([torch.cat([p.reshape(-1) for p in d.values()]).double() for d in swag._draw()])
+    d = torch.stack(list(swag.deviations), 1).double()
+    var = (swag.sq_mean - swag.mean**2) / 2 + (d * d).sum(1) / (2 * 4)
+    s = len(draws)
+    assert ((draws.mean(0) - swag.mean).abs() < 4 * (var / s).sqrt()).all()  # 4 standard errors
+    assert ((draws.var(0) - var).abs() < 4 * var * (2 / (s - 1)) ** 0.5).all()
+    # resumable: a copy from the state dict draws the same
+    other = SWAGCollector(model, burn_in=2, thin=2, rank=5, draws=3, seed=1)
+    other.load_state_dict(swag.state_dict())
+    swag.draws = 3
+    swag._drawn = None
+    x = torch.randn(4, 2)
+    assert torch.equal(other.predict(x), swag.predict(x))
