@@ -38,6 +38,17 @@ def selective_accuracy(probs: Tensor, y: Tensor, fractions: Sequence[float] = SE
     return [right[: max(1, math.ceil(f * len(y)))].mean().item() for f in fractions]
 
 
+def reliability(probs: Tensor, y: Tensor, bins: int = 15) -> Dict[str, List[float]]:
+    """The reliability diagram's bins (``bins`` equal-width bins of the max probability, as the ECE):
+    per bin the number of examples, their accuracy and their mean confidence (NaN where empty)."""
+    confidence, predicted = probs.max(1)
+    which = (confidence * bins).long().clamp(max=bins - 1)
+    count = torch.zeros(bins, dtype=torch.float64).index_add_(0, which.cpu(), torch.ones(len(y), dtype=torch.float64))
+    right = torch.zeros(bins, dtype=torch.float64).index_add_(0, which.cpu(), (predicted == y).double().cpu())
+    conf = torch.zeros(bins, dtype=torch.float64).index_add_(0, which.cpu(), confidence.double().cpu())
+    return {"count": count.tolist(), "accuracy": (right / count).tolist(), "confidence": (conf / count).tolist()}
+
+
 def max_probability(probs: Tensor) -> Tensor:
     return probs.max(1).values
 

@@ -185,6 +185,7 @@ class ClassificationTask(Task):
         try:
             out: Dict[str, Any] = {}
             test = self._log_probs(predict, self.x_test)
+            out[f"{prefix}_reliability"] = u.reliability(test.exp(), self.y_test)
             if getattr(self, "x_val", None) is not None:
                 t = u.fit_temperature(self._log_probs(predict, self.x_val), self.y_val)
                 out.update({f"{prefix}_temperature": t, f"{prefix}_nll_calibrated": u.calibrated_nll(test, self.y_test, t)})

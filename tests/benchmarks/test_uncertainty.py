@@ -3,6 +3,7 @@ columns a Fashion-MNIST run records."""
 
 import io
 import json
+import math
 import tarfile
 
 import numpy as np
@@ -48,6 +49,18 @@ def test_selective_accuracy_keeps_the_most_confident():
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]], dtype=torch.float64)
     y = torch.tensor([0, 0, 0, 0])
     assert u.selective_accuracy(probs, y, (0.25, 0.5, 0.75, 1.0)) == [1.0, 0.5, pytest.approx(2 / 3), 0.5]
+
+
+def test_reliability_bins():
+    probs = torch.tensor([[0.95, 0.05], [0.05, 0.95], [0.55, 0.45], [0.4, 0.6]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 0, 0])  # right at 0.95, wrong at 0.95, right at 0.55, wrong at 0.6
+    r = u.reliability(probs, y, bins=10)
+    assert r["count"] == [0, 0, 0, 0, 0, 1, 1, 0, 0, 2]
+    assert r["accuracy"][9] == 0.5 and r["accuracy"][5] == 1.0 and r["accuracy"][6] == 0.0
+    assert r["confidence"][9] == pytest.approx(0.95) and math.isnan(r["accuracy"][0])
+    # the ECE is the count-weighted gap of these bins
+    ece = sum(c * abs(a - f) for c, a, f in zip(r["count"], r["accuracy"], r["confidence"]) if c) / 4
+    assert ece == pytest.approx(classification_scores(probs, y, bins=10)["ece"])
 
 
 def test_temperature_fit_recovers_an_overconfident_models_temperature():
@@ -120,7 +133,7 @@ def test_fashion_run_records_the_uncertainty_columns(tmp_path):
             assert 0 <= last[f"{p}_brier"] <= 2 and len(last[f"{p}_selective_accuracy"]) == 10
             assert 0 < last[f"{p}_nll_calibrated"] < 3 and 0.05 < last[f"{p}_temperature"] < 20  # fitted on validation: not always lower
             assert 0.5 < last[f"{p}_ood_auroc"] <= 1 and 0 <= last[f"{p}_ood_fpr95"] <= 1
-            assert set(last[f"{p}_rotated"]) == {str(a) for a in u.ROTATIONS}
+            assert set(last[f"{p}_rotated"]) == {str(a) for a in u.ROTATIONS} and sum(last[f"{p}_reliability"]["count"]) == 2000  # the smoke test set
             assert last[f"{p}_rotated"]["90"]["accuracy"] < last[f"{p}_accuracy"]  # a shift costs accuracy
     md = (out / "fmnist-mlp" / "results.md").read_text()
     assert "OOD AUROC" in md and "c-cola-ud (posterior)" in md and (out / "fmnist-mlp" / "rotation.png").is_file()
