@@ -6,7 +6,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from .methods import METHODS
 
@@ -185,6 +185,9 @@ def markdown_table(results: Dict[str, Any]) -> str:
 
 
 UNCERTAINTY_COLUMNS = (  # (results key without its prefix, column head)
+    ("accuracy", "accuracy"),
+    ("nll", "NLL"),
+    ("ece", "ECE"),
     ("brier", "Brier"),
     ("nll_calibrated", "NLL, temperature-scaled"),
     ("ood_auroc", "OOD AUROC (max prob)"),
@@ -194,17 +197,21 @@ UNCERTAINTY_COLUMNS = (  # (results key without its prefix, column head)
 SHIFT_ANGLES = ("30", "60")  # the rotated test sets shown in the table (rotation.png has them all)
 
 
-def uncertainty_table(results: Dict[str, Any]) -> Optional[str]:
+def uncertainty_table(results: Dict[str, Any], methods: Optional[Sequence[str]] = None) -> Optional[str]:
     """The final epoch's uncertainty columns (:mod:`benchmarks.uncertainty`), one row per method and
-    one more per method with a posterior average; None where no run recorded them."""
+    one more per method with a posterior average (``methods``: those, in that order); None where no
+    run recorded them."""
     by_method: Dict[str, List[Dict[str, Any]]] = {}
     for run in results["runs"]:
         by_method.setdefault(run["method"], []).append(run)
     rows = []
-    for m in _order(by_method):
-        runs = by_method[m]
+    for m in methods or _order(by_method):
+        runs = by_method.get(m, [])
         for prefix, label in (("test", m), ("posterior", f"{m} (posterior)")):
-            cells = [_mean_std([_final(r, f"{prefix}_{k}") for r in runs]) for k, _ in UNCERTAINTY_COLUMNS]
+            if not any(f"{prefix}_brier" in (r["epochs"][-1] if r["epochs"] else {}) for r in runs):
+                continue  # no uncertainty columns recorded for this prediction
+            names = {"nll": "test_loss" if prefix == "test" else "posterior_nll"}
+            cells = [_mean_std([_final(r, names.get(k, f"{prefix}_{k}")) for r in runs]) for k, _ in UNCERTAINTY_COLUMNS]
             cells += [_mean_std([(_final(r, f"{prefix}_rotated") or {}).get(a, {}).get("accuracy") for r in runs]) for a in SHIFT_ANGLES]
             if any(c != "–" for c in cells):
                 rows.append(f"| {label} | " + " | ".join(cells) + " |")

