@@ -37,8 +37,8 @@ class Method:
 
         family_ok = self.family is None or self.family in task.families
         variant_ok = self.variant is None or self.variant in task.variants
-        # an ensemble trains through ClassificationTask's own loss, which knows its stacked logits
-        ensemble_ok = self.members == 1 or type(task).loss is ClassificationTask.loss
+        # an ensemble trains on ClassificationTask's tensor batches, concatenated per member
+        ensemble_ok = self.members == 1 or (type(task).loss is ClassificationTask.loss and type(task).batches is ClassificationTask.batches)
         return family_ok and variant_ok and ensemble_ok and all(k in task.hp for k in self.needs)
 
 
@@ -283,7 +283,7 @@ METHODS: Dict[str, Method] = {
     for m in [
         Method("sgd", "plain SGD", None, _sgd),
         Method("sgd-momentum", "SGD with heavy-ball momentum", None, _sgd_momentum),
-        Method("ensemble-sgd-momentum", "a deep ensemble of 5 SGD-momentum nets (independent inits, the same batches; 5x the cost), their averaged prediction", None, _sgd_momentum, members=5),
+        Method("ensemble-sgd-momentum", "a deep ensemble of 5 SGD-momentum nets (independent inits and batch orders; 5x the cost), their averaged prediction", None, _sgd_momentum, members=5),
         Method("swag", "SWAG (Maddox et al. 2019): SGD-momentum, the low-rank plus diagonal Gaussian of its iterates over the second half, 30 draws averaged", None, _sgd_momentum, posterior="swag"),
         Method("adam", "Adam", None, _adam),
         Method("rmsprop", "RMSprop", None, _rmsprop, needs=("rmsprop_lr",)),

@@ -71,6 +71,8 @@ def train_one(
     scheduler = task.scheduler(optimizer, steps)
     clip = task.hp.get("clip")
     order = torch.Generator().manual_seed(seed)  # batch order: the same for every method at a given seed
+    # a deep ensemble's members 1.. each have their own batch order (member 0 has the seed's)
+    member_orders = [torch.Generator().manual_seed(10_000 * (seed + 1) + m) for m in range(1, method.members)]
     record: Dict[str, Any] = {"method": method.name, "seed": seed, "hyperparameters": hparams, "epochs": [], "status": "done"}
     if scheduler is not None:
         record["hyperparameters"]["schedule"] = type(task).scheduler.__doc__ or "task schedule"
@@ -91,6 +93,8 @@ def train_one(
         if scheduler is not None:
             scheduler.load_state_dict(saved["scheduler"])
         order.set_state(saved["order"])
+        for g, state in zip(member_orders, saved.get("member_orders", [])):
+            g.set_state(state)
         if collector is not None:
             collector.load_state_dict(saved["collector"])
         if trace is not None:
@@ -109,7 +113,13 @@ def train_one(
             correct, seen = torch.zeros((), dtype=torch.float64, device=device), 0
             tracing = 0.0  # seconds spent evaluating the chain trace: not training, so not in "seconds"
             step_losses = [] if task.record_step_loss else None
-            for inputs, targets in task.batches(order):
+            if member_orders:
+                from .ensemble import member_batches
+
+                batches = member_batches(task, [order, *member_orders])
+            else:
+                batches = task.batches(order)
+            for inputs, targets in batches:
                 optimizer.zero_grad(set_to_none=True)
                 loss, right = task.loss(model, inputs, targets)
                 loss.backward()
@@ -159,7 +169,7 @@ def train_one(
                     "configuration": _configuration(task), "method": method.name, "seed": seed, "epoch": epoch,
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": None if scheduler is None else scheduler.state_dict(),
-                    "order": order.get_state(), "rng": rng_states(device),
+                    "order": order.get_state(), "member_orders": [g.get_state() for g in member_orders], "rng": rng_states(device),
                     "collector": None if collector is None else collector.state_dict(),
                     "trace": None if trace is None else trace.state_dict(),
                     "record": record, "worst": worst, "profile_start": profile_start,

@@ -143,26 +143,39 @@ def test_fashion_run_records_the_uncertainty_columns(tmp_path):
 def test_deep_ensemble_members_train_as_if_alone_and_predict_the_average():
     from torch import nn
 
-    from benchmarks.ensemble import DeepEnsemble
+    from benchmarks.ensemble import DeepEnsemble, member_batches
     from benchmarks.tasks.base import ClassificationTask
 
     torch.manual_seed(0)
     members = [nn.Linear(4, 3) for _ in range(3)]
     ensemble = DeepEnsemble(members)
-    x, y = torch.randn(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    loss, right = ClassificationTask.loss(None, ensemble, x, y)
+    xs, ys = torch.randn(3, 8, 4), torch.randint(0, 3, (3, 8))  # each member's own batch
+    loss, right = ClassificationTask.loss(None, ensemble, xs.flatten(0, 1), ys.flatten())
     loss.backward()
-    for m in members:  # the gradient of its own loss, not a third of it
+    for m, x, y in zip(members, xs, ys):  # the gradient of its own loss on its own batch, not a third of it
         own = torch.autograd.grad(F.cross_entropy(m(x), y), [m.weight, m.bias])
         assert torch.allclose(m.weight.grad, own[0]) and torch.allclose(m.bias.grad, own[1])
-    assert loss.item() == pytest.approx(sum(F.cross_entropy(m(x), y).item() for m in members) / 3)
-    assert right.item() == pytest.approx(sum((m(x).argmax(1) == y).sum().item() for m in members) / 3)
+    assert loss.item() == pytest.approx(sum(F.cross_entropy(m(x), y).item() for m, x, y in zip(members, xs, ys)) / 3)
+    with pytest.raises(ValueError, match="concatenated"):
+        ensemble(torch.randn(7, 4))
     ensemble.eval()
+    x = xs[0]
     with torch.no_grad():
         mean = torch.stack([torch.softmax(m(x), -1) for m in members]).mean(0)
         assert torch.allclose(torch.softmax(ensemble(x), -1), mean, atol=1e-6)
     with pytest.raises(ValueError, match="at least 2"):
         DeepEnsemble([members[0]])
+
+    class Data(ClassificationTask):  # the members' batch orders: their own generators'
+        settings = {"batch_size": 4}
+        x_train, y_train = torch.arange(8.0)[:, None], torch.arange(8)
+        device = torch.device("cpu")
+
+    task = Data.__new__(Data)
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    inputs, targets = next(member_batches(task, gens))
+    first, second = (next(task.batches(torch.Generator().manual_seed(s))) for s in (1, 2))
+    assert torch.equal(targets, torch.cat([first[1], second[1]])) and not torch.equal(first[1], second[1])
 
 
 def test_swag_moments_and_draws_follow_the_papers_gaussian():
