@@ -379,8 +379,8 @@ def run_task(
             results["runs"] = [r for r in results["runs"] if (r["method"], r["seed"]) != (method.name, seed)] + [record]
             save_results(results, folder)  # after every run: Ctrl-C keeps what finished
             checkpoint.unlink(missing_ok=True)  # the record is saved: nothing left to resume
-            if not any(checkpoint.parent.iterdir()):
-                checkpoint.parent.rmdir()
+            if checkpoint.parent.is_dir() and not any(checkpoint.parent.iterdir()):
+                checkpoint.parent.rmdir()  # a run that diverged before its first evaluation made none
             last = next((r for r in reversed(record["epochs"]) if f"test_{task.metric}" in r), {})
             metric = last.get(f"test_{task.metric}", float("nan"))
             secs = sum(r["seconds"] for r in record["epochs"]) / max(1, len(record["epochs"]))

@@ -140,3 +140,16 @@ def test_killed_process_resumes(tmp_path):
     got = json.loads((out / "copy" / "results.json").read_text())
     assert got["runs"][0]["resumed"] == 1
     assert without_timings(got) == without_timings(json.loads((tmp_path / "straight" / "copy" / "results.json").read_text()))
+
+
+def test_a_run_that_ends_before_its_first_checkpoint_is_saved(tmp_path, monkeypatch):
+    """A run that diverges in its first epoch writes no checkpoint: its record is still saved."""
+    from benchmarks import runner
+
+    def diverge(task, method, seed, *args, **kwargs):
+        return {"method": method.name, "seed": seed, "hyperparameters": {}, "epochs": [], "status": "diverged at epoch 1: x", "max_violation": None}
+
+    monkeypatch.setattr(runner, "train_one", diverge)
+    out = tmp_path / "res"
+    assert main(["run", *SPIRALS, "--methods", "sgd", "--out", str(out)]) == 0
+    assert json.loads((out / "two-spirals" / "results.json").read_text())["runs"][0]["status"].startswith("diverged")
