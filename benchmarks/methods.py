@@ -38,7 +38,8 @@ class Method:
         family_ok = self.family is None or self.family in task.families
         variant_ok = self.variant is None or self.variant in task.variants
         # an ensemble trains on ClassificationTask's tensor batches, concatenated per member
-        ensemble_ok = self.members == 1 or (type(task).loss is ClassificationTask.loss and type(task).batches is ClassificationTask.batches)
+        # and is evaluated by its shared evaluation (a task that reads its model's layers cannot)
+        ensemble_ok = self.members == 1 or all(getattr(type(task), f) is getattr(ClassificationTask, f) for f in ("loss", "batches", "evaluate"))
         return family_ok and variant_ok and ensemble_ok and all(k in task.hp for k in self.needs)
 
 

@@ -66,7 +66,8 @@ def train_one(
     else:
         model = (task.build_model(method.variant) if method.variant else task.build_model()).to(device)
     optimizer, hparams, constraints = method.build(model, task, seed)
-    profile_start = task.gradient_profile(model)  # after build: through any parametrisation it added
+    # after build: through any parametrisation it added; an ensemble has no one profile
+    profile_start = task.gradient_profile(model) if method.members == 1 else None
     steps = task.steps_per_epoch()
     scheduler = task.scheduler(optimizer, steps)
     clip = task.hp.get("clip")
