@@ -26,7 +26,10 @@ both schemes; built-in sets override them with exact geodesics, reflections or b
   the velocity at the new point, tangent there (the underdamped "A" step, RATTLE-style).
 
 Tangent vectors are opaque to the optimisers: they are only added, scaled and passed back to the
-constraint, so a set may represent them however suits it (the circle uses one arc length per entry).
+constraint, so a set may represent them however suits it (the circle uses one arc length per entry;
+the orthogonal set holds a square matrix's as the skew ``X^T V``, its body frame). A set that
+changes its representation raises ``tangent_version`` and converts older ones in
+``upgrade_tangent`` (an optimiser's ``load_state_dict`` calls it on the saved momenta).
 
 *List-level operations* (what the schemes call; each takes a group's lists and works in place).
 Their defaults compose the per-tensor operations above, so they are correct for any set; a set
@@ -187,6 +190,16 @@ class Constraint:
     # ---------------------------------------------------------------- dynamics operations
     def init_state(self, p: Tensor) -> Dict[str, Tensor]:
         return {}
+
+    #: the version of this set's tangent representation: what an optimiser's ``state["momentum"]``
+    #: holds. Saved with the optimiser's state; a state of another version is converted on loading
+    #: by :meth:`upgrade_tangent`
+    tangent_version: int = 1
+
+    def upgrade_tangent(self, p: Tensor, v: Tensor, version: int, state: Dict[str, Tensor]) -> Tensor:
+        """``v``, a tangent vector at ``p`` saved in representation ``version``, in this set's
+        (``tangent_version``). Default: unchanged (the representation never changed)."""
+        return v
 
     def sync_state(self, p: Tensor, state: Dict[str, Tensor]) -> None:
         """``p`` was changed outside the optimiser since its last step: bring the set's own state

@@ -153,8 +153,11 @@ def cayley_drift(x: Tensor, a: Tensor, t: float) -> Tensor:
     ``(I + S/2) Y^T = x^T`` (``(I - S/2)^T = I + S/2`` for skew ``S``): one solve, no product.
     ``I + S/2`` is invertible for every real skew ``S`` (its eigenvalues are ``1 + i lambda``)."""
     eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
-    # solve_ex without its error check: no host read (the matrix is never singular, see above)
-    y_t = torch.linalg.solve_ex(torch.add(eye, a, alpha=0.5 * t), x.transpose(-2, -1), check_errors=False)[0]
+    # I + S/2 is passed as the transpose of I - S/2 (a view): in the column-major layout LAPACK
+    # factorises, so no copy; solve_ex without its error check: no host read (the matrix is never
+    # singular, see above)
+    lhs = torch.add(eye, a, alpha=-0.5 * t).transpose(-2, -1)
+    y_t = torch.linalg.solve_ex(lhs, x.transpose(-2, -1), check_errors=False)[0]
     return y_t.transpose(-2, -1).mul_(2.0).sub_(x)
 
 
@@ -166,7 +169,8 @@ def _cayley_pair(x: Tensor, b: Tensor, u: float, c: float) -> Tensor:
     ``Y P^T`` replace the second solve."""
     eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
     a, e = 0.5 * u * (1.0 + c), 0.25 * u * u * c
-    p_t = torch.add(eye, b, alpha=a).add_(b @ b, alpha=e)
+    # P^T as the transpose of P (a view, column-major for LAPACK: no copy; see cayley_drift)
+    p_t = torch.add(eye, b, alpha=-a).add_(b @ b, alpha=e).transpose(-2, -1)
     y = torch.linalg.solve_ex(p_t, x.transpose(-2, -1), check_errors=False)[0].transpose(-2, -1)
     return y @ p_t
 
@@ -289,6 +293,10 @@ class Orthogonal(Constraint):
     # rows, which is exact (zero rows change neither W^T W, nor the tangent projection, nor the SHAKE
     # correction, and stay zero) and trades a little arithmetic for far fewer kernel launches.
     SMALL = 1 << 16  #: matrices with at most this many entries are padded into shared batches
+    #: on the CPU, square matrices with at least this many entries run one by one: one such product
+    #: keeps the BLAS busy, and batching them only adds packing copies (a tenth of the step on
+    #: deep-mlp's thirty 256 x 256 matrices); on a GPU batching keeps the device busy, so they share
+    ALONE = 1 << 14
 
     def _buckets(self, tensors: List[Tensor]) -> List[Tuple[List[int], int]]:
         """Groups of indices that run as one batch, each with its (padded) row count."""
@@ -296,7 +304,11 @@ class Orthogonal(Constraint):
         for i, t in enumerate(tensors):
             m = self._matrix(t)
             small = self.batch_dims == 0 and m.numel() <= self.SMALL
-            key = (m.shape[-1], t.dtype, t.device) if small else (tuple(m.shape), t.dtype, t.device)
+            # a square matrix never shares a batch with tall ones: its tangent vectors are stored
+            # in the body frame (see _body_frame), theirs in the ambient space
+            key = (m.shape[-1], self._body_frame(t), t.dtype, t.device) if small else (tuple(m.shape), t.dtype, t.device)
+            if m.shape[-2] == m.shape[-1] and m.numel() >= self.ALONE and t.device.type == "cpu":
+                key = ("alone", i)
             buckets.setdefault(key, []).append(i)
         return [(idx, max(self._matrix(tensors[i]).shape[-2] for i in idx)) for idx in buckets.values()]
 
@@ -341,83 +353,154 @@ class Orthogonal(Constraint):
         """``m / scale`` (no new tensor at scale 1)."""
         return m if self.scale == 1 else m / self.scale
 
-    def _tangent_many(self, params: List[Tensor], vectors: List[Tensor], factor: float) -> List[Tensor]:
+    #: dtypes the Cayley route runs in (torch.linalg.solve has no half-precision CPU kernel)
+    CAYLEY_DTYPES = (torch.float32, torch.float64)
+
+    #: the tangent representation's version (see ``Constraint.tangent_version``): 2 stores a square
+    #: matrix's tangent vectors in the body frame (1 stored every one in the ambient space)
+    tangent_version = 2
+
+    def _body_frame(self, t: Tensor) -> bool:
+        """Whether the tangent vectors at ``t`` are stored in the body frame: square matrices (the
+        orthogonal group) in a dtype of the Cayley route. A tangent vector ``V = X A`` at ``X`` is then
+        held as its skew ``A = X^T V`` (shaped like the parameter), so that the Cayley drift needs no
+        product: it moves ``X`` to ``X cay(t A)`` and leaves ``A`` as it is."""
+        m = self._matrix(t)
+        return m.shape[-2] == m.shape[-1] and t.dtype in self.CAYLEY_DTYPES
+
+    def _cayley(self, tensors: List[Tensor], idx: List[int], rows: int) -> bool:
+        """The route of a bucket: the Cayley map in the body frame for square matrices, SHAKE
+        otherwise (tall matrices: there SHAKE's products are k x k, cheaper than an n x n solve).
+        Square and tall matrices never share a bucket, so its first matrix decides."""
+        return self._body_frame(tensors[idx[0]])
+
+    def upgrade_tangent(self, p: Tensor, v: Tensor, version: int, state: Dict[str, Tensor]) -> Tensor:
+        """Version 1 stored a square matrix's tangent vectors in the ambient space: their body-frame
+        coordinates are ``skew(X^T V)`` (the tangent force of ``V``)."""
+        if version < 2 and self._body_frame(p):
+            return self.tangent_force(p, v, state)
+        return v
+
+    def _tangent_many(self, params: List[Tensor], vectors: List[Tensor], std: Optional[float]) -> List[Tensor]:
+        """Tangent vectors, as stored, of ambient forces (``std`` None) or of standard normal noise
+        times ``std``. In the body frame a force ``F`` is ``skew(X^T F)``, and the noise is
+        ``std skew(xi)``: ``X^T xi`` has the law of ``xi`` (``X`` is orthogonal and ``xi``
+        independent of it), so its skew part is the isotropic Gaussian on the skew matrices in the
+        Frobenius metric, which is the metric of ``|X A| = |A|``, without the product."""
         out: List[Optional[Tensor]] = [None] * len(params)
         for idx, rows in self._buckets(params):
             v = self._stack(vectors, idx, rows)
-            t = self._tangent_unit(self._unit(self._stack(params, idx, rows)), v if factor == 1 else v * factor)
+            if self._cayley(params, idx, rows):
+                if std is None:
+                    t = _skew(self._unit(self._stack(params, idx, rows)).transpose(-2, -1) @ v)
+                else:
+                    t = _skew(v).mul_(std)
+            else:
+                t = self._tangent_unit(self._unit(self._stack(params, idx, rows)), v if std in (None, 1) else v * std)
             for j, i in enumerate(idx):
                 out[i] = self._unstack(t, j, params[i])
         return out  # type: ignore[return-value]
 
+    def tangent_force(self, p, force, state):
+        return self._tangent_many([p], [force], None)[0]
+
+    def tangent_noise(self, p, xi, std, state):
+        return self._tangent_many([p], [xi], std)[0]
+
     def tangent_force_many(self, params, forces, states):
-        return self._tangent_many(params, forces, 1.0)
+        return self._tangent_many(params, forces, None)
 
     def tangent_noise_many(self, params, xis, std, states):
         return self._tangent_many(params, xis, std)
 
-    #: dtypes the Cayley route runs in (torch.linalg.solve has no half-precision CPU kernel)
-    CAYLEY_DTYPES = (torch.float32, torch.float64)
+    def kick_(self, params, momenta, grads, scale, weight_decay, states):
+        """B. In the body frame ``A += scale skew(X^T g)``: one product and two passes (weight
+        decay's force ``X`` is normal, ``skew(X^T X) = 0``: it drops out). Tall matrices as the
+        default (the tangent projection of the force)."""
+        rest: List[int] = []
+        for idx, rows in self._buckets(params):
+            if not self._cayley(params, idx, rows):
+                rest += idx
+                continue
+            x = self._unit(self._stack(params, idx, rows))
+            a = x.transpose(-2, -1) @ self._stack(grads, idx, rows)
+            body = self._stack(momenta, idx, rows)
+            body.add_(torch.sub(a, a.transpose(-2, -1)), alpha=0.5 * scale)  # a - a^T: exactly skew
+            for j, i in enumerate(idx):
+                piece = self._unstack(body, j, params[i])
+                if piece.data_ptr() != momenta[i].data_ptr():
+                    momenta[i].copy_(piece)
+        if rest:
+            rest.sort()
+            pick = lambda xs: [xs[i] for i in rest]  # noqa: E731
+            super().kick_(pick(params), pick(momenta), pick(grads), scale, weight_decay, pick(states))
 
-    def _cayley(self, tensors: List[Tensor], idx: List[int], rows: int) -> bool:
-        """The route of a bucket (its padded row count ``rows``): the Cayley map for square
-        matrices, SHAKE otherwise (tall matrices: there SHAKE's products are k x k, cheaper than an
-        n x n solve). Rows are padded up to the bucket's largest, so ``rows == k`` means every
-        matrix in it is square."""
-        first = tensors[idx[0]]
-        return rows == self._matrix(first).shape[-1] and first.dtype in self.CAYLEY_DTYPES
+    def _write(self, params: List[Tensor], idx: List[int], new: Tensor) -> None:
+        """Unit-scale positions ``new`` of a bucket back into its parameters."""
+        new = new if self.scale == 1 else new * self.scale
+        for j, i in enumerate(idx):
+            params[i].copy_(self._unstack(new, j, params[i]))
 
     def retract_many_(self, params, steps, states, ctx=DEFAULT_CONTEXT):
+        """Move by tangent vectors as stored: ``X cay(A / s)`` for a body-frame step ``A``, SHAKE
+        from ``X + step / s`` otherwise."""
         s = self.scale
         for idx, rows in self._buckets(params):
             x = self._unit(self._stack(params, idx, rows))
+            step = self._stack(steps, idx, rows)
             if self._cayley(params, idx, rows):
-                # the step's tangent part is x skew(x^T step); its normal part drops out
-                body = _skew(x.transpose(-2, -1) @ self._stack(steps, idx, rows))
-                new = reorthonormalise(cayley_drift(x, body, 1 / s), ctx)
-                new = new if s == 1 else new * s
-                for j, i in enumerate(idx):
-                    params[i].copy_(self._unstack(new, j, params[i]))
-                continue
-            y = torch.add(x, self._stack(steps, idx, rows), alpha=1 / s)
-            new = _shake(x, y, self.max_iter, ctx)
-            new = new if s == 1 else new * s
-            for j, i in enumerate(idx):
-                params[i].copy_(self._unstack(new, j, params[i]))
+                self._write(params, idx, reorthonormalise(cayley_drift(x, step, 1 / s), ctx))
+            else:
+                self._write(params, idx, _shake(x, torch.add(x, step, alpha=1 / s), self.max_iter, ctx))
 
     def drift_many_(self, params, velocities, t, states, ctx=DEFAULT_CONTEXT, project_velocity=True):
-        """SHAKE for the position, then RATTLE: ``v' = T_x'((x' - x) / t)`` (without the
-        projection ``T_x'`` when ``project_velocity`` is False: see :meth:`drift_ou_drift_`)."""
+        """Square matrices: ``X <- X cay(t A / s)``, and the body-frame velocity ``A`` is unchanged
+        (the same tensors are returned). Otherwise SHAKE for the position, then RATTLE:
+        ``v' = T_x'((x' - x) / t)`` (without the projection ``T_x'`` when ``project_velocity`` is
+        False: see :meth:`drift_ou_drift_`)."""
         s = self.scale
         out: List[Optional[Tensor]] = [None] * len(params)
         for idx, rows in self._buckets(params):
             x = self._unit(self._stack(params, idx, rows))
             if self._cayley(params, idx, rows):
-                # body frame: the velocity x b (b skew) moves x to x cay(t b / s) and stays x' b
-                body = _skew(x.transpose(-2, -1) @ self._stack(velocities, idx, rows))
-                new = reorthonormalise(cayley_drift(x, body, t / s), ctx)
-                v = new @ body
-            else:
-                y = torch.add(x, self._stack(velocities, idx, rows), alpha=t / s)
-                new = _shake(x, y, self.max_iter, ctx)
-                v = torch.sub(new, x).mul_(s / t)
-                if project_velocity:
-                    v = self._tangent_unit(new, v)
-            new = new if s == 1 else new * s
+                self._write(params, idx, reorthonormalise(cayley_drift(x, self._stack(velocities, idx, rows), t / s), ctx))
+                for i in idx:
+                    out[i] = velocities[i]
+                continue
+            y = torch.add(x, self._stack(velocities, idx, rows), alpha=t / s)
+            new = _shake(x, y, self.max_iter, ctx)
+            v = torch.sub(new, x).mul_(s / t)
+            if project_velocity:
+                v = self._tangent_unit(new, v)
+            self._write(params, idx, new)
             for j, i in enumerate(idx):
-                params[i].copy_(self._unstack(new, j, params[i]))
                 out[i] = self._unstack(v, j, params[i])
         return out
 
     def move_(self, params, grads, scale, weight_decay, noise, std, states, ctx=DEFAULT_CONTEXT):
-        """The overdamped move without the two tangent projections of the composition: SHAKE
+        """The overdamped move without the two tangent projections of the composition. SHAKE
         corrects ``y = x + step`` along the normal space at ``x`` (``y + x L``, ``L`` symmetric), and a
-        step's normal component ``x S`` only shifts ``L``: the corrected point is the same. Weight
-        decay's force ``x`` is normal and drops out the same way (the set has fixed norms)."""
-        steps = scaled_forces(grads, params, 0.0, scale)
-        if noise is not None:
-            torch._foreach_add_(steps, noise, alpha=std)
-        self.retract_many_(params, steps, states, ctx)
+        step's normal component ``x S`` only shifts ``L``: the corrected point is the same, so the
+        raw step goes in. On the Cayley route the step is ``skew(X^T F) + std skew(xi)`` (one
+        product). Weight decay's force ``x`` is normal and drops out either way (the set has fixed
+        norms)."""
+        s = self.scale
+        forces: Optional[List[Tensor]] = None
+        for idx, rows in self._buckets(params):
+            x = self._unit(self._stack(params, idx, rows))
+            if self._cayley(params, idx, rows):
+                a = x.transpose(-2, -1) @ self._stack(grads, idx, rows)
+                step = torch.sub(a, a.transpose(-2, -1)).mul_(0.5 * scale)  # scale skew(X^T g)
+                if noise is not None:
+                    step.add_(_skew(self._stack(noise, idx, rows)), alpha=std)
+                self._write(params, idx, reorthonormalise(cayley_drift(x, step, 1 / s), ctx))
+                continue
+            if forces is None:
+                forces = scaled_forces(grads, params, 0.0, scale)
+            step = self._stack(forces, idx, rows)
+            if noise is not None:
+                step = torch.add(step, self._stack(noise, idx, rows), alpha=std)
+            self._write(params, idx, _shake(x, torch.add(x, step, alpha=1 / s), self.max_iter, ctx))
 
     def drift_ou_drift_(self, params, momenta, t, c, noise, std, states, ctx=DEFAULT_CONTEXT):
         """``A(t) O A(t)`` with two tangent projections fewer than the composition: SHAKE corrects
@@ -445,24 +528,23 @@ class Orthogonal(Constraint):
         torch._foreach_copy_(momenta, self.drift_many_(params, v, t, states, ctx))
 
     def _cayley_drift_ou_drift_(self, params, momenta, t, c, noise, std, idx, rows, ctx) -> None:
-        """``A(t) O A(t)`` of one square bucket in the body frame: ``b = skew(x^T p)``, then
-        ``x <- x cay(t b / s)``, ``b <- c b + std skew(x^T xi)``, ``x <- x cay(t b / s)``, ``p = x b``:
-        two solves, and three products where the composition of the two drifts and the O step
-        takes five (the velocity ``x b`` between them is never formed). Without noise the two drifts
-        are one map (:func:`_cayley_pair`: one solve, two products)."""
+        """``A(t) O A(t)`` of one square bucket, in the body frame where the momenta are stored:
+        ``x <- x cay(t b / s)``, ``b <- c b + std skew(xi)``, ``x <- x cay(t b / s)``: two solves
+        and no product. Without noise the two drifts are one map (:func:`_cayley_pair`: one
+        solve, two products)."""
         s = self.scale
         x = self._unit(self._stack(params, idx, rows))
-        body = _skew(x.transpose(-2, -1) @ self._stack(momenta, idx, rows))
+        body = self._stack(momenta, idx, rows)  # a view of the momentum when the bucket is one tensor
         if noise is None:
             x = reorthonormalise(_cayley_pair(x, body, t / s, c), ctx)
             body.mul_(c)
         else:
             x = cayley_drift(x, body, t / s)
             body.mul_(c)
-            body.add_(_skew(x.transpose(-2, -1) @ self._stack(noise, idx, rows)), alpha=std)
+            body.add_(_skew(self._stack(noise, idx, rows)), alpha=std)
             x = reorthonormalise(cayley_drift(x, body, t / s), ctx)
-        v = x @ body
-        x = x if s == 1 else x * s
+        self._write(params, idx, x)
         for j, i in enumerate(idx):
-            params[i].copy_(self._unstack(x, j, params[i]))
-            momenta[i].copy_(self._unstack(v, j, params[i]))
+            piece = self._unstack(body, j, params[i])
+            if piece.data_ptr() != momenta[i].data_ptr():
+                momenta[i].copy_(piece)

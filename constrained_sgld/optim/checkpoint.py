@@ -3,16 +3,34 @@ noise generators' states, the scheme that saved it) and ``copy``/``pickle`` supp
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
+
+from .. import distributed
 
 
 
 class CheckpointMixin:
     """State dicts, copies and pickles for :class:`~constrained_sgld.optim.base.ConstrainedLangevinOptimizer`."""
 
+    #: per-parameter state entries that are tangent vectors in the set's representation
+    _tangent_state_keys: Tuple[str, ...] = ()
+
     def _state_keys_missing(self, state: Dict[Any, Dict[str, Any]]) -> List[str]:
         """The per-parameter state keys this scheme needs that a loaded state lacks."""
         return []
+
+    def _upgrade_tangents(self, saved_versions: List[Any]) -> None:
+        """Bring loaded tangent vectors saved in an older representation of their set into its
+        current one (``Constraint.upgrade_tangent``)."""
+        for group, version in zip(self.param_groups, saved_versions):
+            constraint = group.get("constraint")
+            if constraint is None or not self._tangent_state_keys or version == constraint.tangent_version:
+                continue
+            for p in group["params"]:
+                state = self.state.get(p)
+                for key in self._tangent_state_keys:
+                    if state and key in state:
+                        state[key] = constraint.upgrade_tangent(distributed.local(p.detach()), state[key], int(version), state)
 
     def __getstate__(self) -> Dict[str, Any]:
         # all of it (torch's Optimizer keeps only defaults, state and param_groups); generators as
@@ -44,6 +62,9 @@ class CheckpointMixin:
         generators.update({k: g.get_state() for k, g in self._generators.items()})
         sd["rng"] = {"base_seed": self._base_seed, "chain_id": self._chain_id, "generators": generators}
         sd["scheme"] = type(self).__name__
+        # what each group's momenta mean (a set may change its tangent representation: see
+        # Constraint.tangent_version); a state saved without it is of version 1
+        sd["tangent_versions"] = [None if g.get("constraint") is None else g["constraint"].tangent_version for g in self.param_groups]
         return sd
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -70,8 +91,10 @@ class CheckpointMixin:
             saved["constraint"] = mine
         sd["param_groups"] = saved_groups
         rng = sd.pop("rng", None)
+        tangent_versions = sd.pop("tangent_versions", None) or [1] * len(saved_groups)
         super().load_state_dict(sd)
         self._versions = {}
+        self._upgrade_tangents(tangent_versions)
         if rng is not None:
             self._base_seed = int(rng["base_seed"])
             self._chain_id = int(rng.get("chain_id", 0))

@@ -66,6 +66,8 @@ class MomentumState:
     """What the momentum schemes share: ``state["momentum"]`` per parameter, a tangent vector that
     starts at zero and is refreshed by ``c p + sqrt(T (1 - c^2)) xi``, and its kinetic temperature."""
 
+    _tangent_state_keys = ("momentum",)
+
     def _init_param_state(self, p: Tensor, constraint: Constraint, state: Dict[str, Any]) -> None:
         state["momentum"] = constraint.tangent_zeros(p.detach(), state)
 

@@ -302,7 +302,7 @@ def test_square_orthogonal_drift_ou_drift_equals_its_composition(scale):
     c = cs.Orthogonal(scale=scale)
     gen = torch.Generator().manual_seed(0)
     x0 = [c.init_(torch.empty(5, 5, dtype=torch.float64)), c.init_(torch.empty(5, 5, dtype=torch.float64))]
-    p0 = [c.tangent_project(x, torch.randn(5, 5, generator=gen, dtype=torch.float64)) for x in x0]
+    p0 = [c.tangent_force(x, torch.randn(5, 5, generator=gen, dtype=torch.float64), {}) for x in x0]  # as stored: body frame
     for noise in (None, [torch.randn(5, 5, generator=gen, dtype=torch.float64) for _ in x0]):
         fused_x, fused_p = [x.clone() for x in x0], [p.clone() for p in p0]
         c.drift_ou_drift_(fused_x, fused_p, 0.3, 0.7, noise, 0.2, [{}, {}])

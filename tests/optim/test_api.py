@@ -153,6 +153,43 @@ def test_state_dict_round_trip_continues_bit_for_bit(optimizer_cls, spec):
         assert torch.equal(a, b)
 
 
+def test_state_dict_of_the_ambient_momentum_version_is_converted(optimizer_cls):
+    """A state saved before square matrices kept their momenta in the body frame (no
+    ``tangent_versions``: version 1, the ambient tangent vector ``V``) loads as ``skew(X^T V)``, so the
+    momentum means the same velocity, and the run goes on on the set; tall matrices are unchanged."""
+    if optimizer_cls is ConstrainedSGLD:
+        pytest.skip("no momentum")
+    torch.manual_seed(0)
+    square, tall = torch.nn.Parameter(torch.empty(6, 6)), torch.nn.Parameter(torch.empty(9, 4))
+    for p in (square, tall):
+        cs.Orthogonal().init_(p.data)
+    opt = optimizer_cls([square, tall], constraints={square: "orthogonal", tall: "orthogonal"}, lr=0.05, temperature=1e-3, seed=0)
+    for p in (square, tall):
+        p.grad = torch.randn(p.shape)
+    opt.step()
+    sd = opt.state_dict()
+    assert sd["tangent_versions"] == [2]
+    body = opt.state[square]["momentum"].clone()
+    torch.testing.assert_close(body, -body.T)  # skew: the body frame
+    old = copy.deepcopy(sd)
+    del old["tangent_versions"]
+    ids = {id(p): i for i, p in enumerate(opt.param_groups[0]["params"])}
+    ambient = square.detach() @ body  # what version 1 held: V = X A
+    old["state"][ids[id(square)]]["momentum"] = ambient.clone()
+    tall_momentum = old["state"][ids[id(tall)]]["momentum"].clone()
+    twin = optimizer_cls([square, tall], constraints={square: "orthogonal", tall: "orthogonal"}, lr=0.05, temperature=1e-3, seed=0)
+    twin.load_state_dict(old)
+    torch.testing.assert_close(twin.state[square]["momentum"], body, rtol=0, atol=1e-6)
+    assert torch.equal(twin.state[tall]["momentum"], tall_momentum)
+    twin.load_state_dict(sd)  # the current version: loaded as saved
+    assert torch.equal(twin.state[square]["momentum"], body)
+    for _ in range(5):
+        for p in (square, tall):
+            p.grad = torch.randn(p.shape)
+        twin.step()
+    assert max(float(v) for v in twin.violations()) < 1e-5
+
+
 def test_load_state_dict_rejects_other_constraints():
     model = small_mlp()
     with warnings.catch_warnings():

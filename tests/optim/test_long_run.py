@@ -20,7 +20,10 @@ CHECK_EVERY = max(STEPS // 200, 1)
 
 def normal_part(c, x, p):
     """Largest normal component of the momentum ``p`` at ``x``, relative to ``max |p|``."""
-    if isinstance(c, cs.Orthogonal):
+    if isinstance(c, cs.Orthogonal) and c._body_frame(x):  # stored as X^T p: tangent when skew
+        s = c._matrix(p)
+        normal = (0.5 * (s + s.transpose(-2, -1))).abs().amax()
+    elif isinstance(c, cs.Orthogonal):
         xm = c._matrix(x) / c.scale
         s = xm.transpose(-2, -1) @ c._matrix(p)
         normal = (0.5 * (s + s.transpose(-2, -1))).abs().amax()
