@@ -37,7 +37,9 @@ median is reported as a ratio to the row's baseline. Rows:
 12. a training iteration of ``deep-mlp``'s model (32 tanh layers of width 256, batch 128, the 30
    square hidden-to-hidden matrices orthogonal) at T = 0, both schemes, against SGD-momentum's
    iteration; each scheme also with the square matrices on the SHAKE route (what every
-   orthogonal matrix took before the Cayley route), and the step alone beside each iteration.
+   orthogonal matrix took before the Cayley route), and the step alone beside each iteration; and
+   the primitives its floor is counted in (one product, one LU solve, SGD-momentum's iteration per
+   matrix), timed in the same run.
 """
 
 from __future__ import annotations
@@ -396,7 +398,29 @@ def row_deep_mlp(cfg, device) -> List[Dict]:
     times = interleaved(steps, cfg["repeats"], max(1, cfg["iterations"]), device)
     what = f"step only, deep-mlp ({depth} x {width}), the iteration's gradients, T=0"
     rows += [{"row": 12, "what": what, "candidate": n, "seconds": t, "ratio": t / times["SGD-momentum"], "baseline": "SGD-momentum's step"} for n, t in times.items()]
+    rows += _deep_mlp_primitives(cfg, device, width, iterations["SGD-momentum"], depth - 2)
     return rows
+
+
+def _deep_mlp_primitives(cfg, device, width: int, sgd_iteration: Callable[[], None], matrices: int) -> List[Dict]:
+    """Row 12's floor, read in the same run: one width x width product, the LU solve of the Cayley
+    map (``width`` right-hand sides), the LU factorisation alone, and SGD-momentum's iteration per
+    orthogonal matrix, each against the product (docs/performance.md counts a step's products
+    and solves)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(width, width, generator=g).to(device)
+    a = torch.randn(width, width, generator=g).to(device) * 0.01
+    a = a - a.T
+    lhs = torch.eye(width, device=device) + 0.5 * a
+    calls = {
+        "one product": lambda: x @ a,
+        "one LU solve, all right-hand sides (the Cayley map)": lambda: torch.linalg.solve_ex(lhs, x.T, check_errors=False),
+        "LU factorisation alone": lambda: torch.linalg.lu_factor_ex(lhs, check_errors=False),
+    }
+    times = interleaved(calls, cfg["repeats"], max(1, cfg["steps"]), device)
+    times["SGD-momentum's iteration / orthogonal matrices"] = interleaved({"it": sgd_iteration}, cfg["repeats"], max(1, cfg["iterations"]), device)["it"] / matrices
+    what = f"primitives, one {width} x {width} matrix (the floor of the step: docs/performance.md)"
+    return [{"row": 12, "what": what, "candidate": n, "seconds": t, "ratio": t / times["one product"], "baseline": "one product"} for n, t in times.items()]
 
 
 def _on_set(model: nn.Module, constraints: Dict[str, object]) -> None:
