@@ -8,26 +8,31 @@
 #                                                        -> runs/copy/paper-METHOD
 # sweep METHOD T...       : the paper preset at length T for 1,000 steps (10 epochs of 100)
 #                                                        -> runs/copy/sweep-METHOD-TT
-# collect                 : merge the finished runs into docs/results/copy-paper and
+# collect                 : merge the finished runs (those with a results.json) into
+#                           docs/results/copy-paper (its grid.md stays) and
 #                           docs/results/copy-sweep/T<T> (what docs/results.md and README read)
 # SETS="--set key=value ..." adds overrides to every run of grid, paper and sweep (the lrs chosen).
+# RUNS=DIR puts the runs under DIR instead of runs/ (a folder outside the checkout survives a fresh
+# clone of the repository, so a later checkout can resume or collect them).
 set -euo pipefail
+root=${RUNS:-runs}
 mode=$1; shift
 run() { python -m benchmarks run --task copy --seeds 1 --threads 1 --no-progress --resume ${SETS:-} "$@"; }
 case "$mode" in
   grid)
     key=$1; method=$2; shift 2
-    for lr in "$@"; do run --preset quick --methods "$method" --set "$key=$lr" --out "runs/copy/grid-$method-$lr"; done ;;
+    for lr in "$@"; do run --preset quick --methods "$method" --set "$key=$lr" --out "$root/copy/grid-$method-$lr"; done ;;
   paper)
-    for method in "$@"; do run --preset paper --methods "$method" --out "runs/copy/paper-$method"; done ;;
+    for method in "$@"; do run --preset paper --methods "$method" --out "$root/copy/paper-$method"; done ;;
   sweep)
     method=$1; shift
-    for t in "$@"; do run --preset paper --methods "$method" --set "T=$t" --set epochs=10 --out "runs/copy/sweep-$method-T$t"; done ;;
+    for t in "$@"; do run --preset paper --methods "$method" --set "T=$t" --set epochs=10 --out "$root/copy/sweep-$method-T$t"; done ;;
   collect)
     shopt -s nullglob
-    papers=(runs/copy/paper-*); [ ${#papers[@]} -gt 0 ] && { rm -rf docs/results/copy-paper; python scripts/merge_results.py docs/results/copy-paper "${papers[@]}"; }
+    finished() { for d in "$@"; do [ -f "$d/copy/results.json" ] && echo "$d"; done; true; }
+    mapfile -t papers < <(finished "$root"/copy/paper-*/); [ ${#papers[@]} -gt 0 ] && { rm -rf docs/results/copy-paper/copy docs/results/copy-paper/report.md; python scripts/merge_results.py docs/results/copy-paper "${papers[@]}"; }
     for t in 100 200 500 1000; do
-      sweeps=(runs/copy/sweep-*-T$t)
+      mapfile -t sweeps < <(finished "$root"/copy/sweep-*-T$t/)
       [ ${#sweeps[@]} -gt 0 ] && { rm -rf "docs/results/copy-sweep/T$t"; python scripts/merge_results.py "docs/results/copy-sweep/T$t" "${sweeps[@]}"; }
     done
     true ;;

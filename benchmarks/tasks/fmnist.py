@@ -125,6 +125,7 @@ class FashionMLP(ClassificationTask):
         "od_lr": 0.3,
         "temperature": 1e-5,  # ours, smoke and quick (the paper preset: 0, as the paper): a cold posterior, N * T = 0.1
         "precond_lr": 1e-3,  # *-rms and psgld: as adam's lr
+        "rmsprop_lr": 1e-3,  # rmsprop (the adaptive round's baseline): as adam's lr
         **PRECONDITIONER_HPARAMS,
         "radius_1": 0.05,  # first layer (paper)
         "radius_2": 0.1,  # second layer (paper)
