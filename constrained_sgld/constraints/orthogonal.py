@@ -426,10 +426,7 @@ class Orthogonal(Constraint):
             a = x.transpose(-2, -1) @ self._stack(grads, idx, rows)
             body = self._stack(momenta, idx, rows)
             body.add_(torch.sub(a, a.transpose(-2, -1)), alpha=0.5 * scale)  # a - a^T: exactly skew
-            for j, i in enumerate(idx):
-                piece = self._unstack(body, j, params[i])
-                if piece.data_ptr() != momenta[i].data_ptr():
-                    momenta[i].copy_(piece)
+            self._write_body(momenta, idx, body, params)
         if rest:
             rest.sort()
             pick = lambda xs: [xs[i] for i in rest]  # noqa: E731
@@ -440,6 +437,14 @@ class Orthogonal(Constraint):
         new = new if self.scale == 1 else new * self.scale
         for j, i in enumerate(idx):
             params[i].copy_(self._unstack(new, j, params[i]))
+
+    def _write_body(self, momenta: List[Tensor], idx: List[int], body: Tensor, params: List[Tensor]) -> None:
+        """Body-frame momenta ``body`` of a bucket back into ``momenta`` (nothing to copy where the
+        bucket is one tensor and ``body`` is a view of its momentum)."""
+        for j, i in enumerate(idx):
+            piece = self._unstack(body, j, params[i])
+            if piece.data_ptr() != momenta[i].data_ptr():
+                momenta[i].copy_(piece)
 
     def retract_many_(self, params, steps, states, ctx=DEFAULT_CONTEXT):
         """Move by tangent vectors as stored: ``X cay(A / s)`` for a body-frame step ``A``, SHAKE
@@ -544,7 +549,4 @@ class Orthogonal(Constraint):
             body.add_(_skew(self._stack(noise, idx, rows)), alpha=std)
             x = reorthonormalise(cayley_drift(x, body, t / s), ctx)
         self._write(params, idx, x)
-        for j, i in enumerate(idx):
-            piece = self._unstack(body, j, params[i])
-            if piece.data_ptr() != momenta[i].data_ptr():
-                momenta[i].copy_(piece)
+        self._write_body(momenta, idx, body, params)
