@@ -161,6 +161,14 @@ def cayley_drift(x: Tensor, a: Tensor, t: float) -> Tensor:
     return y_t.transpose(-2, -1).mul_(2.0).sub_(x)
 
 
+def _twice_body_force(x: Tensor, g: Tensor) -> Tensor:
+    """``2 skew(X^T g)`` (batched), as ``a - a^T`` with ``a = X^T g``: exactly skew, one product. These
+    are the body-frame coordinates of the force ``g``, doubled so that the caller's scale takes the
+    half in the pass it makes anyway."""
+    a = x.transpose(-2, -1) @ g
+    return torch.sub(a, a.transpose(-2, -1))
+
+
 def _cayley_pair(x: Tensor, b: Tensor, u: float, c: float) -> Tensor:
     """``x cay(u b) cay(u c b)``, the two drifts of ``A O A`` without noise, with one solve: the
     two factors commute, so their product is ``P^-1 P^T`` with ``P = (I - u b / 2)(I - u c b / 2)
@@ -417,20 +425,28 @@ class Orthogonal(Constraint):
         """B. In the body frame ``A += scale skew(X^T g)``: one product and two passes (weight
         decay's force ``X`` is normal, ``skew(X^T X) = 0``: it drops out). Tall matrices as the
         default (the tangent projection of the force)."""
-        rest: List[int] = []
-        for idx, rows in self._buckets(params):
-            if not self._cayley(params, idx, rows):
-                rest += idx
-                continue
-            x = self._unit(self._stack(params, idx, rows))
-            a = x.transpose(-2, -1) @ self._stack(grads, idx, rows)
+        square, rest = self._split_routes(params)
+        for idx, rows in square:
             body = self._stack(momenta, idx, rows)
-            body.add_(torch.sub(a, a.transpose(-2, -1)), alpha=0.5 * scale)  # a - a^T: exactly skew
+            x = self._unit(self._stack(params, idx, rows))
+            body.add_(_twice_body_force(x, self._stack(grads, idx, rows)), alpha=0.5 * scale)
             self._write_body(momenta, idx, body, params)
         if rest:
-            rest.sort()
             pick = lambda xs: [xs[i] for i in rest]  # noqa: E731
             super().kick_(pick(params), pick(momenta), pick(grads), scale, weight_decay, pick(states))
+
+    def _split_routes(self, params: List[Tensor]) -> Tuple[List[Tuple[List[int], int]], List[int]]:
+        """The buckets of the Cayley route (square matrices, body frame) and, sorted, the indices of
+        the other parameters, which take the default (SHAKE/RATTLE) composition."""
+        square: List[Tuple[List[int], int]] = []
+        rest: List[int] = []
+        for idx, rows in self._buckets(params):
+            if self._cayley(params, idx, rows):
+                square.append((idx, rows))
+            else:
+                rest += idx
+        rest.sort()
+        return square, rest
 
     def _write(self, params: List[Tensor], idx: List[int], new: Tensor) -> None:
         """Unit-scale positions ``new`` of a bucket back into its parameters."""
@@ -494,8 +510,7 @@ class Orthogonal(Constraint):
         for idx, rows in self._buckets(params):
             x = self._unit(self._stack(params, idx, rows))
             if self._cayley(params, idx, rows):
-                a = x.transpose(-2, -1) @ self._stack(grads, idx, rows)
-                step = torch.sub(a, a.transpose(-2, -1)).mul_(0.5 * scale)  # scale skew(X^T g)
+                step = _twice_body_force(x, self._stack(grads, idx, rows)).mul_(0.5 * scale)  # scale skew(X^T g)
                 if noise is not None:
                     step.add_(_skew(self._stack(noise, idx, rows)), alpha=std)
                 self._write(params, idx, reorthonormalise(cayley_drift(x, step, 1 / s), ctx))
@@ -514,15 +529,11 @@ class Orthogonal(Constraint):
         step's noise therefore need no projection; the second drift's RATTLE projects the result."""
         if t <= 0:
             return super().drift_ou_drift_(params, momenta, t, c, noise, std, states, ctx)
-        rest: List[int] = []
-        for idx, rows in self._buckets(params):
-            if self._cayley(params, idx, rows):
-                self._cayley_drift_ou_drift_(params, momenta, t, c, noise, std, idx, rows, ctx)
-            else:
-                rest += idx
+        square, rest = self._split_routes(params)
+        for idx, rows in square:
+            self._cayley_drift_ou_drift_(params, momenta, t, c, noise, std, idx, rows, ctx)
         if not rest:
             return
-        rest.sort()
         pick = lambda xs: [xs[i] for i in rest]  # noqa: E731
         params, momenta, states = pick(params), pick(momenta), pick(states)
         noise = None if noise is None else pick(noise)
