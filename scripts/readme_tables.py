@@ -45,6 +45,8 @@ COLUMNS = {
     "post_acc": "posterior accuracy",
     "post_nll": "posterior NLL",
     "post_ece": "posterior ECE",
+    "ess": "ESS (test log-lik)",
+    "rhat": "R-hat (test log-lik)",
     "ratio": "time/epoch vs {baseline}",
     "violation": "max violation",
     "seeds": "seeds",
