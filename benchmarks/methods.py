@@ -131,17 +131,19 @@ def _constrained(family: str, underdamped: bool, thermostat: bool = False):
     return build
 
 
-def _preconditioned(family: Optional[str], underdamped: bool = False):
+def _preconditioned(family: Optional[str], underdamped: bool = False, lr_key: str = "precond_lr"):
     """A scheme with the adaptive mass (``preconditioner=``, RMSprop's form), on ``family``'s sets
     (``None``: no set, pSGLD). The constrained weights take ``precond_lr * precond_constrained_lr_factor``
-    (expRNN's advice for RNNs: the orthogonal lr 10x smaller), the rest ``precond_lr``. At T = 0 and
+    (expRNN's advice for RNNs: the orthogonal lr 10x smaller), the rest ``precond_lr``; ``lr_key``
+    names a task's own lr for the method where its grid chose another (``precond_lr`` where the task
+    has none). At T = 0 and
     off the set the overdamped scheme is RMSprop with that lr, the underdamped one RMSprop with
     momentum ``ud_momentum`` (its lr then ``precond_lr * (1 - momentum)``: the same effective step)."""
 
     def build(model, task, seed):
         constraints = task.constrained(model, family) if family else {}
         start_on_set(model, constraints)
-        lr = task.hp["precond_lr"]
+        lr = task.hp.get(lr_key, task.hp["precond_lr"])
         factor = task.hp["precond_constrained_lr_factor"] if constraints else 1.0
         kwargs: Dict[str, Any] = {}
         if underdamped:
@@ -314,7 +316,7 @@ METHODS: Dict[str, Method] = {
         Method("lstm-rmsprop", "an LSTM of about the same parameter count, RMSprop", None, _lstm_rmsprop, variant="lstm", needs=("lstm_lr",)),
         Method("geotorch-orthogonal", "geotorch's orthogonal parametrisation of the same layers, SGD-momentum", "orthogonal", _geotorch),
         # the adaptive mass (preconditioner="rmsprop"): the same scheme, one mass per block of the set
-        Method("psgld", "ConstrainedSGLD with the adaptive mass and no constraint (pSGLD; RMSprop at T = 0)", None, _preconditioned(None), needs=("precond_lr",)),
+        Method("psgld", "ConstrainedSGLD with the adaptive mass and no constraint (pSGLD; RMSprop at T = 0)", None, _preconditioned(None, lr_key="psgld_lr"), needs=("precond_lr",)),
         Method("o-cola-od-rms", "ConstrainedSGLD with the adaptive mass (RMSprop's form, one per matrix), orthogonal constraints", "orthogonal", _preconditioned("orthogonal"), needs=("precond_lr",)),
         Method("o-cola-ud-rms", "ConstrainedUnderdampedSGLD with the adaptive mass, orthogonal constraints", "orthogonal", _preconditioned("orthogonal", True), needs=("precond_lr",)),
         Method("b-cola-od-rms", "ConstrainedSGLD with the adaptive mass (one per entry), box constraints", "box", _preconditioned("box"), needs=("precond_lr",)),
