@@ -30,7 +30,16 @@ class Method:
     variant: Optional[str] = None  # the model variant it trains (an LSTM baseline), or the task's model
     needs: Tuple[str, ...] = ()  # hyper-parameters it reads that not every task defines
     members: int = 1  # a deep ensemble of this many of the task's models (benchmarks.ensemble)
-    posterior: Optional[str] = None  # "swag": the SWAG posterior over its iterates (benchmarks.swag)
+    # "swag": the SWAG posterior over its iterates (benchmarks.swag); "laplace": the last-layer
+    # Laplace approximation at the final weights (benchmarks.laplace)
+    posterior: Optional[str] = None
+    requires: Tuple[str, ...] = ()  # optional packages it imports (module, pip name), as "module:pip-name"
+
+    def missing(self) -> Tuple[str, ...]:
+        """The pip names of the optional packages it needs that are not installed."""
+        import importlib.util
+
+        return tuple(r.split(":")[1] for r in self.requires if importlib.util.find_spec(r.split(":")[0]) is None)
 
     def applies_to(self, task) -> bool:
         from .tasks.base import ClassificationTask
@@ -38,9 +47,12 @@ class Method:
         family_ok = self.family is None or self.family in task.families
         variant_ok = self.variant is None or self.variant in task.variants
         # an ensemble trains on ClassificationTask's tensor batches, concatenated per member
-        # and is evaluated by its shared evaluation (a task that reads its model's layers cannot)
-        ensemble_ok = self.members == 1 or all(getattr(type(task), f) is getattr(ClassificationTask, f) for f in ("loss", "batches", "evaluate"))
-        return family_ok and variant_ok and ensemble_ok and all(k in task.hp for k in self.needs)
+        # and is evaluated by its shared evaluation (a task that reads its model's layers cannot);
+        # the last-layer Laplace needs the same: a plain classifier of (batch, classes) logits
+        plain = all(getattr(type(task), f) is getattr(ClassificationTask, f) for f in ("loss", "batches", "evaluate"))
+        ensemble_ok = self.members == 1 or plain
+        laplace_ok = self.posterior != "laplace" or (plain and hasattr(task, "evaluate_posterior"))
+        return family_ok and variant_ok and ensemble_ok and laplace_ok and all(k in task.hp for k in self.needs) and not self.missing()
 
 
 def _sgd(model, task, seed):
@@ -288,6 +300,11 @@ METHODS: Dict[str, Method] = {
         Method("sgd-momentum", "SGD with heavy-ball momentum", None, _sgd_momentum),
         Method("ensemble-sgd-momentum", "a deep ensemble of 5 SGD-momentum nets (independent inits and batch orders; 5x the cost), their averaged prediction", None, _sgd_momentum, members=5),
         Method("swag", "SWAG (Maddox et al. 2019): SGD-momentum, the low-rank plus diagonal Gaussian of its iterates over the second half, 30 draws averaged", None, _sgd_momentum, posterior="swag"),
+        Method(
+            "laplace",
+            "last-layer Laplace (Daxberger et al. 2021, through laplace-torch): SGD-momentum with weight decay as the MAP, a Kronecker-factored Gaussian over the last layer, prior precision by marginal likelihood, the probit predictive",
+            None, _sgd_wd, posterior="laplace", requires=("laplace:laplace-torch",),
+        ),
         Method("adam", "Adam", None, _adam),
         Method("rmsprop", "RMSprop", None, _rmsprop, needs=("rmsprop_lr",)),
         Method("sgd-wd", "SGD-momentum with weight decay", None, _sgd_wd),

@@ -235,7 +235,8 @@ POSTERIOR_SAMPLES = 20  # snapshots averaged for the posterior prediction
 def _posterior_collector(task: Task, model, optimizer, steps_per_epoch: int, method: Optional[Method] = None, seed: int = 0):
     """For tempered Langevin methods on classification tasks: keep POSTERIOR_SAMPLES snapshots
     spread over the second half of the run (the first half is burn-in). For ``swag`` methods: the
-    SWAG moments over the same POSTERIOR_SAMPLES steps (benchmarks.swag)."""
+    SWAG moments over the same POSTERIOR_SAMPLES steps (benchmarks.swag). For ``laplace`` methods:
+    the last-layer Laplace approximation, fitted at the final weights (benchmarks.laplace)."""
     from constrained_sgld import SampleCollector
 
     if not hasattr(task, "evaluate_posterior"):
@@ -247,6 +248,10 @@ def _posterior_collector(task: Task, model, optimizer, steps_per_epoch: int, met
         from .swag import SWAGCollector
 
         return SWAGCollector(model, burn_in=burn_in, thin=thin, rank=POSTERIOR_SAMPLES, seed=seed)
+    if method is not None and method.posterior == "laplace":
+        from .laplace import LaplaceCollector
+
+        return LaplaceCollector(model, task.x_train, task.y_train, batch_size=task.settings["batch_size"], seed=seed)
     tempered = any(g.get("temperature", 0) > 0 for g in optimizer.param_groups)
     if not tempered:
         return None
@@ -290,6 +295,10 @@ def plan_task(task_name: str, preset: str, methods: Optional[Sequence[str]], dev
     method that fits), checked before any work. Raises SystemExit when ``methods`` names none that
     fits the task, naming those that do."""
     task = TASKS[task_name](preset, device, overrides)
+    absent = {m: METHODS[m].missing() for m in (methods or []) if m in METHODS and METHODS[m].missing()}
+    if absent:
+        need = sorted({pkg for pkgs in absent.values() for pkg in pkgs})
+        raise SystemExit(f"--methods {','.join(absent)}: needs {', '.join(need)}, which is not installed (pip install {' '.join(need)})")
     fitting = [name for name, m in METHODS.items() if m.applies_to(task)]
     chosen = [METHODS[m] for m in (methods or task.default_methods or fitting) if METHODS[m].applies_to(task)]
     skipped = [m for m in (methods or []) if m not in fitting]

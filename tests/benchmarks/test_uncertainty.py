@@ -212,3 +212,58 @@ def test_swag_moments_and_draws_follow_the_papers_gaussian():
     swag._drawn = None
     x = torch.randn(4, 2)
     assert torch.equal(other.predict(x), swag.predict(x))
+
+
+def _fitted_laplace():
+    from torch import nn
+
+    from benchmarks.laplace import LaplaceCollector
+
+    torch.manual_seed(0)
+    x = torch.randn(400, 5)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()  # 3 classes
+    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for _ in range(300):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    collector = LaplaceCollector(model, x, y, batch_size=100, draws=2000, seed=3)
+    collector.update()
+    return model, collector, x
+
+
+def test_laplace_predictive_spreads_the_map_and_collapses_onto_it_under_a_strong_prior():
+    pytest.importorskip("laplace")
+    model, collector, x = _fitted_laplace()
+    rng = torch.get_rng_state()
+    probs = collector.predict(x)
+    assert torch.equal(torch.get_rng_state(), rng)  # the run's random stream is untouched
+    assert torch.equal(collector.predict(x), probs)  # the same draws at every call
+    assert torch.allclose(probs.sum(1), torch.ones(len(x)), atol=1e-4)
+    with torch.no_grad():
+        map_probs = torch.softmax(model(x), -1)
+    # averaging the softmax over a Gaussian around the MAP's last layer lowers the confidence of
+    # confident predictions (the MAP fits this training set, so nearly all are)
+    assert collector._la.prior_precision.item() > 0
+    assert probs.max(1).values.mean() < map_probs.max(1).values.mean() - 0.005
+    # a prior precision of 1e9 leaves no spread: the predictive is the MAP's softmax
+    collector._la.prior_precision = 1e9
+    assert torch.allclose(collector.predict(x), map_probs, atol=1e-3)
+    # a step moves the weights: the fit is redone at the next prediction
+    collector.update()
+    assert collector._la is None
+
+
+def test_laplace_method_needs_its_package(monkeypatch):
+    from benchmarks.methods import METHODS
+    from benchmarks.runner import plan_task
+
+    monkeypatch.setattr(type(METHODS["laplace"]), "missing", lambda self: ("laplace-torch",) if self.requires else ())
+    with pytest.raises(SystemExit, match="laplace-torch"):
+        plan_task("fmnist-mlp", "smoke", ["laplace"], torch.device("cpu"))
+    # in a run of every method that fits (CI's smoke run has no laplace-torch), it is left out
+    from benchmarks.tasks import TASKS
+
+    task = TASKS["fmnist-mlp"]("smoke", torch.device("cpu"), None)
+    assert not METHODS["laplace"].applies_to(task) and METHODS["swag"].applies_to(task)
