@@ -14,7 +14,7 @@ be a glob, the first folder holding a method wins for that method):
         those methods (in that order) and columns, under the column names of COLUMNS below
     <!-- pivot: value=best methods=a,b copy=FOLDER[,FOLDER...] pixel-fmnist=FOLDER[,...] -->
         one value per method (rows) and task (columns), each task read from its folders in order
-    <!-- uncertainty: FOLDER [methods=a,b] -->
+    <!-- uncertainty: FOLDER [FOLDER...] [methods=a,b] -->
         the task's uncertainty table (benchmarks.report.uncertainty_table): accuracy, NLL, ECE, Brier,
         temperature-scaled NLL, OOD detection and rotated accuracy, for the model and the posterior
 
@@ -129,7 +129,14 @@ def render_pivot(spec: str) -> str:
 
 def render_uncertainty(spec: str) -> str:
     paths, options = _options(spec)
-    (results,) = load(paths[0])
+    # one task's runs from several folders (the first folder holding a method wins for it)
+    found: Dict[str, dict] = {}
+    for pattern in paths:
+        for one in load(pattern):
+            for run in one["runs"]:
+                found.setdefault(run["method"], one)
+    first = load(paths[0])[0]
+    results = dict(first, runs=[r for m, one in found.items() for r in one["runs"] if r["method"] == m])
     table = uncertainty_table(results, options["methods"].split(",") if "methods" in options else None)
     if table is None:
         raise SystemExit(f"{spec!r}: no run recorded the uncertainty columns")
