@@ -302,7 +302,7 @@ METHODS: Dict[str, Method] = {
         Method("swag", "SWAG (Maddox et al. 2019): SGD-momentum, the low-rank plus diagonal Gaussian of its iterates over the second half, 30 draws averaged", None, _sgd_momentum, posterior="swag"),
         Method(
             "laplace",
-            "last-layer Laplace (Daxberger et al. 2021, through laplace-torch): SGD-momentum with weight decay as the MAP, a Kronecker-factored Gaussian over the last layer, prior precision by marginal likelihood, the probit predictive",
+            "last-layer Laplace (Daxberger et al. 2021, through laplace-torch): SGD-momentum with weight decay as the MAP, a Kronecker-factored Gaussian over the last layer, prior precision by marginal likelihood, the predictive averaged over 100 last-layer draws",
             None, _sgd_wd, posterior="laplace", requires=("laplace:laplace-torch",),
         ),
         Method("adam", "Adam", None, _adam),
