@@ -102,6 +102,8 @@ def _generated_task(method):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_builds_and_steps(name):
     method = METHODS[name]
+    if method.missing():  # an optional package's method (laplace): it fits no task without it
+        pytest.skip(f"{name} needs {', '.join(method.missing())}")
     task = _generated_task(method)
     assert method.applies_to(task)
     task.prepare()
