@@ -30,7 +30,12 @@ case "$mode" in
   collect)
     shopt -s nullglob
     finished() { for d in "$@"; do [ -f "$d/copy/results.json" ] && echo "$d"; done; true; }
-    mapfile -t papers < <(finished "$root"/copy/paper-*/); [ ${#papers[@]} -gt 0 ] && { rm -rf docs/results/copy-paper/copy docs/results/copy-paper/report.md; python scripts/merge_results.py docs/results/copy-paper "${papers[@]}"; }
+    # merged into a fresh folder first: a refused merge (runs of different settings) leaves docs as they were
+    mapfile -t papers < <(finished "$root"/copy/paper-*/)
+    if [ ${#papers[@]} -gt 0 ]; then
+      tmp=$(mktemp -d); python scripts/merge_results.py "$tmp" "${papers[@]}"
+      rm -rf docs/results/copy-paper/copy docs/results/copy-paper/report.md; cp -r "$tmp"/. docs/results/copy-paper/; rm -rf "$tmp"
+    fi
     for t in 100 200 500 1000; do
       mapfile -t sweeps < <(finished "$root"/copy/sweep-*-T$t/)
       [ ${#sweeps[@]} -gt 0 ] && { rm -rf "docs/results/copy-sweep/T$t"; python scripts/merge_results.py "docs/results/copy-sweep/T$t" "${sweeps[@]}"; }
