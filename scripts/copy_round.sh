@@ -33,12 +33,12 @@ case "$mode" in
     # merged into a fresh folder first: a refused merge (runs of different settings) leaves docs as they were
     mapfile -t papers < <(finished "$root"/copy/paper-*/)
     if [ ${#papers[@]} -gt 0 ]; then
-      tmp=$(mktemp -d); python scripts/merge_results.py "$tmp" "${papers[@]}"
+      tmp=$(mktemp -d); python scripts/merge_results.py --mixed-hparams "$tmp" "${papers[@]}"
       rm -rf docs/results/copy-paper/copy docs/results/copy-paper/report.md; cp -r "$tmp"/. docs/results/copy-paper/; rm -rf "$tmp"
     fi
     for t in 100 200 500 1000; do
       mapfile -t sweeps < <(finished "$root"/copy/sweep-*-T$t/)
-      [ ${#sweeps[@]} -gt 0 ] && { rm -rf "docs/results/copy-sweep/T$t"; python scripts/merge_results.py "docs/results/copy-sweep/T$t" "${sweeps[@]}"; }
+      [ ${#sweeps[@]} -gt 0 ] && { rm -rf "docs/results/copy-sweep/T$t"; python scripts/merge_results.py --mixed-hparams "docs/results/copy-sweep/T$t" "${sweeps[@]}"; }
     done
     true ;;
   *) echo "usage: $0 grid|paper|sweep|collect ..." >&2; exit 2 ;;

@@ -8,6 +8,9 @@ The first folder is the target; where it holds no results yet, the first source'
 ran every method). ``--evaluated-only`` keeps only the evaluated epochs' rows (and the last): long
 runs (two-spirals' 10,000 epochs) record a row per epoch, too large to keep in docs/results; the
 tables and curves need the evaluated ones (the time per epoch is then the mean over those epochs).
+``--mixed-hparams`` merges runs made with different task hyper-parameters (a round that sets each
+method's chosen lr with ``--set``): each run then records its own ``task_hparams``, and the top
+level keeps only the values they share.
 """
 
 import argparse
@@ -25,6 +28,7 @@ parser.add_argument("target", type=Path)
 parser.add_argument("sources", type=Path, nargs="+")
 parser.add_argument("--methods", help="comma-separated methods to keep (default: all)")
 parser.add_argument("--evaluated-only", action="store_true")
+parser.add_argument("--mixed-hparams", action="store_true", help="merge runs whose task hyper-parameters differ (a round's per-method --set values): each run keeps its own")
 args = parser.parse_args()
 keep = set(args.methods.split(",")) if args.methods else None
 
@@ -40,8 +44,16 @@ for task in tasks:
         if merged is None:
             merged = extra
             continue
-        if (extra["preset"], extra["settings"], extra["task_hparams"]) != (merged["preset"], merged["settings"], merged["task_hparams"]):
+        if (extra["preset"], extra["settings"]) != (merged["preset"], merged["settings"]):
             raise SystemExit(f"{path}: different preset or settings; not merged")
+        if extra["task_hparams"] != merged["task_hparams"]:
+            if not args.mixed_hparams:
+                raise SystemExit(f"{path}: different task hyper-parameters; not merged (--mixed-hparams merges runs made with per-method --set values)")
+            # each run keeps the task's hyper-parameters it ran with; the top level keeps those all agree on
+            for results in (merged, extra):
+                for run in results["runs"]:
+                    run.setdefault("task_hparams", results["task_hparams"])
+            merged["task_hparams"] = {k: v for k, v in merged["task_hparams"].items() if extra["task_hparams"].get(k) == v}
         keys = {(r["method"], r["seed"]) for r in extra["runs"]}
         merged["runs"] = [r for r in merged["runs"] if (r["method"], r["seed"]) not in keys] + extra["runs"]
     merged["runs"].sort(key=lambda r: (r["seed"], r["method"]))
