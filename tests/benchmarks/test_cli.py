@@ -248,3 +248,23 @@ def test_run_help_shows_defaults_and_task_names(capsys):
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "(default: fmnist-mlp)" in text and "(default: quick)" in text and "(default: results)" in text
     assert all(name in text.replace("- ", "-") for name in TASKS)
+
+
+def test_merge_refuses_other_hparams_unless_mixed(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    base = ["run", "--task", "two-spirals", "--preset", "smoke"] + TINY
+    assert main(base + ["--methods", "sgd-momentum", "--out", str(tmp_path / "a")]) == 0
+    assert main(base + ["--methods", "o-cola-ud", "--set", "ud_lr=0.001", "--out", str(tmp_path / "b")]) == 0
+    merge = [sys.executable, "scripts/merge_results.py", str(tmp_path / "m"), str(tmp_path / "a"), str(tmp_path / "b")]
+    refused = subprocess.run(merge, cwd=root, capture_output=True, text=True)
+    assert refused.returncode != 0 and "--mixed-hparams" in refused.stderr
+    subprocess.run(merge + ["--mixed-hparams"], cwd=root, check=True, capture_output=True)
+    merged = json.loads((tmp_path / "m" / "two-spirals" / "results.json").read_text())
+    by_method = {r["method"]: r for r in merged["runs"]}
+    assert by_method["o-cola-ud"]["task_hparams"]["ud_lr"] == 0.001 and by_method["sgd-momentum"]["task_hparams"]["ud_lr"] != 0.001
+    assert "ud_lr" not in merged["task_hparams"] and "momentum_lr" in merged["task_hparams"]
