@@ -130,13 +130,14 @@ def render_pivot(spec: str) -> str:
 def render_uncertainty(spec: str) -> str:
     paths, options = _options(spec)
     # one task's runs from several folders (the first folder holding a method wins for it)
-    found: Dict[str, dict] = {}
+    first, runs, seen = None, [], set()
     for pattern in paths:
         for one in load(pattern):
-            for run in one["runs"]:
-                found.setdefault(run["method"], one)
-    first = load(paths[0])[0]
-    results = dict(first, runs=[r for m, one in found.items() for r in one["runs"] if r["method"] == m])
+            first = first or one
+            new = {r["method"] for r in one["runs"]} - seen
+            runs += [r for r in one["runs"] if r["method"] in new]
+            seen |= new
+    results = dict(first, runs=runs)
     table = uncertainty_table(results, options["methods"].split(",") if "methods" in options else None)
     if table is None:
         raise SystemExit(f"{spec!r}: no run recorded the uncertainty columns")
