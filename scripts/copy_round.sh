@@ -30,15 +30,19 @@ case "$mode" in
   collect)
     shopt -s nullglob
     finished() { for d in "$@"; do [ -f "$d/copy/results.json" ] && echo "$d"; done; true; }
-    # merged into a fresh folder first: a refused merge (runs of different settings) leaves docs as they were
+    # merged into a fresh folder first, then put in place (its copy/ and report.md replaced, other
+    # files such as copy-paper/grid.md kept): a refused merge leaves docs as they were
+    collect_into() {
+      local dest=$1; shift
+      [ $# -gt 0 ] || return 0
+      local tmp; tmp=$(mktemp -d); python scripts/merge_results.py --mixed-hparams "$tmp" "$@"
+      mkdir -p "$dest"; rm -rf "$dest/copy" "$dest/report.md"; cp -r "$tmp"/. "$dest"/; rm -rf "$tmp"
+    }
     mapfile -t papers < <(finished "$root"/copy/paper-*/)
-    if [ ${#papers[@]} -gt 0 ]; then
-      tmp=$(mktemp -d); python scripts/merge_results.py --mixed-hparams "$tmp" "${papers[@]}"
-      rm -rf docs/results/copy-paper/copy docs/results/copy-paper/report.md; cp -r "$tmp"/. docs/results/copy-paper/; rm -rf "$tmp"
-    fi
+    collect_into docs/results/copy-paper "${papers[@]}"
     for t in 100 200 500 1000; do
       mapfile -t sweeps < <(finished "$root"/copy/sweep-*-T$t/)
-      [ ${#sweeps[@]} -gt 0 ] && { rm -rf "docs/results/copy-sweep/T$t"; python scripts/merge_results.py --mixed-hparams "docs/results/copy-sweep/T$t" "${sweeps[@]}"; }
+      collect_into "docs/results/copy-sweep/T$t" "${sweeps[@]}"
     done
     true ;;
   *) echo "usage: $0 grid|paper|sweep|collect ..." >&2; exit 2 ;;
