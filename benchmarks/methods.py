@@ -328,6 +328,7 @@ METHODS: Dict[str, Method] = {
         Method("m-cola-ud", "ConstrainedUnderdampedSGLD, each unit's incoming weights in a ball (max-norm)", "ball", _constrained("ball", True)),
         Method("sgd-momentum-maxnorm", "SGD-momentum, each unit's incoming weights renormalised into the ball after every step (Srivastava et al. 2014)", "ball", _projected("ball")),
         Method("n-cola-od", "ConstrainedSGLD, non-negative weights (default init, projected)", "nonnegative", _constrained("nonnegative", False)),
+        Method("n-cola-ud", "ConstrainedUnderdampedSGLD, non-negative weights (default init, projected)", "nonnegative", _constrained("nonnegative", True)),
         Method("n-cola-od-icnn", "ConstrainedSGLD, non-negative weights, ICNN initialisation (init.icnn_)", "nonnegative", _nonnegative_icnn),
         Method("sgd-momentum-orth-init", "SGD-momentum from the orthogonal start of o-cola-*, unconstrained", "orthogonal", _sgd_momentum_orth_init),
         Method("lstm-rmsprop", "an LSTM of about the same parameter count, RMSprop", None, _lstm_rmsprop, variant="lstm", needs=("lstm_lr",)),

@@ -48,16 +48,20 @@ class BinarySurrogateMLP(nn.Module):
         sizes = [inputs] + [width] * (depth - 1) + [classes]
         self.layers = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(sizes[:-1], sizes[1:]))
 
-    def forward(self, x: Tensor) -> Tensor:
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
+    def hidden_states(self, x: Tensor):
+        """The expected neurons of each hidden layer in turn, input to output (signal propagation
+        at init, scripts/depth_signal.py, reads them)."""
+        for layer in self.layers[:-1]:
             m = layer.weight
-            mean = F.linear(x, m)
-            if i == last:
-                return mean / math.sqrt(m.shape[1])
             var = F.linear(x * x, 1.0 - m * m).clamp_min(VARIANCE_FLOOR)
-            x = torch.erf(mean / torch.sqrt(2.0 * var))
-        return x
+            x = torch.erf(F.linear(x, m) / torch.sqrt(2.0 * var))
+            yield x
+
+    def forward(self, x: Tensor) -> Tensor:
+        for x in self.hidden_states(x):
+            pass
+        m = self.layers[-1].weight
+        return F.linear(x, m) / math.sqrt(m.shape[1])
 
     @torch.no_grad()
     def binary_forward(self, x: Tensor, weights) -> Tensor:

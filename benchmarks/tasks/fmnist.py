@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from constrained_sgld import init
+
 from .. import data
 from .base import PRECONDITIONER_HPARAMS, ClassificationTask
 
@@ -272,41 +274,57 @@ class FashionResNet(ClassificationTask):
 
 
 class InputConvexNet(nn.Module):
-    """An input-convex MLP: every logit is a convex function of the image.
+    """An input-convex MLP of ``depth`` hidden layers: every logit is a convex function of the image.
 
-    ``z1 = relu(A0 x + b0)``, ``z2 = relu(W1 z1 [+ A1 x] + b1)``, ``logits = W2 z2 [+ A2 x] + b2``
-    with ``W1, W2 >= 0`` (the constrained weights); ``A1, A2`` are the optional skip connections from
-    the input (unconstrained), ``[...]`` present when ``skip``.
+    ``z1 = relu(A0 x + b0)``, ``z(k+1) = relu(Wk zk [+ Ak x] + bk)`` for ``k = 1 .. depth - 1``, and
+    ``logits = Wd zd [+ Ad x] + bd`` with every ``Wk >= 0`` (the constrained weights: ``hidden.*`` and
+    ``output``); ``Ak`` are the optional skip connections from the input (unconstrained), ``[...]``
+    present when ``skip``. Depth 2 is the 784-256-256-10 net of the ICNN task's default.
     """
 
-    def __init__(self, hidden: int = 256, classes: int = 10, skip: bool = True):
+    def __init__(self, hidden: int = 256, classes: int = 10, skip: bool = True, depth: int = 2):
         super().__init__()
+        if depth < 1:
+            raise ValueError(f"--set depth: at least 1 hidden layer, got {depth!r}")
         self.input = nn.Linear(784, hidden)
-        self.hidden = nn.Linear(hidden, hidden)
+        self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth - 1))
         self.output = nn.Linear(hidden, classes)
-        self.skip_hidden = nn.Linear(784, hidden, bias=False) if skip else None
+        self.skip_hidden = nn.ModuleList(nn.Linear(784, hidden, bias=False) for _ in range(depth - 1)) if skip else None
         self.skip_output = nn.Linear(784, classes, bias=False) if skip else None
 
+    def pre_activations(self, x):
+        """Each hidden layer's pre-activation in turn, input to output (signal propagation at init,
+        scripts/depth_signal.py, reads them)."""
+        h = self.input(x)
+        yield h
+        for k, layer in enumerate(self.hidden):
+            h = layer(F.relu(h))
+            if self.skip_hidden is not None:
+                h = h + self.skip_hidden[k](x)
+            yield h
+
     def forward(self, x):
-        z = F.relu(self.input(x))
-        h = self.hidden(z)
-        if self.skip_hidden is not None:
-            h = h + self.skip_hidden(x)
+        for h in self.pre_activations(x):
+            pass
         out = self.output(F.relu(h))
         if self.skip_output is not None:
             out = out + self.skip_output(x)
         return out
 
+    def convex_layers(self):
+        """The layers whose weights must be non-negative, input to output."""
+        return [*self.hidden, self.output]
+
 
 class FashionICNN(FashionMLP):
     name = "fmnist-icnn"
-    description = "input-convex MLP (784-256-256-10, non-negative hidden-to-hidden weights) on Fashion-MNIST; clamping vs the nonnegative set, default vs ICNN initialisation"
+    description = "input-convex MLP (784-256-256-10 at the default depth 2, non-negative hidden-to-hidden weights) on Fashion-MNIST; clamping vs the nonnegative set, default vs ICNN initialisation"
     families = ("nonnegative",)
     presets = {
-        "smoke": {"train_size": 2000, "val_size": 1000, "test_size": 2000, "epochs": 2, "batch_size": 128, "eval_every": 1, "skip": True},
-        "quick": {"train_size": 10000, "val_size": 5000, "test_size": 10000, "epochs": 15, "batch_size": 128, "eval_every": 1, "skip": True},
+        "smoke": {"train_size": 2000, "val_size": 1000, "test_size": 2000, "epochs": 2, "batch_size": 128, "eval_every": 1, "skip": True, "depth": 2},
+        "quick": {"train_size": 10000, "val_size": 5000, "test_size": 10000, "epochs": 15, "batch_size": 128, "eval_every": 1, "skip": True, "depth": 2},
         # the standard split: 55k of the training images to train on, 5k to validate, the test set
-        "paper": {"train_size": 55000, "val_size": 5000, "test_size": 10000, "epochs": 50, "batch_size": 128, "eval_every": 5, "skip": True},
+        "paper": {"train_size": 55000, "val_size": 5000, "test_size": 10000, "epochs": 50, "batch_size": 128, "eval_every": 5, "skip": True, "depth": 2},
     }
     preset_hparams = {}
     hparams = {
@@ -319,9 +337,14 @@ class FashionICNN(FashionMLP):
         "ud_momentum": 0.9,
         "od_lr": 0.1,
         "temperature": 1e-6,
+        # the start for every method: "default" (PyTorch's, the non-negative weights then projected
+        # by each method) or "icnn" (init.icnn_, Hoedt & Klambauer 2023; see build_model)
+        "init": "default",
     }
 
     def prepare(self) -> None:
+        if self.hp["init"] not in ("default", "icnn"):
+            raise ValueError(f"--set init: 'default' or 'icnn', got {self.hp['init']!r}")
         if self.preset_name != "paper":  # smoke, quick: the pooled split, as fmnist-mlp
             super().prepare()
             return
@@ -330,8 +353,19 @@ class FashionICNN(FashionMLP):
         attach_mnist_ood(self, flat=True)
 
     def build_model(self, variant: Optional[str] = None) -> nn.Module:
-        return InputConvexNet(skip=bool(self.settings["skip"]))
+        model = InputConvexNet(skip=bool(self.settings["skip"]), depth=int(self.settings["depth"]))
+        if self.hp["init"] == "icnn":
+            # the authors' recipe (their depth experiment): the unconstrained first layer LeCun-normal
+            # with a zero bias, so that its pre-activations have about unit variance on standardised
+            # images, as icnn_ assumes of its inputs; every non-negative layer from icnn_
+            with torch.no_grad():
+                nn.init.normal_(model.input.weight, 0.0, model.input.in_features**-0.5)
+                nn.init.zeros_(model.input.bias)
+            for layer in model.convex_layers():
+                init.icnn_(layer.weight, layer.bias)
+        return model
 
     def constrained(self, model, family) -> Dict[str, Any]:
         assert family == "nonnegative"
-        return {"hidden.weight": "nonnegative", "output.weight": "nonnegative"}
+        names = {id(p): n for n, p in model.named_parameters()}
+        return {names[id(layer.weight)]: "nonnegative" for layer in model.convex_layers()}
