@@ -33,6 +33,8 @@ from typing import Any, Dict
 import torch
 from torch import Tensor, nn
 
+from .modes import evaluating
+
 
 class LaplaceCollector:
     def __init__(self, model: nn.Module, x_train: Tensor, y_train: Tensor, batch_size: int = 128, draws: int = 100, seed: int = 0):
@@ -57,14 +59,10 @@ class LaplaceCollector:
 
         data = torch.utils.data.TensorDataset(self.x_train, self.y_train)
         loader = torch.utils.data.DataLoader(data, batch_size=self.batch_size, shuffle=False)
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with evaluating(self.model):
             la = Laplace(self.model, "classification", subset_of_weights="last_layer", hessian_structure="kron")
             la.fit(loader)
             la.optimize_prior_precision(method="marglik", pred_type="glm", prior_structure="scalar")
-        finally:
-            self.model.train(was_training)
         self._la = la
         return la
 
@@ -79,12 +77,8 @@ class LaplaceCollector:
                 with torch.enable_grad():
                     self.fit()
             torch.manual_seed(self.seed)
-            was_training = self.model.training
-            self.model.eval()
-            try:
+            with evaluating(self.model):
                 return self._la(x, pred_type="nn", link_approx="mc", n_samples=self.draws)
-            finally:
-                self.model.train(was_training)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"steps": self.steps}

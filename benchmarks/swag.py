@@ -28,6 +28,8 @@ from typing import Any, Deque, Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from .modes import evaluating
+
 
 class SWAGCollector:
     def __init__(self, model: nn.Module, burn_in: int, thin: int, rank: int = 20, draws: int = 30, var_clamp: float = 1e-30, seed: int = 0):
@@ -88,15 +90,11 @@ class SWAGCollector:
         if self._drawn is None:
             self._drawn = self._draw()
         device = x.device
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            total = None
+        total = None
+        with evaluating(self.model):
             for params in self._drawn:
                 out = torch.softmax(torch.func.functional_call(self.model, {k: v.to(device) for k, v in params.items()}, (x,)), -1)
                 total = out if total is None else total + out
-        finally:
-            self.model.train(was_training)
         return total / len(self._drawn)
 
     def state_dict(self) -> Dict[str, Any]:

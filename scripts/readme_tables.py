@@ -77,14 +77,26 @@ def _cell(row: dict, column: str, metric: str) -> str:
     return value
 
 
-def _rows(folders: List[str]) -> Dict[str, tuple]:
-    """method -> (summary row, results) from the first folder that has the method."""
-    found: Dict[str, tuple] = {}
+def _first_holders(folders: List[str]) -> Dict[str, dict]:
+    """method -> the results of the first folder holding it (the folders in the order given, each
+    pattern's matches sorted): where a method ran in several, the first wins."""
+    holders: Dict[str, dict] = {}
     for pattern in folders:
         for results in load(pattern):
-            for row in summary_rows(results):
-                found.setdefault(row["method"], (row, results))
-    return found
+            for run in results["runs"]:
+                holders.setdefault(run["method"], results)
+    return holders
+
+
+def _distinct(results_list):
+    return list({id(r): r for r in results_list}.values())
+
+
+def _rows(folders: List[str]) -> Dict[str, tuple]:
+    """method -> (summary row, results) from the first folder that has the method."""
+    holders = _first_holders(folders)
+    summaries = {id(r): {row["method"]: row for row in summary_rows(r)} for r in _distinct(holders.values())}
+    return {m: (summaries[id(results)][m], results) for m, results in holders.items()}
 
 
 def _options(text: str):
@@ -129,15 +141,10 @@ def render_pivot(spec: str) -> str:
 
 def render_uncertainty(spec: str) -> str:
     paths, options = _options(spec)
-    # one task's runs from several folders (the first folder holding a method wins for it)
-    first, runs, seen = None, [], set()
-    for pattern in paths:
-        for one in load(pattern):
-            first = first or one
-            new = {r["method"] for r in one["runs"]} - seen
-            runs += [r for r in one["runs"] if r["method"] in new]
-            seen |= new
-    results = dict(first, runs=runs)
+    # one task's runs, gathered from several folders
+    holders = _first_holders(paths)
+    runs = [run for results in _distinct(holders.values()) for run in results["runs"] if holders[run["method"]] is results]
+    results = dict(next(iter(holders.values())), runs=runs)
     table = uncertainty_table(results, options["methods"].split(",") if "methods" in options else None)
     if table is None:
         raise SystemExit(f"{spec!r}: no run recorded the uncertainty columns")
