@@ -70,6 +70,7 @@ def collect(folder: Path):
             rows = run["epochs"]
             lasted = run["status"] == "done" or bool(rows and rows[-1]["epoch"] > budget)  # diverged after the budget
             entry = summary([r for r in rows if r["epoch"] <= budget] if lasted else [])
+            entry["diverged"] = not lasted
             entry["epochs_to_target"] = epochs_to(run, LOSS_TARGET)
             if epochs[task][depth] > budget:
                 entry["long"] = summary(rows if run["status"] == "done" else [])
@@ -118,9 +119,15 @@ def table(task, data, epochs) -> str:
                 if not runs:
                     cells.append("-")
                     continue
+                diverged = sum(r["diverged"] for r in runs)
+                if diverged == len(runs):
+                    cells.append(f"diverged ({diverged}/{len(runs)} seeds)")
+                    continue
                 text = f"{cell(runs, 'train_loss', '{:.2f}')} / {cell(runs, 'test_accuracy', '{:.3f}')}"
                 if icnn:
                     text += f" / {reach(runs, epochs[d])}"
+                if diverged:
+                    text += f" ({diverged}/{len(runs)} seeds diverged: the others)"
                 cells.append(text + (f" (n={len(runs)})" if len(runs) != 3 else ""))
             lines.append(f"| {method} | {init} | " + " | ".join(cells) + " |")
     longer = [d for d in depths if epochs[d] > budget]
@@ -129,7 +136,8 @@ def table(task, data, epochs) -> str:
         for (method, init), by_depth in sorted(data.items(), key=lambda kv: (_order({m for m, _ in data}).index(kv[0][0]), kv[0][1])):
             runs = [r["long"] for r in by_depth.get(d, []) if "long" in r]
             if runs:
-                lines.append(f"| {method} | {init} | {cell(runs, 'train_loss', '{:.2f}')} / {cell(runs, 'test_accuracy', '{:.3f}')} |")
+                text = f"{cell(runs, 'train_loss', '{:.2f}')} / {cell(runs, 'test_accuracy', '{:.3f}')}"
+                lines.append(f"| {method} | {init} | {text if text != '- / -' else 'diverged'} |")
     return "\n".join(lines) + "\n"
 
 

@@ -135,6 +135,7 @@ def test_depth_report_compares_depths_at_the_same_budget(tmp_path):
         return {"method": method, "seed": seed, "status": status, "epochs": rows}
 
     write(2, "icnn", [run("sgd-clamp", s, [1.0, 0.4], [0.7, 0.6], [0.70, 0.65]) for s in range(3)], 2)
+    write(2, "default", [run("sgd-clamp", s, [5.0], [0.1], [0.1], status="diverged at epoch 1: loss nan") for s in range(3)], 2)
     write(4, "icnn", [run("sgd-clamp", 0, [1.0, 0.9, 0.3], [0.5, 0.6, 0.9], [0.5, 0.6, 0.9]),
                       run("sgd-clamp", 1, [2.0, float("nan")], [0.1, 0.1], [0.1, 0.1], status="diverged at epoch 2: loss nan"),
                       run("sgd-clamp", 2, [1.0], [0.5], [0.5], status="running")], 3)
@@ -142,8 +143,10 @@ def test_depth_report_compares_depths_at_the_same_budget(tmp_path):
     assert done.returncode == 0, done.stderr
     text = (tmp_path / "depth.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| sgd-clamp | icnn |"))
-    depth2, depth4 = row.split(" | ")[2:4]
+    depth2, depth4 = [c.strip() for c in row.strip("|").split("|")][2:4]
     assert depth2 == "0.40 ± 0.00 / 0.700 ± 0.000 / 2"  # the best validation epoch is the first
-    assert depth4.startswith("0.90 ± 0.00 / 0.600 ± 0.000 / 3 (1/2 seeds) (n=2)")  # epoch 2; the diverged seed untrained
+    assert depth4 == "0.90 ± 0.00 / 0.600 ± 0.000 / 3 (1/2 seeds) (1/2 seeds diverged: the others) (n=2)"  # at epoch 2
+    default = next(line for line in text.splitlines() if line.startswith("| sgd-clamp | default |"))
+    assert [c.strip() for c in default.strip("|").split("|")][2] == "diverged (3/3 seeds)"
     assert "After all 3 epochs at depth 4" in text and "| sgd-clamp | icnn | 0.30 ± 0.00 / 0.900 ± 0.000 |" in text
     assert (tmp_path / "depth.png").stat().st_size > 0
