@@ -141,7 +141,7 @@ def table(task, data, epochs) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(out, path: Path) -> None:
+def plot(out, epochs, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,9 +157,13 @@ def plot(out, path: Path) -> None:
                 stats = [mean_sd([r[key] for r in by_depth[d]]) for d in depths]
                 ax.errorbar(depths, [m for m, _ in stats], yerr=[s for _, s in stats], color=styles[method]["color"],
                             linestyle=INIT_STYLE.get(init, ":"), marker="o", ms=3, capsize=2, label=f"{method}, {init}")
-        for ax, key in zip(row, ("training loss, last epoch", "test accuracy (best validation epoch)")):
+        budget = min(epochs[task].values())
+        depths = sorted(epochs[task])
+        for ax, key in zip(row, (f"training loss after {budget} epochs", "test accuracy (best validation epoch)")):
             ax.set_xscale("log", base=2)
-            ax.set_xlabel("depth")
+            ax.set_xticks(depths, [str(d) for d in depths])
+            ax.minorticks_off()
+            ax.set_xlabel("depth (a missing point: every seed diverged)")
             ax.set_title(f"{task}: {key}")
         row[0].set_yscale("log")
         row[1].legend(fontsize=7)
@@ -176,7 +180,7 @@ def main() -> None:
         raise SystemExit(f"no <task>-d<DEPTH>-<INIT>/<task>/results.json under {args.folder}")
     text = "\n".join(table(task, out[task], epochs[task]) for task in sorted(out))
     (args.folder / "depth.md").write_text(text)
-    plot(out, args.folder / "depth.png")
+    plot(out, epochs, args.folder / "depth.png")
     print(text)
 
 
