@@ -9,26 +9,25 @@
 # RUNS=DIR puts the runs under DIR instead of runs/ (outside the checkout they survive a fresh clone).
 set -euo pipefail
 root=${RUNS:-runs}
-case "$1" in
+# one resumable process per depth and init: sweep TASK "INIT..." METHODS "EXTRA SETTINGS" DEPTH...
+sweep() {
+  local task=$1 inits=$2 methods=$3 extra=$4; shift 4
+  for depth in "$@"; do
+    for init in $inits; do
+      python -m benchmarks run --task "$task" --preset quick --seeds 3 --threads 1 --no-progress --resume \
+        --methods "${METHODS:-$methods}" --set depth="$depth" --set init="$init" $extra \
+        ${EPOCHS:+--set epochs="$EPOCHS"} --out "$root/depth/$task-d$depth-$init"
+    done
+  done
+}
+kind=${1:-}; shift || true
+depths=("$@")
+case "$kind" in
   binary)
-    shift
-    depths=("$@"); [ ${#depths[@]} -gt 0 ] || depths=(5 10 20 40)
-    for depth in "${depths[@]}"; do
-      for init in near_binary centred; do
-        python -m benchmarks run --task binary-fmnist --preset quick --seeds 3 --threads 1 --no-progress --resume \
-          --methods "${METHODS:-b-cola-ud,adam-clip}" --set depth="$depth" --set init="$init" \
-          --out "$root/depth/binary-fmnist-d$depth-$init"
-      done
-    done ;;
+    [ ${#depths[@]} -gt 0 ] || depths=(5 10 20 40)
+    sweep binary-fmnist "near_binary centred" b-cola-ud,adam-clip "" "${depths[@]}" ;;
   icnn)
-    shift
-    depths=("$@"); [ ${#depths[@]} -gt 0 ] || depths=(2 4 8 16)
-    for depth in "${depths[@]}"; do
-      for init in icnn default; do
-        python -m benchmarks run --task fmnist-icnn --preset quick --seeds 3 --threads 1 --no-progress --resume \
-          --methods "${METHODS:-n-cola-od,n-cola-ud,sgd-clamp}" --set depth="$depth" --set init="$init" --set skip=False \
-          ${EPOCHS:+--set epochs="$EPOCHS"} --out "$root/depth/fmnist-icnn-d$depth-$init"
-      done
-    done ;;
+    [ ${#depths[@]} -gt 0 ] || depths=(2 4 8 16)
+    sweep fmnist-icnn "icnn default" n-cola-od,n-cola-ud,sgd-clamp "--set skip=False" "${depths[@]}" ;;
   *) echo "usage: $0 binary|icnn [DEPTH...]" >&2; exit 2 ;;
 esac
