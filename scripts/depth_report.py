@@ -29,8 +29,9 @@ FOLDER = re.compile(r"(?P<task>.+)-d(?P<depth>\d+)-(?P<init>[a-z_]+)$")
 INIT_STYLE = {"near_binary": "-", "icnn": "-", "centred": "--", "default": "--"}
 
 
-def best_epoch(run):
-    rows = [r for r in run["epochs"] if "val_accuracy" in r]
+def best_epoch(rows):
+    """The row of the best validation accuracy among ``rows`` (None if none was evaluated)."""
+    rows = [r for r in rows if "val_accuracy" in r]
     return max(rows, key=lambda r: r["val_accuracy"]) if rows else None
 
 
@@ -42,7 +43,7 @@ def summary(epochs):
     """The training loss after the last of ``epochs`` and the test accuracy at the best validation
     epoch among them (NaN where a run stopped before: a diverged run counts as not trained)."""
     last = epochs[-1]["train_loss"] if epochs else float("nan")
-    best = best_epoch({"epochs": epochs})
+    best = best_epoch(epochs)
     return {"train_loss": last if math.isfinite(last) else float("nan"), "test_accuracy": best["test_accuracy"] if best else float("nan")}
 
 

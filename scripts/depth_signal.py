@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.methods import start_on_set  # noqa: E402
 from benchmarks.tasks import TASKS  # noqa: E402
 
 LOST = 0.1  # the input counts as lost where a layer's fidelity to it falls below this
@@ -51,14 +52,7 @@ def start(task, seed: int):
     """The network as every method of the sweep starts it: built, then on the set."""
     torch.manual_seed(seed)
     model = task.build_model()
-    constrained = task.constrained(model, task.families[0])
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in constrained:
-                if task.name == "fmnist-icnn":
-                    p.clamp_(min=0.0)
-                else:
-                    p.clamp_(-1.0, 1.0)
+    start_on_set(model, task.constrained(model, task.families[0]))
     return model
 
 
