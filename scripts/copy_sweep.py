@@ -1,9 +1,14 @@
 """The copy task's length sweep: final test recall and test loss against T, one line per method,
 with the memoryless baseline; and the table of where each method falls to the baseline.
 
-    python scripts/copy_sweep.py docs/results/copy-sweep     # reads T*/copy/results.json
+    python scripts/copy_sweep.py docs/results/copy-sweep --paper docs/results/copy-paper
 
-Writes FOLDER/sweep.png and FOLDER/sweep.md. A method is *at the baseline* at length T when its final
+Reads FOLDER/T*/copy/results.json and writes FOLDER/sweep.png and FOLDER/sweep.md. With ``--paper``,
+a method that has a longer run at a swept length (the paper preset: T = 1000, the same hidden size,
+batch and epoch length, 4,000 steps) but no sweep run there is read from that run's evaluation at the
+sweep's step count. It is the same trajectory: the same seed, the same data and a constant lr (a run
+with an lr schedule is refused, since its lr at that step would depend on its length). Where both
+exist, the two are compared and sweep.md says whether they agree. A method is *at the baseline* at length T when its final
 test loss is at least AT_BASELINE times the memoryless baseline ``10 ln 8 / (T + 20)`` (it has learnt
 nothing the blanks-then-guess strategy does not know); "falls to the baseline at" is the shortest
 swept T where it is, for every seed that ran. Final values, not best-epoch ones: every length has
@@ -29,8 +34,9 @@ def final(run, key):
 
 
 def collect(folder: Path):
-    """{method: {T: [(recall, loss / baseline), ... per seed]}} and the settings of each T."""
-    out, settings = {}, {}
+    """{method: {T: [(recall, loss / baseline), ... per seed]}}, the settings of each T and the
+    runs' hyper-parameters {method: {T: [...]}}."""
+    out, settings, hparams = {}, {}, {}
     for path in sorted(folder.glob("T*/copy/results.json")):
         results = json.loads(path.read_text())
         t = int(results["settings"]["T"])
@@ -40,7 +46,50 @@ def collect(folder: Path):
             if recall is None or run["status"] != "done":
                 recall, loss = float("nan"), float("nan")
             out.setdefault(run["method"], {}).setdefault(t, []).append((recall, loss / results["baseline"]))
-    return out, settings
+            hparams.setdefault(run["method"], {}).setdefault(t, []).append(run.get("hyperparameters"))
+    return out, settings, hparams
+
+
+def read_early(run, epoch: int):
+    """(recall, loss) of a longer run at the end of ``epoch``, or NaNs where it had diverged by then."""
+    rows = [r for r in run["epochs"] if r.get("epoch") == epoch and "test_accuracy" in r]
+    if rows:
+        return rows[0]["test_accuracy"], rows[0]["test_loss"]
+    if run["status"] != "done" and len(run["epochs"]) < epoch:
+        return float("nan"), float("nan")
+    raise SystemExit(f"the longer run of {run['method']} has no test evaluation at epoch {epoch}")
+
+
+def add_longer_runs(data, settings, hparams, results_path: Path):
+    """Fill in, from the longer runs in ``results_path``, the swept lengths a method lacks. Returns
+    ({(method, T) read from the longer run}, [sentences on the runs that exist both ways])."""
+    results = json.loads(results_path.read_text())
+    t = int(results["settings"]["T"])
+    if t not in settings:
+        return set(), []
+    mine, theirs = settings[t], results["settings"]
+    same = ("hidden", "batch_size", "steps_per_epoch")
+    if any(mine[k] != theirs[k] for k in same) or theirs["epochs"] < mine["epochs"]:
+        raise SystemExit(f"{results_path}: not the sweep's run at T = {t} continued ({', '.join(f'{k} {theirs[k]}' for k in same + ('epochs',))}; "
+                         f"the sweep has {', '.join(f'{k} {mine[k]}' for k in same + ('epochs',))})")
+    added, checks = set(), []
+    for run in results["runs"]:
+        m, hp = run["method"], dict(run.get("hyperparameters") or {})
+        if "schedule" in hp:
+            raise SystemExit(f"{results_path}: {m} ran with an lr schedule; its lr at step {mine['epochs'] * mine['steps_per_epoch']:,} depends on the run's length")
+        recall, loss = read_early(run, mine["epochs"])
+        value = (recall, loss / results["baseline"])
+        others = [h for length, hs in hparams.get(m, {}).items() if length != t for h in hs]
+        if any(h != hp for h in others):
+            raise SystemExit(f"{results_path}: {m}'s hyper-parameters {hp} differ from its sweep runs' {others[0]}")
+        if t in data.get(m, {}):
+            agree = [v for v in data[m][t]] == [value]
+            checks.append(f"{m} (the sweep run and the longer run at step {mine['epochs'] * mine['steps_per_epoch']:,} "
+                          + ("agree exactly)" if agree else f"differ: {data[m][t]} against {[value]})"))
+            continue
+        data.setdefault(m, {})[t] = [value]
+        added.add((m, t))
+    return added, checks
 
 
 def falls_at(by_t):
@@ -50,7 +99,7 @@ def falls_at(by_t):
     return None
 
 
-def table(data, lengths) -> str:
+def table(data, lengths, longer=frozenset()) -> str:
     head = "| method | " + " | ".join(f"T = {t}: recall, loss / baseline" for t in lengths) + " | falls to the baseline at |"
     lines = [head, "|" + "---|" * (len(lengths) + 2)]
     for m in _order(data):
@@ -62,7 +111,8 @@ def table(data, lengths) -> str:
                 continue
             recall = statistics.mean(v[0] for v in vals)
             ratio = statistics.mean(v[1] for v in vals)
-            cells.append("diverged" if ratio != ratio else f"{100 * recall:.1f}%, {ratio:.3f}")  # NaN: a seed diverged
+            mark = " \\*" if (m, t) in longer else ""
+            cells.append(("diverged" if ratio != ratio else f"{100 * recall:.1f}%, {ratio:.3f}") + mark)  # NaN: a seed diverged
         fell = falls_at(data[m])
         missing = [t for t in lengths if t not in data[m]]
         where = f"T = {fell}" if fell is not None else (f"not at T <= {max(data[m])}" if not missing else f"not at the lengths run ({', '.join(str(t) for t in sorted(data[m]))})")
@@ -103,8 +153,9 @@ def plot(data, lengths, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
+    parser.add_argument("--paper", type=Path, help="a results folder of longer runs at a swept length (its copy/results.json), read at the sweep's step count where a method has no sweep run")
     args = parser.parse_args()
-    data, settings = collect(args.folder)
+    data, settings, hparams = collect(args.folder)
     if not data:
         print(f"no T*/copy/results.json under {args.folder}", file=sys.stderr)
         return 1
@@ -113,11 +164,21 @@ def main() -> int:
     if len(budget) != 1:
         raise SystemExit(f"the lengths were run with different budgets {sorted(budget)}: not a sweep at a fixed budget")
     steps, batch, hidden = budget.pop()
+    longer, checks = set(), []
+    if args.paper is not None:
+        longer, checks = add_longer_runs(data, settings, hparams, args.paper / "copy" / "results.json")
+    notes = ""
+    if longer:
+        notes += (f"\n\n\\* Read from the longer run in `{args.paper}` at step {steps:,}: the same seed, data and constant lr, "
+                  "so the same trajectory as a sweep run.")
+    if checks:
+        notes += " Runs that exist both ways: " + "; ".join(checks) + "."
     plot(data, lengths, args.folder / "sweep.png")
     text = (
         f"# Copy task: the length sweep\n\n{steps:,} steps of batch {batch}, hidden {hidden}, at every length; final test recall "
         f"(chance 12.5%) and final test loss over the memoryless baseline (1 = memoryless; at or above {AT_BASELINE}: at the baseline). "
-        f"Generated by `python scripts/copy_sweep.py {args.folder}`.\n\n" + table(data, lengths) + "\n\n![sweep](sweep.png)\n"
+        f"Generated by `python scripts/copy_sweep.py {args.folder}"
+        + (f" --paper {args.paper}" if args.paper is not None else "") + "`.\n\n" + table(data, lengths, longer) + notes + "\n\n![sweep](sweep.png)\n"
     )
     (args.folder / "sweep.md").write_text(text)
     print(text)

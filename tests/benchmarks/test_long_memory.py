@@ -174,3 +174,52 @@ def test_copy_sweep_table_says_where_each_method_falls_to_the_baseline(tmp_path)
     write(200, [("rmsprop", 0.9, 0.1, "done")], steps=50)
     refused = subprocess.run(script, capture_output=True, text=True, cwd=root)
     assert refused.returncode != 0 and "different budgets" in refused.stderr
+
+
+def test_copy_sweep_reads_a_longer_run_at_the_sweeps_step_count(tmp_path):
+    """scripts/copy_sweep.py --paper: a method without a sweep run at T = 1000 is read from the longer
+    run's evaluation at the sweep's last epoch (marked), a method with both is compared (agreeing or
+    not, said in sweep.md), and a longer run with an lr schedule or another width is refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    baseline = 10 * math.log(8) / (1000 + 20)
+
+    def results(folder, epochs, runs, hidden=8, t=1000):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.json").write_text(json.dumps({
+            "task": "copy", "baseline": baseline, "settings": {"T": t, "hidden": hidden, "batch_size": 4, "steps_per_epoch": 10, "epochs": epochs},
+            "runs": [{"method": m, "seed": 0, "status": "done", "hyperparameters": hp,
+                      "epochs": [{"epoch": e + 1, "test_accuracy": acc[e], "test_loss": ratio[e] * baseline} for e in range(epochs)]}
+                     for m, hp, acc, ratio in runs]}))
+
+    results(tmp_path / "sweep" / "T1000" / "copy", 2, [("o-cola-ud", {"lr": 1e-3}, [0.3, 0.4], [1.0, 0.5])])
+    longer = tmp_path / "paper"
+    results(longer / "copy", 4, [("o-cola-ud", {"lr": 1e-3}, [0.3, 0.4, 0.6, 0.9], [1.0, 0.5, 0.4, 0.1]),
+                                 ("rmsprop", {"lr": 2e-4}, [0.2, 0.25, 0.9, 1.0], [1.0, 0.97, 0.2, 0.01])])
+    script = [sys.executable, str(root / "scripts" / "copy_sweep.py"), str(tmp_path / "sweep"), "--paper", str(longer)]
+    done = subprocess.run(script, capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "sweep" / "sweep.md").read_text()
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    assert "| 25.0%, 0.970 \\* | T = 1000 |" in rows["rmsprop"]  # epoch 2 of 4, not the end (100%)
+    assert "40.0%, 0.500 |" in rows["o-cola-ud"] and "\\*" not in rows["o-cola-ud"]  # its own sweep run
+    assert "o-cola-ud (the sweep run and the longer run at step 20 agree exactly)" in text
+
+    results(longer / "copy", 4, [("o-cola-ud", {"lr": 1e-3}, [0.3, 0.5, 0.6, 0.9], [1.0, 0.45, 0.4, 0.1])])
+    done = subprocess.run(script, capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0 and "o-cola-ud (the sweep run and the longer run at step 20 differ" in (tmp_path / "sweep" / "sweep.md").read_text()
+
+    results(longer / "copy", 4, [("rmsprop", {"lr": 2e-4, "schedule": "warm-up"}, [0.2] * 4, [1.0] * 4)])
+    refused = subprocess.run(script, capture_output=True, text=True, cwd=root)
+    assert refused.returncode != 0 and "lr schedule" in refused.stderr
+    results(longer / "copy", 4, [("rmsprop", {"lr": 2e-4}, [0.2] * 4, [1.0] * 4)], hidden=16)
+    refused = subprocess.run(script, capture_output=True, text=True, cwd=root)
+    assert refused.returncode != 0 and "not the sweep's run" in refused.stderr
+    # a longer run with other hyper-parameters than the method's sweep runs at the other lengths
+    results(tmp_path / "sweep" / "T100" / "copy", 2, [("rmsprop", {"lr": 2e-4}, [0.9, 1.0], [0.2, 0.1])], t=100)
+    results(longer / "copy", 4, [("rmsprop", {"lr": 1e-3}, [0.2] * 4, [1.0] * 4)])
+    refused = subprocess.run(script, capture_output=True, text=True, cwd=root)
+    assert refused.returncode != 0 and "differ from its sweep runs" in refused.stderr
