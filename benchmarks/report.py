@@ -28,8 +28,13 @@ def _mean_std(values: List[float]) -> str:
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return _number(values[0])
+    return f"{_number(statistics.mean(values))} ± {_number(statistics.stdev(values))}"
+
+
+def _number(x: float) -> str:
+    # an exploded loss (1e23) in fixed point would be a 24-digit cell
+    return f"{x:.4f}" if abs(x) < 1e5 else f"{x:.2e}"
 
 
 def _final(run: Dict[str, Any], key: str) -> Optional[float]:
@@ -385,14 +390,19 @@ def plot_step_losses(results: Dict[str, Any], path: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     styles = _styles(list(by_method))
+    # an exploded run (loss 1e23) would squash every other curve: the axis stops at 1e3 baselines
+    cap = 1e3 * results["baseline"] if "baseline" in results else math.inf
     for m in _order(by_method):
         n = min(len(s) for s in by_method[m])  # a diverged seed ends early: the common part
         w = max(1, min(STEP_LOSS_WINDOW, n // 10))  # short runs: at least 10 points
         means = [statistics.mean(statistics.mean(s[i : i + w]) for s in by_method[m]) for i in range(0, n - w + 1, w)]
-        ax.plot([i + w for i in range(0, n - w + 1, w)], means, label=m, lw=1.2, **styles[m])
+        label = m if max(means) <= cap else f"{m} (above the axis: up to {max(means):.1e})"
+        ax.plot([i + w for i in range(0, n - w + 1, w)], means, label=label, lw=1.2, **styles[m])
     if "baseline" in results:
         ax.axhline(results["baseline"], color="k", ls=":", lw=1, label="memoryless baseline")
     ax.set_yscale("log")
+    if math.isfinite(cap) and ax.get_ylim()[1] > cap:
+        ax.set_ylim(top=cap)
     ax.set_xlabel("training step")
     ax.set_ylabel(f"training loss (mean of up to {STEP_LOSS_WINDOW} steps)")
     ax.grid(alpha=0.3)
