@@ -8,6 +8,8 @@
 #                                                        -> runs/copy/paper-METHOD
 # sweep METHOD T...       : the paper preset at length T for 1,000 steps (10 epochs of 100)
 #                                                        -> runs/copy/sweep-METHOD-TT
+#                           (at T = 1000 a method's paper run is the same run for its first
+#                           1,000 steps: scripts/copy_sweep.py --paper reads it there)
 # collect                 : merge the finished runs (those with a results.json) into
 #                           docs/results/copy-paper (its grid.md stays) and
 #                           docs/results/copy-sweep/T<T> (what docs/results.md and README read)

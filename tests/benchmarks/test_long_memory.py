@@ -223,3 +223,30 @@ def test_copy_sweep_reads_a_longer_run_at_the_sweeps_step_count(tmp_path):
     results(longer / "copy", 4, [("rmsprop", {"lr": 1e-3}, [0.2] * 4, [1.0] * 4)])
     refused = subprocess.run(script, capture_output=True, text=True, cwd=root)
     assert refused.returncode != 0 and "differ from its sweep runs" in refused.stderr
+
+
+def test_report_writes_an_exploded_loss_in_e_notation_and_caps_the_step_axis(tmp_path, monkeypatch):
+    """An RNN whose loss explodes to 1e23 gets a readable cell (not 24 digits), and the step-loss
+    plot stops its axis at 1e3 baselines, naming the run that goes above it."""
+    from benchmarks import report
+
+    assert report._mean_std([2.84e23]) == "2.84e+23" and report._mean_std([0.0056]) == "0.0056"
+    import matplotlib.axes
+
+    seen = {}
+    original = matplotlib.axes.Axes.set_ylim
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_ylim", spy)
+    labels = []
+    original_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, *a, **k: labels.append(k.get("label")) or original_plot(self, *a, **k))
+    results = {"task": "copy", "preset": "paper", "settings": {"T": 1000}, "baseline": 0.02,
+               "runs": [{"method": "rmsprop", "seed": 0, "epochs": [{"step_loss": [1.0] * 50 + [3e23] * 50}]},
+                        {"method": "o-cola-ud", "seed": 0, "epochs": [{"step_loss": [0.03] * 100}]}]}
+    assert report.plot_step_losses(results, tmp_path / "steps.png")
+    assert seen["top"] == 1e3 * 0.02
+    assert any(label and label.startswith("rmsprop (above the axis") for label in labels) and "o-cola-ud" in labels
