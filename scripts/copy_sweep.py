@@ -8,7 +8,9 @@ a method that has a longer run at a swept length (the paper preset: T = 1000, th
 batch and epoch length, 4,000 steps) but no sweep run there is read from that run's evaluation at the
 sweep's step count. It is the same trajectory: the same seed, the same data and a constant lr (a run
 with an lr schedule is refused, since its lr at that step would depend on its length). Where both
-exist, the two are compared and sweep.md says whether they agree. A method is *at the baseline* at length T when its final
+exist, the two are compared and sweep.md says whether they agree.
+
+A method is *at the baseline* at length T when its final
 test loss is at least AT_BASELINE times the memoryless baseline ``10 ln 8 / (T + 20)`` (it has learnt
 nothing the blanks-then-guess strategy does not know); "falls to the baseline at" is the shortest
 swept T where it is, for every seed that ran. Final values, not best-epoch ones: every length has
@@ -72,23 +74,25 @@ def add_longer_runs(data, settings, hparams, results_path: Path):
     if any(mine[k] != theirs[k] for k in same) or theirs["epochs"] < mine["epochs"]:
         raise SystemExit(f"{results_path}: not the sweep's run at T = {t} continued ({', '.join(f'{k} {theirs[k]}' for k in same + ('epochs',))}; "
                          f"the sweep has {', '.join(f'{k} {mine[k]}' for k in same + ('epochs',))})")
-    added, checks = set(), []
+    step = mine["epochs"] * mine["steps_per_epoch"]
+    early = {}  # method -> [(recall, loss / baseline) per seed], in the runs' order
     for run in results["runs"]:
         m, hp = run["method"], dict(run.get("hyperparameters") or {})
         if "schedule" in hp:
-            raise SystemExit(f"{results_path}: {m} ran with an lr schedule; its lr at step {mine['epochs'] * mine['steps_per_epoch']:,} depends on the run's length")
-        recall, loss = read_early(run, mine["epochs"])
-        value = (recall, loss / results["baseline"])
+            raise SystemExit(f"{results_path}: {m} ran with an lr schedule; its lr at step {step:,} depends on the run's length")
         others = [h for length, hs in hparams.get(m, {}).items() if length != t for h in hs]
         if any(h != hp for h in others):
             raise SystemExit(f"{results_path}: {m}'s hyper-parameters {hp} differ from its sweep runs' {others[0]}")
+        recall, loss = read_early(run, mine["epochs"])
+        early.setdefault(m, []).append((recall, loss / results["baseline"]))
+    added, checks = set(), []
+    for m, values in early.items():
         if t in data.get(m, {}):
-            agree = [v for v in data[m][t]] == [value]
-            checks.append(f"{m} (the sweep run and the longer run at step {mine['epochs'] * mine['steps_per_epoch']:,} "
-                          + ("agree exactly)" if agree else f"differ: {data[m][t]} against {[value]})"))
-            continue
-        data.setdefault(m, {})[t] = [value]
-        added.add((m, t))
+            agree = data[m][t] == values
+            checks.append(f"{m} (the sweep run and the longer run at step {step:,} " + ("agree exactly)" if agree else f"differ: {data[m][t]} against {values})"))
+        else:
+            data.setdefault(m, {})[t] = values
+            added.add((m, t))
     return added, checks
 
 
@@ -172,7 +176,7 @@ def main() -> int:
         notes += (f"\n\n\\* Read from the longer run in `{args.paper}` at step {steps:,}: the same seed, data and constant lr, "
                   "so the same trajectory as a sweep run.")
     if checks:
-        notes += " Runs that exist both ways: " + "; ".join(checks) + "."
+        notes += "\n\nRuns that exist both ways: " + "; ".join(checks) + "."
     plot(data, lengths, args.folder / "sweep.png")
     text = (
         f"# Copy task: the length sweep\n\n{steps:,} steps of batch {batch}, hidden {hidden}, at every length; final test recall "
