@@ -104,7 +104,7 @@ def train_one(
         record["resumed"] = record.get("resumed", 0) + 1
         restore_rng_states(saved["rng"], device)
         first_epoch = saved["epoch"] + 1
-    bar = _progress(task, method, seed, progress, done=first_epoch - 1)
+    bar = _progress(task, method, seed, progress, steps, done=(first_epoch - 1) * steps)
     writer = tensorboard_writer(tensorboard / task.name / method.name / f"seed{seed}") if tensorboard else None
     try:
         for epoch in range(first_epoch, task.epochs + 1):
@@ -138,6 +138,8 @@ def train_one(
                     step_losses.append(loss.detach())
                 correct += right
                 seen += len(targets)
+                if bar is not None:
+                    bar.update(1)  # per step: a slow epoch still shows progress from the first second
             _sync(device)
             seconds = time.perf_counter() - start - tracing
             row = {"epoch": epoch, "seconds": seconds, "train_loss": loss_sum.item() / seen}
@@ -176,8 +178,7 @@ def train_one(
                     "record": record, "worst": worst, "profile_start": profile_start,
                 })
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith("test_") or k == "train_loss"})
+                bar.set_postfix(progress_postfix(row))
     except FloatingPointError as e:  # our optimisers raise it on a non-finite gradient
         record["status"] = f"diverged at epoch {len(record['epochs']) + 1}: {str(e).splitlines()[0]}"
     finally:
@@ -269,14 +270,28 @@ def _chain_trace(task: Task, model, collector):
     return ChainTrace(model, projections=4)
 
 
-def _progress(task: Task, method: Method, seed: int, enabled: bool, done: int = 0):
+def progress_postfix(row: Dict[str, Any]) -> Dict[str, str]:
+    """What the progress bar shows of an epoch's row: the training loss and the test metrics that
+    are single numbers (a row also holds lists and dicts, e.g. reliability bins and per-angle
+    accuracies, which a bar cannot format)."""
+    return {
+        k: f"{v:.4g}" for k, v in row.items()
+        if (k.startswith("test_") or k == "train_loss") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def _progress(task: Task, method: Method, seed: int, enabled: bool, steps_per_epoch: int, done: int = 0):
+    """A bar over the run's optimiser steps (updated every step), or None."""
     if not enabled:
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return None
-    return tqdm(total=task.epochs, initial=done, desc=f"{task.name} {method.name} seed {seed}", unit="epoch", leave=False, file=sys.stderr)
+    return tqdm(
+        total=task.epochs * steps_per_epoch, initial=done, desc=f"{task.name} {method.name} seed {seed}",
+        unit="step", leave=False, file=sys.stderr, dynamic_ncols=True,
+    )
 
 
 def load_results(path: Path) -> Optional[Dict[str, Any]]:

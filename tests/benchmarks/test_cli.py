@@ -43,6 +43,20 @@ def test_run_writes_results_and_merges_seeds(tmp_path):
     assert (folder / "results.md").is_file() and (out / "report.md").is_file()
 
 
+def test_progress_bars_show_only_scalar_metrics():
+    row = {"epoch": 3, "seconds": 1.5, "train_loss": 0.25, "test_accuracy": 0.9, "test_reliability": [0.1, 0.2],
+           "test_rotated": {"30": 0.5}, "test_converged": True, "val_accuracy": 0.8}
+    assert runner.progress_postfix(row) == {"train_loss": "0.25", "test_accuracy": "0.9"}
+
+
+def test_run_with_progress_bars(tmp_path, capsys):
+    out = tmp_path / "res"
+    args = ["run", "--task", "two-spirals", "--preset", "smoke", "--methods", "sgd,c-cola-od", "--out", str(out)]
+    assert main(args + [a for a in TINY if a != "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "two-spirals c-cola-od seed 0" in err and "step" in err
+
+
 def test_interrupt_keeps_finished_runs(tmp_path, monkeypatch):
     real = runner.train_one
     calls = []
