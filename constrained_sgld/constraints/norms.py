@@ -18,6 +18,8 @@ left) or clamps (``x -> r x / |x|``, outward radial velocity dropped).
 
 from __future__ import annotations
 
+import functools
+
 import math
 from typing import Any, Dict, Optional
 
@@ -33,6 +35,23 @@ def _check_dim(dim: Any, owner: str) -> Any:
     if not ok:
         raise ValueError(f"{owner}: dim must be 'rows', None, an int or a tuple of ints, got {dim!r}")
     return tuple(dim) if isinstance(dim, list) else dim
+
+
+
+def _eager_under_cpu_inductor(method):
+    """Run a sphere list operation eagerly when it is traced by torch.compile on CPU tensors:
+    inductor's C++ code generator fails on the sphere's step (``InductorError: KeyError 'buf..'``,
+    torch 2.13, in its outer-loop fusion with local buffers). The rest of the step still compiles;
+    the sphere's part is a graph break that runs as the eager step does."""
+    eager = torch.compiler.disable(method)
+
+    @functools.wraps(method)
+    def wrapper(self, params, *args, **kwargs):
+        if torch.compiler.is_compiling() and params and params[0].device.type == "cpu":
+            return eager(self, params, *args, **kwargs)
+        return method(self, params, *args, **kwargs)
+
+    return wrapper
 
 
 class _NormSet(Constraint):
@@ -240,18 +259,22 @@ class Sphere(_NormSet):
         """The geodesic flow for time ``t``; ``velocity`` becomes the new velocity in place (and is returned)."""
         return self._geodesic_(p, velocity, t)
 
+    @_eager_under_cpu_inductor
     def retract_many_(self, params, steps, states, ctx=DEFAULT_CONTEXT):
         for p, step in zip(params, steps):
             self._geodesic_(p, step.clone(), 1.0, ctx, velocity=False)
 
+    @_eager_under_cpu_inductor
     def drift_many_(self, params, velocities, t, states, ctx=DEFAULT_CONTEXT):
         return [self._geodesic_(p, v, t, ctx) for p, v in zip(params, velocities)]
 
+    @_eager_under_cpu_inductor
     def kick_(self, params, momenta, grads, scale, weight_decay, states):
         """``p += scale T_x(g)``. Weight decay's force ``wd x`` is normal to the sphere: no kick."""
         for p, m, g in zip(params, momenta, grads):
             m.add_(g, alpha=scale).addcmul_(p, self._dot(p, g), value=-scale / self.radius**2)
 
+    @_eager_under_cpu_inductor
     def ou_(self, params, momenta, c, noise, std, states):
         torch._foreach_mul_(momenta, c)
         if noise is not None:
@@ -259,6 +282,7 @@ class Sphere(_NormSet):
                 # m is tangent already: T_x(c m + std xi) = c m + std T_x(xi)
                 self._untangle_(p, m.add_(xi, alpha=std))
 
+    @_eager_under_cpu_inductor
     def move_(self, params, grads, scale, weight_decay, noise, std, states, ctx=DEFAULT_CONTEXT):
         """``x <- exp_x(T_x(scale g + std xi))`` (weight decay's force is normal: no move). The
         geodesic moves along the step's tangent part, so the step is not projected first; without
@@ -271,6 +295,7 @@ class Sphere(_NormSet):
                 step.add_(noise[i], alpha=std)
             self._geodesic_(p, step, 1.0, ctx, velocity=False)
 
+    @_eager_under_cpu_inductor
     def drift_ou_drift_(self, params, momenta, t, c, noise, std, states, ctx=DEFAULT_CONTEXT):
         """Without noise the O step only slows the momentum down, along the same great circle: ``A(t)
         O A(t)`` is then one geodesic for time ``t (1 + c)`` and the momentum times ``c``."""

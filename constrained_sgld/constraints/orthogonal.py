@@ -204,6 +204,14 @@ def reorthonormalise(x: Tensor, ctx: StepContext) -> Tensor:
     return torch.matmul(x, x.transpose(-2, -1) @ x).mul_(-0.5).add_(x, alpha=1.5)
 
 
+def _needs_copy(piece: Tensor, target: Tensor) -> bool:
+    """Whether ``piece`` must be copied into ``target``: not when it is a view of the same memory.
+    Under torch.compile always (dynamo cannot compare data pointers, and a graph break there would
+    make it compile every helper call apart, guarded on each parameter; the functional graph makes
+    the copy of a tensor onto itself free)."""
+    return torch.compiler.is_compiling() or piece.data_ptr() != target.data_ptr()
+
+
 @register_constraint("orthogonal")
 class Orthogonal(Constraint):
     """``W^T W = scale^2 I`` (tall) or ``W W^T = scale^2 I`` (wide), per matrix.
@@ -351,7 +359,7 @@ class Orthogonal(Constraint):
             for batch, (idx, _) in zip(packed, buckets):
                 for j, i in enumerate(idx):
                     piece = self._unstack(batch, j, targets[i])
-                    if piece.data_ptr() != targets[i].data_ptr():  # a lone matrix's "stack" is a view
+                    if _needs_copy(piece, targets[i]):  # a lone matrix's "stack" is a view
                         targets[i].copy_(piece)
 
         inner = type(self)(scale=self.scale, batch_dims=self.batch_dims + 1, max_iter=self.max_iter)  # a subclass keeps its overrides
@@ -459,7 +467,7 @@ class Orthogonal(Constraint):
         bucket is one tensor and ``body`` is a view of its momentum)."""
         for j, i in enumerate(idx):
             piece = self._unstack(body, j, params[i])
-            if piece.data_ptr() != momenta[i].data_ptr():
+            if _needs_copy(piece, momenta[i]):
                 momenta[i].copy_(piece)
 
     def retract_many_(self, params, steps, states, ctx=DEFAULT_CONTEXT):

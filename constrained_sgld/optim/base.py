@@ -17,7 +17,7 @@ from .. import distributed
 from ..constraints.base import UNCONSTRAINED, Constraint, StepContext
 from .checkpoint import CheckpointMixin
 from .diagnostics import DiagnosticsMixin
-from .groups import STEP_TIME, GroupsMixin
+from .groups import STEP_TIME, GroupsMixin, scalar
 from .guards import GuardsMixin
 from .noise import NoiseStreamsMixin
 from .preconditioner import PRECONDITIONER_KEYS, make_preconditioner, precondition, preconditioner_state
@@ -109,25 +109,32 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
                     "add_param_group({'params': ..., 'constraint': ...}) from a fresh optimiser. No parameter was changed"
                 )
             params, grads = [], []
+            maximize = group.get("maximize", False)  # a group loaded from an older checkpoint has no key
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise ValueError(f"parameter {self._label(p)!r} has a sparse gradient; sparse gradients are not supported")
                 params.append(p)
-                grads.append(p.grad)
+                grads.append(-p.grad if maximize else p.grad)  # ascend: the potential is -loss
             plan.append((group, params, grads))
         return plan
 
     def _param_state(self, p: Tensor, constraint: Constraint, group: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """``p``'s state, created on first use (and the preconditioner's, when ``group`` has one)."""
-        state = self.state[p]
+        """``p``'s state, created on first use (and the preconditioner's, when ``group`` has one).
+        A parameter whose scheme and set keep nothing gets no entry in ``self.state`` (as
+        ``torch.optim.SGD`` without momentum), only an empty dict for this step."""
+        state = self.state.get(p)
+        if state is None:
+            state = {}
         if not state or state.keys() <= set(PRECONDITIONER_KEYS):  # a mass set before the first step
             piece = distributed.local(p.detach())
             state.update(constraint.init_state(piece))
             self._init_param_state(piece, constraint, state)
         if group is not None and group.get("preconditioner") is not None and "second_moment" not in state:
             preconditioner_state(constraint, distributed.local(p.detach()), state)
+        if state and p not in self.state:
+            self.state[p] = state
         return state
 
     @torch.no_grad()
@@ -141,19 +148,19 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
         if not self.sync_free:
             if self.check_finite:
                 self._raise_on_nonfinite(plan)
-            for group, params, grads in plan:
-                self._step_group(group, params, grads, StepContext())
+            for (group, params, grads), noise in zip(plan, self._noise_for(plan)):
+                self._step_group(group, params, grads, StepContext(), noise)
             self._remember_versions(plan)
             return loss
         # sync-free: nothing is read on the host; a non-finite gradient makes the whole step a no-op
         # on the device (parameters and states restored from a snapshot) instead of raising
         finite = self._all_finite(plan) if self.check_finite else None
         snapshot = self._snapshot(plan) if finite is not None else None
-        for group, params, grads in plan:
+        for (group, params, grads), noise in zip(plan, self._noise_for(plan)):
             if finite is not None:
                 grads = [torch.where(self._on(finite, g), distributed.local(g), 0.0) for g in grads]  # keep NaN out
             ctx = StepContext(sync_free=True)
-            self._step_group(group, params, grads, ctx)
+            self._step_group(group, params, grads, ctx, noise)
             rejected = ctx.rejected
             if rejected:
                 count = torch.stack([r.to(rejected[0].device) for r in rejected]).sum()
@@ -194,11 +201,40 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
         """The group's set, with the flat set standing in for "no constraint"."""
         return group["constraint"] if group["constraint"] is not None else UNCONSTRAINED
 
-    def _step_group(self, group: Dict[str, Any], params: List[Tensor], grads: List[Tensor], ctx: StepContext) -> None:
+    def _noise_for(self, plan) -> List[Optional[List[Tensor]]]:
+        """``_draw_noise(plan)``, called only when some group draws: at temperature 0 the step has
+        no graph break and compiles whole (``fullgraph=True``)."""
+        if any(params and group["temperature"] > 0 for group, params, _ in plan):
+            return self._draw_noise(plan)
+        return [None] * len(plan)
+
+    @torch.compiler.disable
+    def _draw_noise(self, plan) -> List[Optional[List[Tensor]]]:
+        """Each group's standard normal draws for this step (``None`` where it adds no noise), in
+        group order. Drawn before any update, in one call that torch.compile leaves to eager: dynamo
+        cannot trace a draw from the optimiser's own ``torch.Generator``, and a graph break there
+        inside the step's loops would make it fall back to compiling each helper call apart,
+        guarded on each parameter's identity (past the recompile limit with many matrices)."""
+        draws: List[Optional[List[Tensor]]] = []
+        for group, params, _ in plan:
+            if params and group["temperature"] > 0 and scalar(group["lr"]) != 0:
+                draws.append(self._standard_normal_like([distributed.local(p) for p in params], [distributed.shard_rank(p) for p in params]))
+            else:
+                draws.append(None)
+        return draws
+
+    def _step_group(self, group: Dict[str, Any], params: List[Tensor], grads: List[Tensor], ctx: StepContext,
+                    noise: Optional[List[Tensor]] = None) -> None:
+        """One group's update; ``noise``: its standard normal draws (``None`` at temperature 0)."""
         if not params:
             return
         constraint = self._group_constraint(group)
         states = [self._param_state(p, constraint, group) for p in params]
+        if scalar(group["lr"]) == 0:
+            # a step of zero time (an annealed lr, or DCP's state-initialising step) is the identity:
+            # the states exist now, nothing moves and no noise is drawn
+            self._noise_norms.pop(id(group), None)
+            return
         # sharded (DTensor) parameters: update this rank's piece in place
         pieces = [distributed.local(p) for p in params]
         if not torch.compiler.is_compiling():  # dynamo cannot trace version counters
@@ -209,10 +245,7 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
                 if seen is not None and seen != piece._version:
                     constraint.sync_state(piece, state)
         grads = [distributed.local(g) for g in grads]
-        noise = None
-        if group["temperature"] > 0:
-            noise = self._standard_normal_like(pieces, [distributed.shard_rank(p) for p in params])
-        else:
+        if noise is None:
             self._noise_norms.pop(id(group), None)  # diagnostics() reports 0 at temperature 0
         weight_decay, mass = group["weight_decay"], None
         spec = group.get("preconditioner")

@@ -23,16 +23,63 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_lr(value: Any, zero_ok: bool) -> bool:
+    """A finite number > 0 (``>= 0`` with ``zero_ok``), or a one-element real Tensor holding one
+    (``torch.optim`` takes both)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            return False
+        value = float(value)  # a CUDA tensor is read on the host here, as torch's non-capturable steps do
+    return _is_number(value) and (value >= 0 if zero_ok else value > 0)
+
+
+def scalar(value: Any) -> Any:
+    """A hyper-parameter as a Python number: a Tensor ``lr`` is read (one host read on a GPU)."""
+    return float(value) if isinstance(value, Tensor) else value
+
+
+#: the prefix ``torch.compile`` gives a compiled module's parameter names (``_orig_mod.0.weight``)
+COMPILED_PREFIX = "_orig_mod."
+
+
+def uncompiled_name(name: str) -> str:
+    """``name`` as the module had it before ``torch.compile`` wrapped it: every ``_orig_mod.``
+    segment removed (``module._orig_mod.fc.weight`` from DDP around a compiled model -> ``module.fc.weight``)."""
+    if COMPILED_PREFIX not in name:
+        return name
+    return ".".join(part for part in name.split(".") if part != COMPILED_PREFIX[:-1])
+
+
+#: torch.optim flags this package does not implement, and why (each must keep its off value)
+REFUSED_FLAGS = {
+    "differentiable": (False, "the step updates the parameters in place under torch.no_grad() through the sets' "
+                              "projections and retractions, which autograd cannot differentiate through"),
+    "capturable": (False, "use sync_free=True: this package's step that never reads a tensor on the host (what "
+                          "capturable=True gives torch's optimisers); CUDA graph capture of it is not verified"),
+    "fused": (None, "there is no fused kernel; the step always runs the sets' multi-tensor (foreach) operations, "
+                    "so leave fused at None"),
+}
+
+
+def refuse_torch_flags(**flags: Any) -> None:
+    """Raise ``ValueError`` for a ``torch.optim`` flag set to what this package does not support."""
+    for name, value in flags.items():
+        off, why = REFUSED_FLAGS[name]
+        if value is not off and not (off is False and value is None) and not (off is None and value is False):
+            raise ValueError(f"{name}={value!r} is not supported: {why}")
+
+
 class GroupsMixin:
     """Grouping by constraint for :class:`~constrained_sgld.optim.base.ConstrainedLangevinOptimizer`."""
 
     #: option name -> (check(value) -> bool, what the value must be)
     _option_rules: Dict[str, Tuple[Callable[[Any], bool], str]] = {
-        "lr": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+        "lr": (lambda v: _is_lr(v, zero_ok=False), "a finite number > 0 (a float or a one-element Tensor)"),
         "temperature": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
         "weight_decay": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
         "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-        "foreach": (lambda v: isinstance(v, bool), "True or False"),
+        "foreach": (lambda v: v is None or isinstance(v, bool), "None, True or False"),
+        "maximize": (lambda v: isinstance(v, bool), "True or False"),
     }
 
     @staticmethod
@@ -63,7 +110,8 @@ class GroupsMixin:
                         f"constraint pattern {key!r} needs parameter names: pass model.named_parameters() "
                         f"(or (name, tensor) pairs) instead of bare tensors"
                     )
-                hit = fnmatch.fnmatchcase(name, key)
+                # a compiled model's names carry "_orig_mod.": patterns are written for the model's own
+                hit = fnmatch.fnmatchcase(name, key) or fnmatch.fnmatchcase(uncompiled_name(name), key)
             if hit:
                 (self._overridden_rules if overridden else self._matched_rules).add(i)
                 return constraint
@@ -77,7 +125,7 @@ class GroupsMixin:
             return
         ok, must_be = rule
         if at_step and option == "lr":  # schedulers may anneal to exactly 0
-            ok, must_be = (lambda v: _is_number(v) and v >= 0), "a finite number >= 0"
+            ok, must_be = (lambda v: _is_lr(v, zero_ok=True)), "a finite number >= 0 (a float or a one-element Tensor)"
         if not ok(value):
             where = where() if callable(where) else where
             raise ValueError(f"invalid {option}={value!r}{(' ' + where) if where else ''}: {option} must be {must_be}")

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..constraints.base import DEFAULT_CONTEXT, Constraint, StepContext
 from .base import ConstrainedLangevinOptimizer
+from .groups import refuse_torch_flags, scalar
 
 __all__ = ["ConstrainedSGLD", "overdamped_update"]
 
@@ -104,18 +105,23 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
         preconditioner: Any = None,
         seed: Optional[int] = None,
         check_finite: bool = True,
-        foreach: bool = True,
+        foreach: Optional[bool] = None,
+        maximize: bool = False,
         chain_id: int = 0,
         sync_free: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        fused: Optional[bool] = None,
     ) -> None:
-        defaults = dict(lr=lr, temperature=temperature, weight_decay=weight_decay, preconditioner=preconditioner, foreach=foreach)
+        refuse_torch_flags(differentiable=differentiable, capturable=capturable, fused=fused)
+        defaults = dict(lr=lr, temperature=temperature, weight_decay=weight_decay, preconditioner=preconditioner, foreach=foreach, maximize=maximize)
         super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id, sync_free=sync_free)
 
     def _noise_scale(self, group) -> float:
-        return math.sqrt(2.0 * group["lr"] * group["temperature"])
+        return math.sqrt(2.0 * scalar(group["lr"]) * group["temperature"])
 
     def _update_group(self, group, constraint, params, grads, states, noise, ctx, *, weight_decay, mass=None) -> None:
         overdamped_update(
             params, grads, states, constraint,
-            lr=group["lr"], temperature=group["temperature"], weight_decay=weight_decay, noise=noise, ctx=ctx,
+            lr=scalar(group["lr"]), temperature=group["temperature"], weight_decay=weight_decay, noise=noise, ctx=ctx,
         )

@@ -50,7 +50,7 @@ from torch import Tensor
 from .. import distributed
 from ..constraints.base import DEFAULT_CONTEXT, Constraint, StepContext
 from .base import ConstrainedLangevinOptimizer
-from .groups import GroupsMixin, _is_number
+from .groups import GroupsMixin, _is_number, refuse_torch_flags, scalar
 from .underdamped import MomentumState, langevin_step_size
 
 __all__ = ["ConstrainedSGNHT", "thermostat_update"]
@@ -163,18 +163,23 @@ class ConstrainedSGNHT(MomentumState, ConstrainedLangevinOptimizer):
         preconditioner: Any = None,
         seed: Optional[int] = None,
         check_finite: bool = True,
-        foreach: bool = True,
+        foreach: Optional[bool] = None,
+        maximize: bool = False,
         chain_id: int = 0,
         sync_free: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        fused: Optional[bool] = None,
     ) -> None:
-        defaults = dict(lr=lr, momentum=momentum, temperature=temperature, thermostat_mass=thermostat_mass, weight_decay=weight_decay, preconditioner=preconditioner, foreach=foreach)
+        refuse_torch_flags(differentiable=differentiable, capturable=capturable, fused=fused)
+        defaults = dict(lr=lr, momentum=momentum, temperature=temperature, thermostat_mass=thermostat_mass, weight_decay=weight_decay, preconditioner=preconditioner, foreach=foreach, maximize=maximize)
         super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id, sync_free=sync_free)
 
     # -- state (the momenta: MomentumState)
     @staticmethod
     def _initial_xi(group: Dict[str, Any]) -> float:
         """``A = -ln(momentum) / h``: where the thermostat starts."""
-        h = langevin_step_size(group["lr"], group["momentum"])
+        h = langevin_step_size(scalar(group["lr"]), group["momentum"])
         return -math.log(group["momentum"]) / h if h > 0 else 0.0
 
     def _thermostat(self, group: Dict[str, Any], device: torch.device) -> Tensor:
@@ -188,8 +193,16 @@ class ConstrainedSGNHT(MomentumState, ConstrainedLangevinOptimizer):
             xi = group["thermostat"] = torch.as_tensor(xi, dtype=torch.float64).to(device)
         return xi
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+    def _pack_extras(self, sd: Dict[str, Any]) -> None:
+        """Every group's ``xi``, also before its first step (at ``A``): a loader that fills the keys
+        it is given (DCP) then restores it."""
+        super()._pack_extras(sd)
+        for packed, group in zip(sd["param_groups"], self.param_groups):
+            if packed.get("thermostat") is None:
+                packed["thermostat"] = torch.full((), self._initial_xi(group), dtype=torch.float64)
+
+    def _after_load(self) -> None:
+        super()._after_load()
         for group in self.param_groups:
             if isinstance(group.get("thermostat"), Tensor):
                 # torch keeps a loaded group's values by reference: two optimisers loading one dict
@@ -207,12 +220,12 @@ class ConstrainedSGNHT(MomentumState, ConstrainedLangevinOptimizer):
         return snapshot
 
     # -- the step
-    def _step_group(self, group, params, grads, ctx) -> None:
+    def _step_group(self, group, params, grads, ctx, noise=None) -> None:
         # the tangent dimension of the whole group, from the parameters as given (packing pads)
         constraint = self._group_constraint(group)
         self._step_dims = sum(constraint.tangent_dim(p.detach()) for p in params)
         self._step_sharded = any(distributed.sharded_dims(p) for p in params)
-        super()._step_group(group, params, grads, ctx)
+        super()._step_group(group, params, grads, ctx, noise)
 
     @staticmethod
     def _all_reduce(sq: Tensor) -> Tensor:
@@ -230,7 +243,7 @@ class ConstrainedSGNHT(MomentumState, ConstrainedLangevinOptimizer):
         thermostat_update(
             params, grads, states, constraint,
             xi=self._thermostat(group, params[0].device), dims=max(self._step_dims, 1),
-            lr=group["lr"], momentum=group["momentum"], temperature=group["temperature"],
+            lr=scalar(group["lr"]), momentum=group["momentum"], temperature=group["temperature"],
             thermostat_mass=thermostat_mass, weight_decay=weight_decay, noise=noise,
             kinetic=self._all_reduce if self._step_sharded else None, mass=mass, ctx=ctx,
         )

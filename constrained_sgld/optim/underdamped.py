@@ -27,6 +27,7 @@ from torch import Tensor
 from .. import distributed
 from ..constraints.base import DEFAULT_CONTEXT, Constraint, StepContext
 from .base import ConstrainedLangevinOptimizer
+from .groups import refuse_torch_flags, scalar
 
 __all__ = ["ConstrainedUnderdampedSGLD", "MomentumState", "underdamped_update", "langevin_step_size"]
 
@@ -72,7 +73,8 @@ class MomentumState:
         state["momentum"] = constraint.tangent_zeros(p.detach(), state)
 
     def _state_keys_missing(self, state) -> List[str]:
-        return ["momentum"] if any(s and "momentum" not in s for s in state.values()) else []
+        # only parameters' entries (dicts): torch keeps whatever else a user or hook put in ``state``
+        return ["momentum"] if any(isinstance(s, dict) and s and "momentum" not in s for s in state.values()) else []
 
     def _noise_scale(self, group) -> float:
         """Per-entry std of the O step's noise (at the friction ``-ln(momentum) / h``)."""
@@ -132,11 +134,16 @@ class ConstrainedUnderdampedSGLD(MomentumState, ConstrainedLangevinOptimizer):
         preconditioner: Any = None,
         seed: Optional[int] = None,
         check_finite: bool = True,
-        foreach: bool = True,
+        foreach: Optional[bool] = None,
+        maximize: bool = False,
         chain_id: int = 0,
         sync_free: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        fused: Optional[bool] = None,
     ) -> None:
-        defaults = dict(lr=lr, momentum=momentum, temperature=temperature, weight_decay=weight_decay, preconditioner=preconditioner, foreach=foreach)
+        refuse_torch_flags(differentiable=differentiable, capturable=capturable, fused=fused)
+        defaults = dict(lr=lr, momentum=momentum, temperature=temperature, weight_decay=weight_decay, preconditioner=preconditioner, foreach=foreach, maximize=maximize)
         super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id, sync_free=sync_free)
 
     def _extra_diagnostics(self, group) -> Dict[str, Tensor]:
@@ -145,6 +152,6 @@ class ConstrainedUnderdampedSGLD(MomentumState, ConstrainedLangevinOptimizer):
     def _update_group(self, group, constraint, params, grads, states, noise, ctx, *, weight_decay, mass=None) -> None:
         underdamped_update(
             params, grads, states, constraint,
-            lr=group["lr"], momentum=group["momentum"], temperature=group["temperature"],
+            lr=scalar(group["lr"]), momentum=group["momentum"], temperature=group["temperature"],
             weight_decay=weight_decay, noise=noise, ctx=ctx,
         )

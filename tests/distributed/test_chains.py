@@ -31,7 +31,7 @@ def test_chains_differ_and_each_is_reproducible(cls):
 def test_chain_id_is_checkpointed():
     _, opt = run(3, steps=2)
     state = opt.state_dict()
-    assert state["rng"]["chain_id"] == 3
+    assert state["param_groups"][0]["rng"]["chain_id"] == 3
     # a fresh optimiser built for another chain, loaded from chain 3's checkpoint, continues chain 3
     full, _ = run(3, steps=5)
     torch.manual_seed(0)

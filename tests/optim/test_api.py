@@ -155,7 +155,7 @@ def test_state_dict_round_trip_continues_bit_for_bit(optimizer_cls, spec):
 
 def test_state_dict_of_the_ambient_momentum_version_is_converted(optimizer_cls):
     """A state saved before square matrices kept their momenta in the body frame (no
-    ``tangent_versions``: version 1, the ambient tangent vector ``V``) loads as ``skew(X^T V)``, so the
+    ``tangent_version``: version 1, the ambient tangent vector ``V``) loads as ``skew(X^T V)``, so the
     momentum means the same velocity, and the run goes on on the set; tall matrices are unchanged."""
     if optimizer_cls is ConstrainedSGLD:
         pytest.skip("no momentum")
@@ -168,11 +168,11 @@ def test_state_dict_of_the_ambient_momentum_version_is_converted(optimizer_cls):
         p.grad = torch.randn(p.shape)
     opt.step()
     sd = opt.state_dict()
-    assert sd["tangent_versions"] == [2]
+    assert sd["param_groups"][0]["tangent_version"] == 2
     body = opt.state[square]["momentum"].clone()
     torch.testing.assert_close(body, -body.T)  # skew: the body frame
     old = copy.deepcopy(sd)
-    del old["tangent_versions"]
+    del old["param_groups"][0]["tangent_version"]
     ids = {id(p): i for i, p in enumerate(opt.param_groups[0]["params"])}
     ambient = square.detach() @ body  # what version 1 held: V = X A
     old["state"][ids[id(square)]]["momentum"] = ambient.clone()
@@ -371,8 +371,8 @@ def test_nonfinite_gradient_leaves_everything_untouched(optimizer_cls, bad):
     for k, s in state["state"].items():
         for name, t in s.items():
             assert torch.equal(t, after["state"][k][name])
-    for key, gen_state in state["rng"]["generators"].items():
-        assert torch.equal(gen_state, after["rng"]["generators"][key])
+    for key, gen_state in state["param_groups"][0]["rng"]["generators"].items():
+        assert torch.equal(gen_state, after["param_groups"][0]["rng"]["generators"][key])
 
 
 def test_bad_lr_set_by_hand_is_caught_before_any_change():
