@@ -72,7 +72,7 @@ def cmd_run(args) -> int:
             raise SystemExit(f"--task {t!r}: unknown; choose from {', '.join(TASKS)} or all")
     methods = args.methods.split(",") if args.methods else None
     for m in methods or []:
-        if m not in METHODS:
+        if m not in METHODS and methods != ["all"]:
             raise SystemExit(f"--methods {m!r}: unknown; choose from {', '.join(METHODS)}")
     if args.seeds < 1:
         raise SystemExit(f"--seeds {args.seeds}: the number of seeds must be at least 1")
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     run.add_argument("--preset", default="quick", choices=PRESETS, help="sizes and lengths (`list` shows each task's)")
     run.add_argument("--seeds", type=int, default=1, help="number of seeds, at least 1")
     run.add_argument("--first-seed", type=int, default=0, help="the first seed")
-    run.add_argument("--methods", default=None, help="comma-separated method names (default: the task's own list, else every method that fits)")
+    run.add_argument("--methods", default=None, help="comma-separated method names, or all: every method that fits the task (default: the task's headline list, else every method that fits)")
     run.add_argument("--out", default="results", help="results folder; runs of the same configuration merge there, another configuration is refused")
     run.add_argument("--device", default="cpu", help="cpu or cuda")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset setting or hyper-parameter (repeatable)")

@@ -307,9 +307,12 @@ def save_results(results: Dict[str, Any], folder: Path) -> None:
 
 def plan_task(task_name: str, preset: str, methods: Optional[Sequence[str]], device: torch.device, overrides: Optional[Dict[str, Any]] = None):
     """The task and the methods to run on it (``methods``, else the task's defaults, else every
-    method that fits), checked before any work. Raises SystemExit when ``methods`` names none that
+    method that fits; ``["all"]``: every method that fits and whose packages are installed),
+    checked before any work. Raises SystemExit when ``methods`` names none that
     fits the task, naming those that do."""
     task = TASKS[task_name](preset, device, overrides)
+    if methods is not None and list(methods) == ["all"]:
+        methods = [name for name, m in METHODS.items() if not m.missing() and m.applies_to(task)]
     absent = {m: METHODS[m].missing() for m in (methods or []) if m in METHODS and METHODS[m].missing()}
     if absent:
         need = sorted({pkg for pkgs in absent.values() for pkg in pkgs})
@@ -391,6 +394,8 @@ def run_task(
     if hasattr(task, "baseline"):  # a reference loss the task defines (copy: the memoryless strategy)
         results["baseline"] = task.baseline
         print(f"[{task_name}] memoryless baseline: cross-entropy {task.baseline:.4f} per step", flush=True)
+    print(f"[{task_name}] {task.preset_name} preset: {', '.join(m.name for m in chosen)}; "
+          f"{len(seeds)} seed(s); results into {folder}/", flush=True)
     for seed in seeds:
         for method in chosen:
             checkpoint = checkpoint_path(folder, method.name, seed)

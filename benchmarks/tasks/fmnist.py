@@ -106,6 +106,10 @@ class FashionMLP(ClassificationTask):
     description = "784-1000-10 ReLU MLP on 10,000 Fashion-MNIST images, tested on the rest; circle constraints (paper's Figure 7)"
     data_source = "Fashion-MNIST, Debian package dataset-fashion-mnist"
     families = ("circle", "sphere", "ball")
+    # the headline set, what `python -m benchmarks run` (the README's main job) runs in about five
+    # minutes on 2 cores: the paper's sampler against the usual optimisers and the posterior
+    # baselines of README item 3 (laplace needs laplace-torch); --methods all runs every method
+    default_methods = ("sgd-momentum", "adam", "sgld", "swag", "ensemble-sgd-momentum", "c-cola-ud")
     presets = {
         "smoke": {"train_size": 2000, "val_size": 1000, "test_size": 2000, "epochs": 2, "batch_size": 128, "eval_every": 1},
         "quick": {"train_size": 10000, "val_size": 5000, "test_size": 10000, "epochs": 20, "batch_size": 128, "eval_every": 2},
