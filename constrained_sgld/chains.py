@@ -3,9 +3,9 @@ effective sample size (ESS) and the rank-normalised split R-hat (Vehtari et al. 
 
 A network's posterior has millions of coordinates; the usual practice for SG-MCMC is to diagnose a
 few scalar functions of the draws instead: a held-out log-likelihood, and projections of the
-weights onto fixed random directions. :class:`ChainTrace` records them beside a
-:class:`~constrained_sgld.SampleCollector` (call :meth:`ChainTrace.record` where the collector keeps
-a sample); :func:`chain_diagnostics` takes one trace per chain (seeds, processes, ``chain_id``)::
+weights onto fixed random directions. [`ChainTrace`][constrained_sgld.ChainTrace] records them beside a
+[`SampleCollector`][constrained_sgld.SampleCollector] (call [`ChainTrace.record()`][constrained_sgld.ChainTrace.record] where the collector keeps
+a sample); [`chain_diagnostics()`][constrained_sgld.chain_diagnostics] takes one trace per chain (seeds, processes, ``chain_id``)::
 
     traces = []
     for seed in range(4):

@@ -8,7 +8,7 @@
 - **Shards (FSDP2 ``fully_shard``, DTensor).** A sharded parameter is a ``DTensor`` whose ranks each
   hold a piece. The optimisers update the local piece, with noise from a stream of its own per rank
   (pieces are different coordinates, so their noise must be independent). This is only right for a
-  set that acts piece by piece (:meth:`Constraint.shard_local`): element-wise sets, and norms over
+  set that acts piece by piece ([`Constraint.shard_local()`][constrained_sgld.Constraint.shard_local]): element-wise sets, and norms over
   rows when the rows stay whole. Any other sharded parameter is refused at construction.
 - **Parallel chains.** ``chain_id`` gives each process a distinct, reproducible noise stream with
   everything else identical (see docs/distributed.md).

@@ -1,10 +1,10 @@
 """Initialisers matched to the constraint sets (in place, like ``torch.nn.init``).
 
-- :func:`orthogonal_`: Haar-distributed orthonormal rows or columns (``orthogonal``).
-- :func:`sphere_`: uniform on the sphere of each row, or of the whole tensor (``sphere``).
-- :func:`icnn_`: log-normal non-negative weights and a shifted bias for input-convex networks
+- [`orthogonal_()`][constrained_sgld.init.orthogonal_]: Haar-distributed orthonormal rows or columns (``orthogonal``).
+- [`sphere_()`][constrained_sgld.init.sphere_]: uniform on the sphere of each row, or of the whole tensor (``sphere``).
+- [`icnn_()`][constrained_sgld.init.icnn_]: log-normal non-negative weights and a shifted bias for input-convex networks
   (``nonnegative``), Hoedt & Klambauer, NeurIPS 2023.
-- :func:`near_binary_`: entries close to +-1 for ``box(-1, 1)`` surrogates of binary weights
+- [`near_binary_()`][constrained_sgld.init.near_binary_]: entries close to +-1 for ``box(-1, 1)`` surrogates of binary weights
   (after Stamatescu et al. 2019).
 
 Sources and derivations: docs/initialisers.md.
@@ -66,7 +66,7 @@ def icnn_(weight: Tensor, bias: Optional[Tensor] = None, rho: float = 0.5, alpha
     """Non-negative weights for input-convex networks (Hoedt & Klambauer, NeurIPS 2023).
 
     ``weight`` (``(out, in, *kernel)``, fan-in ``in * prod(kernel)``) is drawn from the log-normal
-    whose mean and variance are those of :func:`icnn_moments`: the underlying normal has mean
+    whose mean and variance are those of [`icnn_moments()`][constrained_sgld.init.icnn_moments]: the underlying normal has mean
     ``log(m2) - log(m2 + v) / 2`` and variance ``log(1 + v / m2)``. ``bias`` (if given) is set to the
     constant that centres the pre-activations. Centred initialisations fail for non-negative
     weights: every pre-activation would start with a large positive mean.

@@ -22,7 +22,7 @@ __all__ = ["SampleCollector", "CyclicalLR"]
 class SampleCollector:
     """Keeps snapshots of ``model``'s parameters (and buffers) along a run.
 
-    Call :meth:`update` after each optimiser step. Step ``k`` (counted from 1) is kept when
+    Call `update()` after each optimiser step. Step ``k`` (counted from 1) is kept when
     ``k > burn_in`` and ``(k - burn_in) % thin == 0``; with ``max_samples`` set, the oldest snapshot
     is dropped when a new one would exceed it (memory stays bounded; the kept samples are the most
     recent ones). Snapshots live on ``device`` (default CPU, so GPU memory is not spent on them).
@@ -126,8 +126,8 @@ class CyclicalLR(LRScheduler):
     ``lr = base_lr / 2 * (cos(pi * r) + 1)`` with ``r = (k mod L) / L`` and ``L = ceil(total_steps /
     cycles)`` (Zhang et al., ICLR 2020). In the first ``exploration`` fraction of each cycle the
     groups' ``temperature`` is set to 0 (optimisation: move to a new mode fast); in the rest it is
-    the group's own temperature (sampling). :meth:`sampling` says which stage the *next* step is in,
-    so a :class:`SampleCollector` can be updated only then.
+    the group's own temperature (sampling). `sampling()` says which stage the *next* step is in,
+    so a [`SampleCollector`][constrained_sgld.SampleCollector] can be updated only then.
 
     Call ``scheduler.step()`` after each ``optimizer.step()``, as every torch scheduler.
     """

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,8 +20,37 @@ def test_readme_is_a_front_page_and_names_ci_test_command():
     assert 150 <= len(readme.splitlines()) <= 250
     assert len(re.findall(r"^\|---", readme, re.M)) <= 4  # three headline tables and the optimisers' table
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "python -m pytest -q" in readme and "\npython -m pytest -q\n" in ci
     assert "mkdocs build --strict" in readme and "mkdocs build --strict" in ci
+
+
+def test_ci_runs_readmes_two_commands_as_written():
+    """CI reads both commands from README.md (scripts/readme_commands.py) and runs them: the main
+    job in a pseudo-terminal (progress bars drawn, a traceback fails), then the tests."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from readme_commands import readme_command
+    finally:
+        sys.path.pop(0)
+    readme = (ROOT / "README.md").read_text()
+    main, tests = readme_command("main"), readme_command("tests")
+    assert main.endswith("python -m benchmarks run") and "--no-progress" not in main
+    assert tests.endswith("python -m pytest -q")
+    assert f"\n{main}\n" in readme and f"\n{tests}\n" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'main_command="$(python3 scripts/readme_commands.py main)"' in ci
+    assert 'test_command="$(python3 scripts/readme_commands.py tests)"' in ci
+    assert 'script -qec "$main_command"' in ci and 'grep -q "Traceback"' in ci and 'bash -c "$test_command"' in ci
+    with pytest.raises(SystemExit, match="one line"):
+        readme_command("main", "## Two commands\n\nMain job: x\n\n```bash\na\nb\n```\n")
+
+
+def test_docs_requirements_are_the_docs_extra_without_torch():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["docs"]
+    listed = [line.strip() for line in (ROOT / "docs" / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert listed == extra and not any("torch" in r for r in listed)
+    assert "pip install -r docs/requirements.txt" in (ROOT / "README.md").read_text()
 
 
 def test_every_page_of_the_site_is_in_its_navigation():

@@ -55,7 +55,7 @@ scheme may call either and stay correct):
   the circle merge it into one drift (their drifts compose additively); the orthogonal set skips
   the tangent projections that SHAKE makes redundant.
 
-``ctx`` is the :class:`StepContext` of the step: whether host reads are allowed (``sync_free``) and
+``ctx`` is the `StepContext` of the step: whether host reads are allowed (``sync_free``) and
 where a set reports the moves it had to reject instead.
 """
 
@@ -89,7 +89,7 @@ class StepContext:
     ``sync_free``: no set operation may read a tensor value on the host (no device sync). Where a
     set would branch on a value (the orthogonal set's SHAKE convergence test and polar fallback),
     it decides on the device instead; moves it cannot finish are left undone and counted with
-    :meth:`reject` as 0-dim tensors, which the optimiser adds to ``diagnostics()``.
+    `reject()` as 0-dim tensors, which the optimiser adds to ``diagnostics()``.
     """
 
     def __init__(self, sync_free: bool = False):
@@ -122,7 +122,7 @@ class Constraint:
     ``spec()`` can describe the set as plain data (for ``state_dict`` and ``repr``).
     """
 
-    #: registered name, set by :func:`register_constraint`
+    #: registered name, set by [`register_constraint()`][constrained_sgld.register_constraint]
     name: str = ""
     #: True for sets with an interior (ball, box, ...): their tangent space is everything inside.
     #: Descriptive only (the tests read it); no scheme consults it.
@@ -152,7 +152,7 @@ class Constraint:
 
     @property
     def workspace(self) -> "Workspace":
-        """Scratch buffers for this set's fast paths (see :class:`Workspace`)."""
+        """Scratch buffers for this set's fast paths (see `Workspace`)."""
         ws = self.__dict__.get("_workspace")
         if ws is None:
             ws = self.__dict__["_workspace"] = Workspace()
@@ -193,7 +193,7 @@ class Constraint:
 
     #: the version of this set's tangent representation: what an optimiser's ``state["momentum"]``
     #: holds. Saved with the optimiser's state; a state of another version is converted on loading
-    #: by :meth:`upgrade_tangent`
+    #: by `upgrade_tangent()`
     tangent_version: int = 1
 
     def upgrade_tangent(self, p: Tensor, v: Tensor, version: int, state: Dict[str, Tensor]) -> Tensor:
@@ -310,7 +310,7 @@ class Constraint:
 
     # ---------------------------------------------------------------- description
     def spec(self) -> Tuple[str, Dict[str, Any]]:
-        """``(name, kwargs)``: enough to rebuild this set with :func:`make_constraint`."""
+        """``(name, kwargs)``: enough to rebuild this set with [`make_constraint()`][constrained_sgld.make_constraint]."""
         return (self.name or type(self).__name__, dict(self._spec_kwargs))
 
     def __eq__(self, other: object) -> bool:
@@ -362,7 +362,7 @@ class Workspace:
 
 
 class Packing:
-    """How a group's tensors are packed into batches (see :meth:`Constraint.packing`).
+    """How a group's tensors are packed into batches (see [`Constraint.packing()`][constrained_sgld.Constraint.packing]).
 
     ``pack(tensors)`` gives the packed list (new tensors), ``unpack_(packed, targets)`` copies
     packed values back into ``targets`` in place, and ``constraint`` acts on packed tensors."""
@@ -467,7 +467,7 @@ UNCONSTRAINED = Unconstrained()
 
 
 def register_constraint(name: str) -> Callable[[C], C]:
-    """Class decorator: make a :class:`Constraint` subclass available by ``name``.
+    """Class decorator: make a [`Constraint`][constrained_sgld.Constraint] subclass available by ``name``.
 
     >>> @register_constraint("unit_simplex")
     ... class Simplex(Constraint): ...

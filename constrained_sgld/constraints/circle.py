@@ -10,7 +10,7 @@ is stored as one arc length per entry:
 - moving by arc length ``a`` is the rotation by the Cayley angle ``theta = 2 atan(alpha / 2)``,
   ``alpha = a / r``: ``w' = w cos(theta) + z sin(theta)``, ``z' = z cos(theta) - w sin(theta)``
   (from the *old* pair, unlike the research script, which drifted off the circle), made of three
-  shears without ``sin`` or ``cos``; ``theta = alpha - alpha^3 / 12 + ...`` (see :meth:`Circle._rotate_`);
+  shears without ``sin`` or ``cos``; ``theta = alpha - alpha^3 / 12 + ...`` (see `Circle._rotate_()`);
 - the geodesic flow keeps the arc-length speed, so the underdamped drift changes no velocity.
 
 With ``U = 0`` the stationary law of ``phi`` is uniform, so ``w`` follows the arcsine law on

@@ -42,7 +42,7 @@ class _Interval(EntryBlocks, AmbientTangent):
 
     def _fold(self, p: Tensor, velocity: Optional[Tensor], crossed: str = "many") -> Optional[Tensor]:
         """Bring ``p`` (moved already) back into the interval; the velocity's sign flips once per
-        reflection. ``crossed`` is what the caller knows about the move (see :meth:`_crossings`):
+        reflection. ``crossed`` is what the caller knows about the move (see `_crossings()`):
         ``"none"``, every entry is inside and nothing is done; ``"one"``, no entry crossed both
         walls, so one reflection, ``2 clamp(p) - p``, is exact (three passes instead of the general
         fold's ten); ``"many"``, anything (the general fold)."""

@@ -210,12 +210,12 @@ class Sphere(_NormSet):
         c = torch.mul(speed, theta.sin_()).mul_(inv_n).addcmul_(cos, k).neg_()
         return a, along, c.div_(a), inv_n.mul_(r).div_(a)
 
-    #: the one-pass geodesic's limits (see :meth:`_rotation`)
+    #: the one-pass geodesic's limits (see `_rotation()`)
     max_fast_angle = 1.0
     max_fast_cancellation = 16.0
 
     def _rotated_(self, p: Tensor, v: Tensor, t: float, ctx: StepContext, velocity: bool = True, c: float = 1.0) -> bool:
-        """The geodesic by :meth:`_rotation`'s map, in place, if it may be taken (then True; else
+        """The geodesic by `_rotation()`'s map, in place, if it may be taken (then True; else
         nothing is touched). ``v`` is only written with ``velocity``."""
         fast = self._rotation(p, v, t, ctx, velocity)
         if fast is None:

@@ -16,7 +16,7 @@ On the unit-scale tall matrix ``X = W / s``:
   first order (see ``shake_correct``). Each iteration costs only k x k products; it stops once
   ``max |F| <= eps^(3/4)`` of the dtype and falls back to ``polar(Y)`` for any matrix that has not
   converged after ``max_iter`` iterations (very large steps). In a sync-free step
-  (:class:`~constrained_sgld.constraints.base.StepContext`) it runs a fixed, dtype-aware number of
+  (`StepContext`) it runs a fixed, dtype-aware number of
   iterations instead and rejects the move of a matrix that has not converged (no host read).
 - square matrices (the orthogonal group, ``n = k``) move by the Cayley map in the body frame instead:
   a tangent vector at ``X`` is ``X A`` with ``A`` skew, ``A = skew(X^T V)``, and the drift is
@@ -125,8 +125,8 @@ def shake_correct(x: Tensor, y: Tensor, max_iter: int = 12) -> Tensor:
 
 
 def shake_correct_sync_free(x: Tensor, y: Tensor, max_iter: int = 12) -> Tuple[Tensor, Tensor]:
-    """:func:`shake_correct` without host reads: a fixed number of iterations
-    (:func:`sync_free_iterations`, at most ``max_iter``), and a matrix that has not converged is
+    """`shake_correct()` without host reads: a fixed number of iterations
+    (`sync_free_iterations()`, at most ``max_iter``), and a matrix that has not converged is
     not moved (``x`` is returned for it: the move is rejected). Returns ``(new, rejected)``, with
     ``rejected`` a boolean tensor per matrix."""
     lam, err, _ = _shake_iterate(x, y, min(max_iter, sync_free_iterations(y.dtype)), check_from=None)
@@ -486,7 +486,7 @@ class Orthogonal(Constraint):
         """Square matrices: ``X <- X cay(t A / s)``, and the body-frame velocity ``A`` is unchanged
         (the same tensors are returned). Otherwise SHAKE for the position, then RATTLE:
         ``v' = T_x'((x' - x) / t)`` (without the projection ``T_x'`` when ``project_velocity`` is
-        False: see :meth:`drift_ou_drift_`)."""
+        False: see `drift_ou_drift_()`)."""
         s = self.scale
         out: List[Optional[Tensor]] = [None] * len(params)
         for idx, rows in self._buckets(params):
@@ -554,7 +554,7 @@ class Orthogonal(Constraint):
     def _cayley_drift_ou_drift_(self, params, momenta, t, c, noise, std, idx, rows, ctx) -> None:
         """``A(t) O A(t)`` of one square bucket, in the body frame where the momenta are stored:
         ``x <- x cay(t b / s)``, ``b <- c b + std skew(xi)``, ``x <- x cay(t b / s)``: two solves
-        and no product. Without noise the two drifts are one map (:func:`_cayley_pair`: one
+        and no product. Without noise the two drifts are one map (`_cayley_pair()`: one
         solve, two products)."""
         s = self.scale
         x = self._unit(self._stack(params, idx, rows))

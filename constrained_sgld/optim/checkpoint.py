@@ -18,7 +18,7 @@ def _packed_spec(constraint) -> List[Any]:
 
 
 class CheckpointMixin:
-    """State dicts, copies and pickles for :class:`~constrained_sgld.optim.base.ConstrainedLangevinOptimizer`."""
+    """State dicts, copies and pickles for `ConstrainedLangevinOptimizer`."""
 
     #: per-parameter state entries that are tangent vectors in the set's representation
     _tangent_state_keys: Tuple[str, ...] = ()

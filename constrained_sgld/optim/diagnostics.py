@@ -11,7 +11,7 @@ from .. import distributed
 
 
 class DiagnosticsMixin:
-    """``violations()`` and ``diagnostics()`` for :class:`~constrained_sgld.optim.base.ConstrainedLangevinOptimizer`."""
+    """``violations()`` and ``diagnostics()`` for `ConstrainedLangevinOptimizer`."""
 
     @torch.no_grad()
     def violations(self) -> List[Tensor]:
@@ -35,7 +35,7 @@ class DiagnosticsMixin:
     def diagnostics(self) -> List[Dict[str, Tensor]]:
         """One dict of 0-dim tensors per parameter group (nothing is read to the host here):
 
-        - ``violation``: the largest constraint violation (as :meth:`violations`);
+        - ``violation``: the largest constraint violation (as `violations()`);
         - ``grad_norm``: the norm of the group's current gradients;
         - ``noise_norm``: the norm of the Gaussian noise the last step added for the group, times its
           scale per entry (with a ``preconditioner``: after its ``M^-1/2`` scaling; 0 at temperature 0). Recording it costs one pass over the noise, so it is

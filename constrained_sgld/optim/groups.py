@@ -70,7 +70,7 @@ def refuse_torch_flags(**flags: Any) -> None:
 
 
 class GroupsMixin:
-    """Grouping by constraint for :class:`~constrained_sgld.optim.base.ConstrainedLangevinOptimizer`."""
+    """Grouping by constraint for `ConstrainedLangevinOptimizer`."""
 
     #: option name -> (check(value) -> bool, what the value must be)
     _option_rules: Dict[str, Tuple[Callable[[Any], bool], str]] = {

@@ -12,7 +12,7 @@ from .. import distributed
 
 
 class GuardsMixin:
-    """Finiteness checks and snapshots for :class:`~constrained_sgld.optim.base.ConstrainedLangevinOptimizer`."""
+    """Finiteness checks and snapshots for `ConstrainedLangevinOptimizer`."""
 
     @staticmethod
     def _gradient_sum(grads: List[Tensor]) -> Tensor:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 
 class NoiseStreamsMixin:
-    """Reproducible, device-bound noise for :class:`~constrained_sgld.optim.base.ConstrainedLangevinOptimizer`."""
+    """Reproducible, device-bound noise for `ConstrainedLangevinOptimizer`."""
 
     def _generator(self, device: torch.device, shard: Optional[int] = None) -> torch.Generator:
         """The noise stream for ``device`` (and for the pieces of sharded parameters on rank ``shard``).

@@ -18,7 +18,7 @@ no random numbers are drawn.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from torch import Tensor
 
@@ -60,7 +60,7 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
         params: tensors, ``(name, tensor)`` pairs (``model.named_parameters()``) or parameter groups
             (dicts, each may carry ``"constraint"`` and its own ``lr``/``temperature``/``weight_decay``).
         constraints: maps parameters (tensors) or ``fnmatch`` patterns on names to a constraint spec:
-            a registered name, ``(name, kwargs)``, a :class:`~constrained_sgld.Constraint` or ``None``.
+            a registered name, ``(name, kwargs)``, a [`Constraint`][constrained_sgld.Constraint] or ``None``.
             The first matching pattern wins; a group's ``"constraint"`` key wins over the mapping.
         lr: step size ``h`` of the Euler-Maruyama step (the drift is ``-lr * grad``).
         temperature: ``T`` in ``exp(-U/T)``; noise variance per step is ``2 * lr * T``.
@@ -89,15 +89,26 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
             ``torch.optim.RMSprop``. ``adapt_steps=N`` adapts for the first ``N`` steps and then
             freezes the mass (exact from then on); ``None`` adapts continually (pSGLD; a small bias).
             Per group, like ``lr``; see ``constrained_sgld/optim/preconditioner.py``.
-        foreach: accepted for ``torch.optim`` compatibility; the step always runs the sets'
-            multi-tensor operations (``torch._foreach_*`` calls, same-shaped orthogonal matrices
-            batched). The per-tensor reference the tests compare against is in ``tests/``.
+        foreach: ``None`` (default), ``True`` or ``False``, accepted for ``torch.optim``
+            compatibility; the step always runs the sets' multi-tensor operations
+            (``torch._foreach_*`` calls, same-shaped orthogonal matrices batched). The per-tensor
+            reference the tests compare against is in ``tests/``.
+        maximize: ascend the loss instead (the potential is ``-loss``), as in ``torch.optim.SGD``.
+        differentiable: ``torch.optim``'s flag, accepted off only: the step projects and retracts
+            in place under ``torch.no_grad()`` (``True`` raises a ``ValueError`` saying so).
+        capturable: accepted off only; ``sync_free=True`` is this package's step that never reads
+            the host (``True`` raises a ``ValueError`` saying so).
+        fused: ``None`` or ``False`` only: there is no fused kernel.
+
+    ``lr`` may be a float or a one-element tensor (as in ``torch.optim``). The state dict holds
+    ``state`` and ``param_groups`` only; the noise streams, sets and scheme are inside the groups
+    (docs/usage.md, "Checkpoints").
     """
 
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-2,
+        lr: Union[float, Tensor] = 1e-2,
         *,
         constraints: Optional[Mapping[Any, Any]] = None,
         temperature: float = 0.0,

@@ -38,7 +38,7 @@ an optimum, the first step from ``V = 0``) it grows to ``sqrt(2 lr T / eps)`` pe
 that matters, and ``bias_correction=True`` (Adam's ``V / (1 - alpha^t)``, so that the first steps'
 mass is the force's scale rather than ``sqrt(1 - alpha)`` of it) or a start near the target.
 
-At ``temperature=0`` on an unconstrained parameter, :class:`~constrained_sgld.ConstrainedSGLD`
+At ``temperature=0`` on an unconstrained parameter, [`ConstrainedSGLD`][constrained_sgld.ConstrainedSGLD]
 with the preconditioner is ``torch.optim.RMSprop(lr, alpha, eps)`` and the momentum optimiser is
 ``RMSprop(lr, alpha, eps, momentum=c)`` (the same updates, ``V`` starting at zero as RMSprop's;
 without ``bias_correction``, the default).
@@ -68,7 +68,7 @@ def _finite_number(v: Any) -> bool:
 
 def make_preconditioner(spec: Any, where: Any = "") -> Optional[Dict[str, Any]]:
     """A group's ``preconditioner`` option as plain data (what ``state_dict`` saves): ``None``, or a
-    dict with every key of :data:`DEFAULTS`. Accepts ``None``, ``"rmsprop"`` or a dict of options.
+    dict with every key of `DEFAULTS`. Accepts ``None``, ``"rmsprop"`` or a dict of options.
     ``where`` (a string, or a callable giving one, formatted only for an error) says where."""
 
     def at() -> str:
@@ -130,7 +130,7 @@ def precondition(
     ``(g + weight_decay * x) / M`` (new tensors: ``.grad`` is never written) and the noise scaled
     by ``M^-1/2`` (in place on ``noise``; ``None`` stays ``None``). The caller runs the scheme
     with these forces and no weight decay. ``states`` hold the preconditioner's entries already
-    (:func:`preconditioner_state`; the optimiser creates them with the rest of a parameter's state)."""
+    (`preconditioner_state()`; the optimiser creates them with the rest of a parameter's state)."""
     if weight_decay != 0:
         forces = torch._foreach_add(grads, params, alpha=weight_decay)
     else:

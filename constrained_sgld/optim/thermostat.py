@@ -16,7 +16,7 @@ fixed-friction Langevin instead runs hot. One thermostat per parameter group: wi
 gradient noise it holds the group's *average* kinetic temperature (covariance-controlled adaptive
 Langevin, Shang et al. 2015, would be the per-direction fix).
 
-Units, as :class:`~constrained_sgld.ConstrainedUnderdampedSGLD`'s: ``lr`` and ``momentum`` in SGD
+Units, as [`ConstrainedUnderdampedSGLD`][constrained_sgld.ConstrainedUnderdampedSGLD]'s: ``lr`` and ``momentum`` in SGD
 units, ``h = sqrt(2 lr / (1 + momentum))`` and the noise's friction ``A = -ln(momentum) / h``, so
 that at ``xi = A`` (its starting value) a step is that optimiser's step. The thermostat's mass is
 ``mu = d Q`` with ``Q = thermostat_mass`` (default: ``T``, so that the thermostat's period,
@@ -42,7 +42,7 @@ friction.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 import torch
 from torch import Tensor
@@ -122,13 +122,13 @@ def thermostat_update(
 class ConstrainedSGNHT(MomentumState, ConstrainedLangevinOptimizer):
     """Adaptive Langevin dynamics (a stochastic-gradient Nose-Hoover thermostat) on constraint sets.
 
-    Like :class:`~constrained_sgld.ConstrainedUnderdampedSGLD`, with a friction ``xi`` per parameter
+    Like [`ConstrainedUnderdampedSGLD`][constrained_sgld.ConstrainedUnderdampedSGLD], with a friction ``xi`` per parameter
     group that adapts so that the momenta's kinetic temperature is ``temperature``: extra heat from
     noisy (minibatch) gradients is removed instead of raising the sampled temperature. See the
     module docstring for the equations and docs/dynamics.md for the units.
 
     ``params``, ``constraints``, ``temperature``, ``weight_decay``, ``seed``, ``check_finite``,
-    ``foreach``, ``chain_id`` and ``sync_free`` are as for :class:`~constrained_sgld.ConstrainedSGLD`.
+    ``foreach``, ``maximize``, ``chain_id``, ``sync_free`` and ``torch.optim``'s other flags are as for [`ConstrainedSGLD`][constrained_sgld.ConstrainedSGLD].
 
     Args:
         lr: learning rate in SGD units; the Langevin step is ``h = sqrt(2 lr / (1 + momentum))``.
@@ -136,7 +136,7 @@ class ConstrainedSGNHT(MomentumState, ConstrainedLangevinOptimizer):
             The thermostat starts at ``xi = A``, where a step equals the underdamped optimiser's.
         thermostat_mass: ``Q`` in ``dxi/dt = (|p|^2 / d - T) / Q``; ``None`` (default): ``T``, or 1
             at ``T = 0``. Smaller reacts faster and fluctuates more.
-        preconditioner: as for :class:`~constrained_sgld.ConstrainedUnderdampedSGLD` (the momenta are
+        preconditioner: as for [`ConstrainedUnderdampedSGLD`][constrained_sgld.ConstrainedUnderdampedSGLD] (the momenta are
             velocities ``M^-1 p``); the thermostat then holds ``v^T M v / d`` at ``temperature``.
 
     ``diagnostics()`` adds ``kinetic_temperature`` (``|p|^2 / d``) and ``thermostat`` (``xi``, in
@@ -153,7 +153,7 @@ class ConstrainedSGNHT(MomentumState, ConstrainedLangevinOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-2,
+        lr: Union[float, Tensor] = 1e-2,
         momentum: float = 0.9,
         *,
         constraints: Optional[Mapping[Any, Any]] = None,

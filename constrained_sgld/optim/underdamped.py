@@ -19,7 +19,7 @@ Matthews 2016). At ``temperature=0`` on an unconstrained parameter, the position
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 import torch
 from torch import Tensor
@@ -107,7 +107,7 @@ class ConstrainedUnderdampedSGLD(MomentumState, ConstrainedLangevinOptimizer):
     """Underdamped (momentum) Langevin dynamics that keeps chosen parameters on constraint sets.
 
     ``params``, ``constraints``, ``temperature``, ``weight_decay``, ``seed``, ``check_finite``,
-    ``foreach``, ``chain_id`` and ``sync_free`` are as for :class:`~constrained_sgld.ConstrainedSGLD`.
+    ``foreach``, ``maximize``, ``chain_id``, ``sync_free`` and ``torch.optim``'s other flags are as for [`ConstrainedSGLD`][constrained_sgld.ConstrainedSGLD].
 
     Args:
         lr: learning rate in SGD units; the Langevin step is ``h = sqrt(2 lr / (1 + momentum))``.
@@ -115,7 +115,7 @@ class ConstrainedUnderdampedSGLD(MomentumState, ConstrainedLangevinOptimizer):
             ``torch.optim.SGD(lr=lr, momentum=momentum)``.
         momentum: ``c = exp(-friction * h)`` in [0, 1): the fraction of momentum kept by the
             Ornstein-Uhlenbeck step. 0 redraws the momentum each step.
-        preconditioner: as for :class:`~constrained_sgld.ConstrainedSGLD`: an adaptive diagonal
+        preconditioner: as for [`ConstrainedSGLD`][constrained_sgld.ConstrainedSGLD]: an adaptive diagonal
             mass ``M`` (one scalar per block of the set). The kick becomes ``-h M^-1 (g + wd x)``,
             the O step's noise ``N(0, T (1 - c^2) M^-1)``, and ``state["momentum"]`` holds the
             velocity ``M^-1 p`` (its law ``N(0, T M^-1)``). At ``temperature=0`` without a
@@ -125,7 +125,7 @@ class ConstrainedUnderdampedSGLD(MomentumState, ConstrainedLangevinOptimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        lr: float = 1e-2,
+        lr: Union[float, Tensor] = 1e-2,
         momentum: float = 0.9,
         *,
         constraints: Optional[Mapping[Any, Any]] = None,
