@@ -30,6 +30,23 @@ def run(cls, steps, lr=0.05, model_seed=0, **kwargs):
     return model, opt
 
 
+def twin_of(cls, model):
+    """A copy of ``model`` and a fresh optimiser for it, built the same way but seeded otherwise:
+    only a loaded checkpoint can make its noise stream agree with the original's."""
+    twin = small_mlp(5)
+    twin.load_state_dict(model.state_dict())
+    resumed = build(cls, twin, lr=0.05, temperature=1e-3)
+    resumed._base_seed += 1
+    return twin, resumed
+
+
+def assert_same_continuation(model, opt, twin, resumed, steps, seed):
+    train_steps(model, opt, steps, seed=seed)
+    train_steps(twin, resumed, steps, seed=seed)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------- hyper-parameters and flags
 def test_tensor_lr_gives_the_float_lr_trajectory_and_follows_a_scheduler(optimizer_cls):
     a, _ = run(optimizer_cls, 4, lr=0.05)
@@ -99,14 +116,9 @@ def test_a_resumed_state_dict_continues_bit_for_bit_through_a_plain_copy_of_its_
     model, opt = run(optimizer_cls, 3)
     sd = copy.deepcopy(opt.state_dict())
     kept = {"state": sd["state"], "param_groups": sd["param_groups"]}
-    twin = small_mlp(5)
-    twin.load_state_dict(model.state_dict())
-    resumed = build(optimizer_cls, twin, lr=0.05, temperature=1e-3)
+    twin, resumed = twin_of(optimizer_cls, model)
     resumed.load_state_dict(kept)
-    train_steps(model, opt, 3, seed=7)
-    train_steps(twin, resumed, 3, seed=7)
-    for a, b in zip(model.parameters(), twin.parameters()):
-        assert torch.equal(a, b)
+    assert_same_continuation(model, opt, twin, resumed, 3, seed=7)
 
 
 def test_dcp_round_trip_of_a_tempered_run_resumes_bit_for_bit(optimizer_cls, tmp_path):
@@ -121,17 +133,11 @@ def test_dcp_round_trip_of_a_tempered_run_resumes_bit_for_bit(optimizer_cls, tmp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no process group": DCP runs in one process
         dcp.save({"optim": get_optimizer_state_dict(model, opt)}, checkpoint_id=str(tmp_path / "ckpt"))
-        twin = small_mlp(5)
-        twin.load_state_dict(model.state_dict())
-        resumed = build(optimizer_cls, twin, lr=0.05, temperature=1e-3)
-        resumed._base_seed += 1  # another seed: only the checkpoint can make the streams agree
+        twin, resumed = twin_of(optimizer_cls, model)
         target = {"optim": get_optimizer_state_dict(twin, resumed)}
         dcp.load(target, checkpoint_id=str(tmp_path / "ckpt"))
         set_optimizer_state_dict(twin, resumed, target["optim"], options=options)
-    train_steps(model, opt, 4, seed=11)
-    train_steps(twin, resumed, 4, seed=11)
-    for a, b in zip(model.parameters(), twin.parameters()):
-        assert torch.equal(a, b)
+    assert_same_continuation(model, opt, twin, resumed, 4, seed=11)
 
 
 def test_checkpoint_of_the_earlier_layout_still_loads_bit_for_bit(optimizer_cls):
@@ -146,14 +152,9 @@ def test_checkpoint_of_the_earlier_layout_still_loads_bit_for_bit(optimizer_cls)
         "scheme": [g.pop("scheme") for g in groups][0],
         "tangent_versions": [g.pop("tangent_version") for g in groups],
     }
-    twin = small_mlp(5)
-    twin.load_state_dict(model.state_dict())
-    resumed = build(optimizer_cls, twin, lr=0.05, temperature=1e-3)
+    twin, resumed = twin_of(optimizer_cls, model)
     resumed.load_state_dict(old)
-    train_steps(model, opt, 3, seed=3)
-    train_steps(twin, resumed, 3, seed=3)
-    for a, b in zip(model.parameters(), twin.parameters()):
-        assert torch.equal(a, b)
+    assert_same_continuation(model, opt, twin, resumed, 3, seed=3)
 
 
 # ---------------------------------------------------------------- hooks
