@@ -282,3 +282,13 @@ def test_merge_refuses_other_hparams_unless_mixed(tmp_path):
     by_method = {r["method"]: r for r in merged["runs"]}
     assert by_method["o-cola-ud"]["task_hparams"]["ud_lr"] == 0.001 and by_method["sgd-momentum"]["task_hparams"]["ud_lr"] != 0.001
     assert "ud_lr" not in merged["task_hparams"] and "momentum_lr" in merged["task_hparams"]
+
+
+def test_main_job_runs_the_headline_set_and_all_runs_every_fitting_method():
+    """`python -m benchmarks run` (README's main job) trains fmnist-mlp's six headline methods;
+    `--methods all` every method that fits the task and whose packages are installed."""
+    _, chosen = runner.plan_task("fmnist-mlp", "quick", None, torch.device("cpu"))
+    assert [m.name for m in chosen] == ["sgd-momentum", "adam", "sgld", "swag", "ensemble-sgd-momentum", "c-cola-ud"]
+    task, every = runner.plan_task("fmnist-mlp", "quick", ["all"], torch.device("cpu"))
+    assert {m.name for m in chosen} < {m.name for m in every}
+    assert {m.name for m in every} == {name for name, m in METHODS.items() if m.applies_to(task)}
