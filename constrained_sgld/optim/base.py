@@ -17,7 +17,7 @@ from .. import distributed
 from ..constraints.base import UNCONSTRAINED, Constraint, StepContext
 from .checkpoint import CheckpointMixin
 from .diagnostics import DiagnosticsMixin
-from .groups import STEP_TIME, GroupsMixin, scalar
+from .groups import STEP_TIME, GroupsMixin, lr_number
 from .guards import GuardsMixin
 from .noise import NoiseStreamsMixin
 from .preconditioner import PRECONDITIONER_KEYS, make_preconditioner, precondition, preconditioner_state
@@ -80,6 +80,7 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
         self._noise_norms: Dict[int, Tensor] = {}  # id(group) -> norm of the last step's noise
         self._track_noise = False  # turned on by the first diagnostics() call (one extra pass per step)
         self._versions: Dict[Tensor, int] = {}  # parameter -> its version counter after our last update
+        self._step_lrs: Dict[int, float] = {}  # id(group) -> its lr as read at the start of this step
         super().__init__(params, defaults)
         self._in_init = False
         self._warn_moved()
@@ -93,9 +94,11 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
                 first = f"in parameter group of {self._label(group['params'][0])!r} " if group["params"] else ""
                 return first + STEP_TIME
 
+            # a Tensor lr is read once per step, here; the checks and the update use that number
+            self._step_lrs[id(group)] = lr = lr_number(group["lr"])
             for option in self._option_rules:
                 if option in group:
-                    self._check_option(option, group[option], where, at_step=True)
+                    self._check_option(option, lr if option == "lr" else group[option], where, at_step=True)
             spec = group.get("preconditioner")
             if spec is not None:  # validated again: a user may edit a group's options between steps
                 checked = make_preconditioner(spec, where)
@@ -201,6 +204,10 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
         """The group's set, with the flat set standing in for "no constraint"."""
         return group["constraint"] if group["constraint"] is not None else UNCONSTRAINED
 
+    def _lr_of(self, group: Dict[str, Any]) -> float:
+        """The group's lr as a number, as read for this step (``_collect``)."""
+        return self._step_lrs[id(group)]
+
     def _noise_for(self, plan) -> List[Optional[List[Tensor]]]:
         """``_draw_noise(plan)``, called only when some group draws: at temperature 0 the step has
         no graph break and compiles whole (``fullgraph=True``)."""
@@ -217,7 +224,7 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
         guarded on each parameter's identity (past the recompile limit with many matrices)."""
         draws: List[Optional[List[Tensor]]] = []
         for group, params, _ in plan:
-            if params and group["temperature"] > 0 and scalar(group["lr"]) != 0:
+            if params and group["temperature"] > 0 and self._lr_of(group) != 0:
                 draws.append(self._standard_normal_like([distributed.local(p) for p in params], [distributed.shard_rank(p) for p in params]))
             else:
                 draws.append(None)
@@ -230,7 +237,7 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
             return
         constraint = self._group_constraint(group)
         states = [self._param_state(p, constraint, group) for p in params]
-        if scalar(group["lr"]) == 0:
+        if self._lr_of(group) == 0:
             # a step of zero time (an annealed lr, or DCP's state-initialising step) is the identity:
             # the states exist now, nothing moves and no noise is drawn
             self._noise_norms.pop(id(group), None)

@@ -54,9 +54,11 @@ class CheckpointMixin:
         # copy's first step see every parameter as changed from outside and re-derive set states
         # (the circle's partner z, whose sign would be lost), as after load_state_dict
         state["_versions"] = {}
+        state["_step_lrs"] = {}  # the lrs read by a step: refilled by the next one
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
+        state.setdefault("_step_lrs", {})  # pickled by a version without it
         super().__setstate__(state)
         self._noise_norms = {id(self.param_groups[i]): v for i, v in self._noise_norms.items()}
         self._rejected_moves = {id(self.param_groups[i]): v for i, v in self._rejected_moves.items()}
@@ -140,8 +142,7 @@ class CheckpointMixin:
             why = self._scheme_mismatch(saved, saved.pop("scheme", legacy_scheme))
             if why:
                 raise ValueError(f"state_dict's group {i} {why}: its per-parameter state does not fit this scheme")
-            versions.append(saved.pop("tangent_version", None) if "tangent_version" in saved else (
-                legacy_versions[i] if legacy_versions else 1))
+            versions.append(saved.pop("tangent_version") if "tangent_version" in saved else (legacy_versions or [1] * len(saved_groups))[i])
             if "rng" in saved:
                 rng = saved.pop("rng")
         missing = self._state_keys_missing(sd["state"])

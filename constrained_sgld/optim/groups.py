@@ -23,50 +23,47 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def lr_number(value: Any) -> Any:
+    """A one-element real Tensor ``lr`` as a Python number (one host read: on a GPU one device
+    read, as in torch's non-capturable steps); any other value as given, for the checks to judge."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool:
+        return float(value)
+    return value
+
+
 def _is_lr(value: Any, zero_ok: bool) -> bool:
     """A finite number > 0 (``>= 0`` with ``zero_ok``), or a one-element real Tensor holding one
     (``torch.optim`` takes both)."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
-            return False
-        value = float(value)  # a CUDA tensor is read on the host here, as torch's non-capturable steps do
+    value = lr_number(value)
     return _is_number(value) and (value >= 0 if zero_ok else value > 0)
 
 
-def scalar(value: Any) -> Any:
-    """A hyper-parameter as a Python number: a Tensor ``lr`` is read (one host read on a GPU)."""
-    return float(value) if isinstance(value, Tensor) else value
-
-
-#: the prefix ``torch.compile`` gives a compiled module's parameter names (``_orig_mod.0.weight``)
-COMPILED_PREFIX = "_orig_mod."
+#: the name segment ``torch.compile`` adds to a compiled module's parameter names (``_orig_mod.0.weight``)
+COMPILED_SEGMENT = "_orig_mod"
 
 
 def uncompiled_name(name: str) -> str:
-    """``name`` as the module had it before ``torch.compile`` wrapped it: every ``_orig_mod.``
+    """``name`` as the module had it before ``torch.compile`` wrapped it: every ``_orig_mod``
     segment removed (``module._orig_mod.fc.weight`` from DDP around a compiled model -> ``module.fc.weight``)."""
-    if COMPILED_PREFIX not in name:
-        return name
-    return ".".join(part for part in name.split(".") if part != COMPILED_PREFIX[:-1])
+    return ".".join(part for part in name.split(".") if part != COMPILED_SEGMENT)
 
 
-#: torch.optim flags this package does not implement, and why (each must keep its off value)
+#: torch.optim flags this package does not implement, and why; each is accepted off (False or None)
 REFUSED_FLAGS = {
-    "differentiable": (False, "the step updates the parameters in place under torch.no_grad() through the sets' "
-                              "projections and retractions, which autograd cannot differentiate through"),
-    "capturable": (False, "use sync_free=True: this package's step that never reads a tensor on the host (what "
-                          "capturable=True gives torch's optimisers); CUDA graph capture of it is not verified"),
-    "fused": (None, "there is no fused kernel; the step always runs the sets' multi-tensor (foreach) operations, "
-                    "so leave fused at None"),
+    "differentiable": "the step updates the parameters in place under torch.no_grad() through the sets' "
+                      "projections and retractions, which autograd cannot differentiate through",
+    "capturable": "use sync_free=True: this package's step that never reads a tensor on the host (what "
+                  "capturable=True gives torch's optimisers); CUDA graph capture of it is not verified",
+    "fused": "there is no fused kernel; the step always runs the sets' multi-tensor (foreach) operations, "
+             "so leave fused at None",
 }
 
 
 def refuse_torch_flags(**flags: Any) -> None:
-    """Raise ``ValueError`` for a ``torch.optim`` flag set to what this package does not support."""
+    """Raise ``ValueError`` for a ``torch.optim`` flag that is on (anything but False or None)."""
     for name, value in flags.items():
-        off, why = REFUSED_FLAGS[name]
-        if value is not off and not (off is False and value is None) and not (off is None and value is False):
-            raise ValueError(f"{name}={value!r} is not supported: {why}")
+        if value is not None and value is not False:
+            raise ValueError(f"{name}={value!r} is not supported: {REFUSED_FLAGS[name]}")
 
 
 class GroupsMixin:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..constraints.base import DEFAULT_CONTEXT, Constraint, StepContext
 from .base import ConstrainedLangevinOptimizer
-from .groups import refuse_torch_flags, scalar
+from .groups import refuse_torch_flags
 
 __all__ = ["ConstrainedSGLD", "overdamped_update"]
 
@@ -129,10 +129,10 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
         super().__init__(params, defaults, constraints=constraints, seed=seed, check_finite=check_finite, chain_id=chain_id, sync_free=sync_free)
 
     def _noise_scale(self, group) -> float:
-        return math.sqrt(2.0 * scalar(group["lr"]) * group["temperature"])
+        return math.sqrt(2.0 * self._lr_of(group) * group["temperature"])
 
     def _update_group(self, group, constraint, params, grads, states, noise, ctx, *, weight_decay, mass=None) -> None:
         overdamped_update(
             params, grads, states, constraint,
-            lr=scalar(group["lr"]), temperature=group["temperature"], weight_decay=weight_decay, noise=noise, ctx=ctx,
+            lr=self._lr_of(group), temperature=group["temperature"], weight_decay=weight_decay, noise=noise, ctx=ctx,
         )

@@ -50,7 +50,7 @@ from torch import Tensor
 from .. import distributed
 from ..constraints.base import DEFAULT_CONTEXT, Constraint, StepContext
 from .base import ConstrainedLangevinOptimizer
-from .groups import GroupsMixin, _is_number, refuse_torch_flags, scalar
+from .groups import GroupsMixin, _is_number, lr_number, refuse_torch_flags
 from .underdamped import MomentumState, langevin_step_size
 
 __all__ = ["ConstrainedSGNHT", "thermostat_update"]
@@ -179,7 +179,7 @@ class ConstrainedSGNHT(MomentumState, ConstrainedLangevinOptimizer):
     @staticmethod
     def _initial_xi(group: Dict[str, Any]) -> float:
         """``A = -ln(momentum) / h``: where the thermostat starts."""
-        h = langevin_step_size(scalar(group["lr"]), group["momentum"])
+        h = langevin_step_size(lr_number(group["lr"]), group["momentum"])
         return -math.log(group["momentum"]) / h if h > 0 else 0.0
 
     def _thermostat(self, group: Dict[str, Any], device: torch.device) -> Tensor:
@@ -243,7 +243,7 @@ class ConstrainedSGNHT(MomentumState, ConstrainedLangevinOptimizer):
         thermostat_update(
             params, grads, states, constraint,
             xi=self._thermostat(group, params[0].device), dims=max(self._step_dims, 1),
-            lr=scalar(group["lr"]), momentum=group["momentum"], temperature=group["temperature"],
+            lr=self._lr_of(group), momentum=group["momentum"], temperature=group["temperature"],
             thermostat_mass=thermostat_mass, weight_decay=weight_decay, noise=noise,
             kinetic=self._all_reduce if self._step_sharded else None, mass=mass, ctx=ctx,
         )

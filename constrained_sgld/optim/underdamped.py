@@ -27,7 +27,7 @@ from torch import Tensor
 from .. import distributed
 from ..constraints.base import DEFAULT_CONTEXT, Constraint, StepContext
 from .base import ConstrainedLangevinOptimizer
-from .groups import refuse_torch_flags, scalar
+from .groups import refuse_torch_flags
 
 __all__ = ["ConstrainedUnderdampedSGLD", "MomentumState", "underdamped_update", "langevin_step_size"]
 
@@ -152,6 +152,6 @@ class ConstrainedUnderdampedSGLD(MomentumState, ConstrainedLangevinOptimizer):
     def _update_group(self, group, constraint, params, grads, states, noise, ctx, *, weight_decay, mass=None) -> None:
         underdamped_update(
             params, grads, states, constraint,
-            lr=scalar(group["lr"]), momentum=group["momentum"], temperature=group["temperature"],
+            lr=self._lr_of(group), momentum=group["momentum"], temperature=group["temperature"],
             weight_decay=weight_decay, noise=noise, ctx=ctx,
         )
