@@ -39,7 +39,8 @@ def test_ci_runs_readmes_two_commands_as_written():
     ci = (ROOT / ".ci" / "run").read_text()
     assert 'main_command="$(python3 scripts/readme_commands.py main)"' in ci
     assert 'test_command="$(python3 scripts/readme_commands.py tests)"' in ci
-    assert 'script -qec "$main_command"' in ci and 'grep -q "Traceback"' in ci and 'bash -c "$test_command"' in ci
+    assert 'script -qec "stty cols 120 rows 40; $main_command"' in ci and 'grep -q "Traceback"' in ci
+    assert "drew no progress bar" in ci and 'bash -c "$test_command"' in ci
     with pytest.raises(SystemExit, match="one line"):
         readme_command("main", "## Two commands\n\nMain job: x\n\n```bash\na\nb\n```\n")
 
