@@ -2,7 +2,9 @@
 
 A tall ``W`` (n x k, n >= k) satisfies ``W^T W = s^2 I``; a wide one ``W W^T = s^2 I``. A conv
 weight ``(out, in, *kernel)`` is the matrix ``(out, in * prod(kernel))``; ``batch_dims=b`` makes the
-leading ``b`` dims a batch of independent matrices. Every operation works on the tall orientation:
+leading ``b`` dims a batch of independent matrices; ``blocks=m`` splits the rows into ``m`` equal
+stacked matrices, each orthogonal on its own (a fused projection: attention's ``(3d, d)`` query, key
+and value weights as three ``d x d`` blocks). Every operation works on the tall orientation:
 a wide matrix is handled as its transpose (a view), so only the small k x k Gram matrix is formed.
 
 On the unit-scale tall matrix ``X = W / s``:
@@ -219,17 +221,37 @@ class Orthogonal(Constraint):
     Args:
         scale: the singular value ``s`` of every matrix (default 1).
         batch_dims: leading dims that index independent matrices (default 0).
+        blocks: the number of equal matrices stacked along the first dim past ``batch_dims``, each
+            constrained on its own (default 1: the whole matrix). A fused query-key-value weight
+            ``(3d, d)`` with ``blocks=3`` has three orthogonal ``d x d`` blocks; without it, its
+            ``d`` columns would be orthonormal as one tall matrix, which leaves each block free to
+            be far from orthogonal.
         max_iter: cap on the SHAKE iterations before the polar fallback.
     """
 
-    def __init__(self, *, scale: float = 1.0, batch_dims: int = 0, max_iter: int = 12):
+    def __init__(self, *, scale: float = 1.0, batch_dims: int = 0, blocks: int = 1, max_iter: int = 12):
         self.scale = check_positive(scale, "scale", "orthogonal")
         if not isinstance(batch_dims, int) or isinstance(batch_dims, bool) or batch_dims < 0:
             raise ValueError(f"orthogonal: batch_dims must be an int >= 0, got {batch_dims!r}")
         if not isinstance(max_iter, int) or max_iter < 1:
             raise ValueError(f"orthogonal: max_iter must be an int >= 1, got {max_iter!r}")
+        if not isinstance(blocks, int) or isinstance(blocks, bool) or blocks < 1:
+            raise ValueError(f"orthogonal: blocks must be an int >= 1, got {blocks!r}")
         self.batch_dims = batch_dims
+        self.blocks = blocks
         self.max_iter = max_iter
+
+    @property
+    def _batch(self) -> int:
+        """The batch dims of the blocked view (`_blocked()`): one more where ``blocks`` splits."""
+        return self.batch_dims + (self.blocks > 1)
+
+    def _blocked(self, t: Tensor) -> Tensor:
+        """``t`` with the dim past ``batch_dims`` split into ``(blocks, rows / blocks)`` (a view)."""
+        if self.blocks == 1:
+            return t
+        b = self.batch_dims
+        return t.reshape(*t.shape[:b], self.blocks, t.shape[b] // self.blocks, *t.shape[b + 1 :])
 
     # -- shapes: every tensor is viewed as (batch, n, k) with n >= k
     def check(self, p: Tensor, name: str) -> None:
@@ -241,26 +263,37 @@ class Orthogonal(Constraint):
             )
         if p.numel() == 0:
             raise ValueError(f"parameter {name!r} is empty (shape {tuple(p.shape)}); 'orthogonal' needs at least one entry")
+        if p.shape[self.batch_dims] % self.blocks:
+            raise ValueError(
+                f"parameter {name!r} of shape {tuple(p.shape)} cannot be split into blocks={self.blocks} "
+                f"equal matrices: dim {self.batch_dims} has {p.shape[self.batch_dims]} rows"
+            )
 
     def _matrix(self, t: Tensor) -> Tensor:
         """View ``t`` as a batch of tall matrices ``(..., n, k)``, n >= k (a wide one transposed)."""
-        b = self.batch_dims
+        b = self._batch
+        t = self._blocked(t)
         m = t.reshape(*t.shape[: b + 1], -1)
         if m.shape[-2] < m.shape[-1]:
             m = m.transpose(-2, -1)
         return m
 
     def _unmatrix(self, m: Tensor, like: Tensor) -> Tensor:
-        b = self.batch_dims
-        rows = like.shape[b]
+        rows = like.shape[self.batch_dims] // self.blocks
         if m.shape[-2] != rows:  # was wide
             m = m.transpose(-2, -1)
         return m.reshape(like.shape)
 
     def block_mean(self, p: Tensor, values: Tensor) -> Tensor:
-        """One block per matrix (the dims past ``batch_dims``): the constraint couples a whole matrix."""
+        """One block per matrix (the dims past ``batch_dims``, and per stacked block with
+        ``blocks``): the constraint couples a whole matrix. With ``blocks``, the block's value is
+        repeated over its rows (shape ``(..., rows, 1, ...)``, broadcastable to ``p``)."""
         b = self.batch_dims
-        return values.mean(dim=tuple(range(b, values.ndim)), keepdim=True)
+        if self.blocks == 1:
+            return values.mean(dim=tuple(range(b, values.ndim)), keepdim=True)
+        split = self._blocked(values)
+        means = split.mean(dim=tuple(range(b + 1, split.ndim)), keepdim=True)
+        return means.expand(*split.shape[: b + 2], *means.shape[b + 2 :]).reshape(*values.shape[: b + 1], *means.shape[b + 2 :])
 
     def tangent_dim(self, p: Tensor) -> int:
         m = self._matrix(p)
@@ -319,7 +352,7 @@ class Orthogonal(Constraint):
         buckets: Dict[tuple, List[int]] = {}
         for i, t in enumerate(tensors):
             m = self._matrix(t)
-            small = self.batch_dims == 0 and m.numel() <= self.SMALL
+            small = self._batch == 0 and m.numel() <= self.SMALL
             # a square matrix never shares a batch with tall ones: its tangent vectors are stored
             # in the body frame (see _body_frame), theirs in the ambient space
             key = (m.shape[-1], self._body_frame(t), t.dtype, t.device) if small else (tuple(m.shape), t.dtype, t.device)
@@ -362,7 +395,8 @@ class Orthogonal(Constraint):
                     if _needs_copy(piece, targets[i]):  # a lone matrix's "stack" is a view
                         targets[i].copy_(piece)
 
-        inner = type(self)(scale=self.scale, batch_dims=self.batch_dims + 1, max_iter=self.max_iter)  # a subclass keeps its overrides
+        # the packed stacks are already blocked: one batch dim more and no split
+        inner = type(self)(scale=self.scale, batch_dims=self._batch + 1, max_iter=self.max_iter)  # a subclass keeps its overrides
         return Packing(inner, pack, unpack_)
 
     def _unit(self, m: Tensor) -> Tensor:

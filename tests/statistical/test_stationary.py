@@ -168,6 +168,32 @@ def test_special_orthogonal_2_von_mises(scheme):
 
 
 @schemes
+def test_fused_blocks_von_mises(scheme):
+    # a fused (3 x 2, 2) weight with blocks=3: three SO(2) blocks under U = -sum_b kappa_b tr Q_b,
+    # kappa = (0.5, 1, 2). The blocks are independent, each theta_b ~ von Mises(2 kappa_b / T):
+    # E[tr Q_b] / 2 = I1(2 kappa_b) / I0(2 kappa_b). Checks that each block is its own matrix (its
+    # own Cayley move, its own force) and that none leaks into another. The chains start at fixed
+    # random angles (a free block would mix too slowly at this lr to be tested from one point).
+    kappas, lr = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64), 0.01
+    theta = torch.rand(2000, 3, generator=torch.Generator().manual_seed(0)) * 2 * math.pi
+    cos, sin = theta.cos(), theta.sin()
+    x0 = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2).reshape(2000, 6, 2)
+    weights = kappas.repeat_interleave(2)[:, None]  # the force -kappa_b I of each block, row by row
+
+    def grad(q):
+        return (-weights * torch.eye(2, dtype=q.dtype).repeat(3, 1)).expand_as(q).clone()
+
+    def block_cos(b):
+        return lambda q: q[:, 2 * b : 2 * b + 2].diagonal(dim1=1, dim2=2).sum(-1) / 2
+
+    stats = [block_cos(b) for b in range(3)]
+    means, _ = run_chains(scheme, x0, ("orthogonal", {"batch_dims": 1, "blocks": 3}), grad, stats, lr=lr, steps=1500, burn=300)
+    for b, (s, kappa) in enumerate(zip(means, kappas)):
+        k2 = 2 * kappa
+        check(s, (torch.special.i1(k2) / torch.special.i0(k2)).item(), allowance=lr, label=f"E[cos theta] of block {b}")
+
+
+@schemes
 @pytest.mark.parametrize("shape", [(5, 2), (2, 5)], ids=["tall", "wide"])
 def test_stiefel_uniform(scheme, shape):
     x0 = torch.zeros(1000, *shape)
