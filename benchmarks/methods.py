@@ -143,14 +143,16 @@ def _constrained(family: str, underdamped: bool, thermostat: bool = False):
     return build
 
 
-def _preconditioned(family: Optional[str], underdamped: bool = False, lr_key: str = "precond_lr"):
+def _preconditioned(family: Optional[str], underdamped: bool = False, lr_key: str = "precond_lr", temperature_key: str = "temperature"):
     """A scheme with the adaptive mass (``preconditioner=``, RMSprop's form), on ``family``'s sets
     (``None``: no set, pSGLD). The constrained weights take ``precond_lr * precond_constrained_lr_factor``
     (expRNN's advice for RNNs: the orthogonal lr 10x smaller), the rest ``precond_lr``; ``lr_key``
     names a task's own lr for the method where its grid chose another (``precond_lr`` where the task
     has none). At T = 0 and
     off the set the overdamped scheme is RMSprop with that lr, the underdamped one RMSprop with
-    momentum ``ud_momentum`` (its lr then ``precond_lr * (1 - momentum)``: the same effective step)."""
+    momentum ``ud_momentum`` (its lr then ``precond_lr * (1 - momentum)``: the same effective step).
+    ``temperature_key`` names the task's temperature for the method (a tempered twin of a T = 0
+    method)."""
 
     def build(model, task, seed):
         constraints = task.constrained(model, family) if family else {}
@@ -167,8 +169,9 @@ def _preconditioned(family: Optional[str], underdamped: bool = False, lr_key: st
         groups = ([{"params": off}] if off else []) + ([{"params": on, "lr": lr * factor}] if on else [])
         preconditioner = {"alpha": task.hp["precond_alpha"], "eps": task.hp["precond_eps"], "adapt_steps": task.hp["precond_adapt_steps"]}
         cls = ConstrainedUnderdampedSGLD if underdamped else ConstrainedSGLD
-        optim = cls(groups, lr=lr, constraints=constraints, temperature=task.hp["temperature"], preconditioner=preconditioner, seed=seed, **kwargs)
-        hp = dict(lr=lr, temperature=task.hp["temperature"], preconditioner=preconditioner, **kwargs)
+        temperature = task.hp[temperature_key]
+        optim = cls(groups, lr=lr, constraints=constraints, temperature=temperature, preconditioner=preconditioner, seed=seed, **kwargs)
+        hp = dict(lr=lr, temperature=temperature, preconditioner=preconditioner, **kwargs)
         if constraints:
             hp.update(constrained_lr=lr * factor, constraints={k: _spec_text(v) for k, v in constraints.items()})
         return optim, hp, constraints
@@ -203,15 +206,17 @@ ProjectedSGD = projecting(torch.optim.SGD)
 ProjectedAdam = projecting(torch.optim.Adam)
 
 
-def _projected(family: str, adam: bool = False):
-    """SGD-momentum (or Adam) on every parameter, ``family``'s weights projected after each step."""
+def _projected(family: str, adam: bool = False, lr_key: Optional[str] = None):
+    """SGD-momentum (or Adam) on every parameter, ``family``'s weights projected after each step;
+    ``lr_key`` names the task's lr for the method (default ``adam_lr`` or ``momentum_lr``)."""
 
     def build(model, task, seed):
         constraints = task.constrained(model, family)
         start_on_set(model, constraints)
         params = dict(model.named_parameters())
         sets = {params[name]: make_constraint(spec, where=name) for name, spec in constraints.items()}
-        hp = {"lr": task.hp["adam_lr"]} if adam else {"lr": task.hp["momentum_lr"], "momentum": task.hp["momentum"]}
+        lr = task.hp[lr_key or ("adam_lr" if adam else "momentum_lr")]
+        hp = {"lr": lr} if adam else {"lr": lr, "momentum": task.hp["momentum"]}
         optim = (ProjectedAdam if adam else ProjectedSGD)(model.parameters(), sets, **hp)
         return optim, dict(hp, projected_after_step={k: _spec_text(v) for k, v in constraints.items()}), constraints
 
@@ -255,31 +260,43 @@ def _spec_text(spec) -> str:
 class FlatOrthogonal(nn.Module):
     """geotorch's Stiefel parametrisation of a weight viewed as a matrix ``(out, in * prod(kernel))``,
     reshaped back: the same set our ``orthogonal`` constraint uses (geotorch alone would make every
-    kernel slice orthogonal). ``scale`` multiplies the orthonormal matrix."""
+    kernel slice orthogonal). ``scale`` multiplies the orthonormal matrix; ``blocks`` splits the rows
+    into that many matrices, each orthogonal (our set's ``blocks``: a fused query-key-value weight),
+    through geotorch's batch of matrices."""
 
-    def __init__(self, shape: torch.Size, scale: float = 1.0):
+    def __init__(self, shape: torch.Size, scale: float = 1.0, blocks: int = 1):
         super().__init__()
         import geotorch
 
-        self.shape, self.scale = tuple(shape), scale
-        self.stiefel = geotorch.Stiefel(size=(shape[0], math.prod(shape[1:])))
+        self.shape, self.scale, self.blocks = tuple(shape), scale, blocks
+        self.stiefel = geotorch.Stiefel(size=self._size())
+
+    def _size(self):
+        rows, cols = self.shape[0] // self.blocks, math.prod(self.shape[1:])
+        return (rows, cols) if self.blocks == 1 else (self.blocks, rows, cols)
 
     def forward(self, x):
         return (self.scale * self.stiefel(x)).reshape(self.shape)
 
     def right_inverse(self, w):
-        return self.stiefel.right_inverse(w.reshape(self.shape[0], -1) / self.scale)
+        return self.stiefel.right_inverse(w.reshape(self._size()) / self.scale)
 
 
-def _geotorch(model, task, seed):
-    constraints = task.constrained(model, "orthogonal")
-    start_on_set(model, constraints)  # geotorch starts from the same Haar point as o-cola-*
+def parametrize_orthogonal(model: nn.Module, constraints: Dict[str, Any]) -> None:
+    """geotorch's orthogonal parametrisation of the ``constraints``' weights (scale and blocks as
+    our sets'), started from the same Haar point as o-cola-*."""
+    start_on_set(model, constraints)
     modules = dict(model.named_modules())
     for name, spec in constraints.items():
         owner, _, attr = name.rpartition(".")
         module = modules[owner]
-        scale = make_constraint(spec).scale
-        parametrize.register_parametrization(module, attr, FlatOrthogonal(getattr(module, attr).shape, scale))
+        c = make_constraint(spec)
+        parametrize.register_parametrization(module, attr, FlatOrthogonal(getattr(module, attr).shape, c.scale, c.blocks))
+
+
+def _geotorch(model, task, seed):
+    constraints = task.constrained(model, "orthogonal")
+    parametrize_orthogonal(model, constraints)
     if task.hp.get("geotorch_optimizer", "sgd-momentum") == "rmsprop":
         # expRNN's recipe: RMSprop, the orthogonal parametrisation's lr `orthogonal_lr_factor` times the rest
         orthogonal = [p for n, p in model.named_parameters() if ".parametrizations." in f".{n}"]
@@ -290,6 +307,79 @@ def _geotorch(model, task, seed):
     else:
         hp = {"lr": task.hp["momentum_lr"], "momentum": task.hp["momentum"]}
         optim = torch.optim.SGD(model.parameters(), **hp)
+    return optim, dict(hp, parametrized={k: _spec_text(v) for k, v in constraints.items()}), constraints
+
+
+# ---------------------------------------------------------------------------- transformers
+def _decayed(params):
+    """nanoGPT's weight-decay split: matrices and embeddings decay, LayerNorm weights and scales
+    (vectors) do not."""
+    params = list(params)
+    return [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
+
+
+def _adamw_groups(params, task, lr_key: str = "adamw_lr"):
+    decay, rest = _decayed(params)
+    groups = [{"params": decay, "weight_decay": task.hp["adamw_wd"]}] + ([{"params": rest, "weight_decay": 0.0}] if rest else [])
+    hp = {"lr": task.hp[lr_key], "betas": tuple(task.hp["adamw_betas"]), "weight_decay": task.hp["adamw_wd"], "weight_decay_on": "matrices and embeddings"}
+    return torch.optim.AdamW(groups, lr=hp["lr"], betas=hp["betas"]), hp
+
+
+def _adamw(model, task, seed):
+    optim, hp = _adamw_groups(model.parameters(), task)
+    return optim, hp, {}
+
+
+class ChainedOptimizer(torch.optim.Optimizer):
+    """Several optimisers over disjoint parameters, stepped together as one (torch's Muon docs:
+    Muon for the hidden matrices, AdamW for the rest). ``param_groups`` are the members' own group
+    dicts, so a scheduler's lr changes reach them; ``state_dict`` holds each member's."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+        super().__init__([p for o in optimizers for g in o.param_groups for p in g["params"]], {})
+        self.param_groups = [g for o in optimizers for g in o.param_groups]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for o in self.optimizers:
+            o.step()
+        return loss
+
+    def state_dict(self):
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict):
+        for o, s in zip(self.optimizers, state_dict["optimizers"]):
+            o.load_state_dict(s)
+
+
+def _muon(model, task, seed):
+    """``torch.optim.Muon`` (its defaults) on the attention and MLP matrices (the orthogonal family's
+    weights), AdamW on the embeddings and LayerNorms."""
+    matrices = task.constrained(model, "orthogonal")
+    named = dict(model.named_parameters())
+    hidden = [named[n] for n in matrices]
+    rest = [p for n, p in named.items() if n not in matrices]
+    muon = torch.optim.Muon(hidden, lr=task.hp["muon_lr"], weight_decay=task.hp["adamw_wd"])
+    adamw, hp = _adamw_groups(rest, task)
+    hp = {"muon_lr": task.hp["muon_lr"], "muon_weight_decay": task.hp["adamw_wd"], "muon_on": sorted(matrices), "adamw_on_the_rest": hp}
+    return ChainedOptimizer(muon, adamw), hp, {}
+
+
+def _geotorch_adamw(model, task, seed):
+    """geotorch's orthogonal parametrisation of the orthogonal family's weights (blocks as ours),
+    AdamW on everything (no weight decay on the parametrised weights: their norm is fixed)."""
+    constraints = task.constrained(model, "orthogonal")
+    parametrize_orthogonal(model, constraints)
+    orthogonal = [p for n, p in model.named_parameters() if ".parametrizations." in f".{n}"]
+    ids = {id(p) for p in orthogonal}
+    optim, hp = _adamw_groups([p for p in model.parameters() if id(p) not in ids], task, "geotorch_lr")
+    optim.add_param_group({"params": orthogonal, "weight_decay": 0.0})
     return optim, dict(hp, parametrized={k: _spec_text(v) for k, v in constraints.items()}), constraints
 
 
@@ -341,6 +431,18 @@ METHODS: Dict[str, Method] = {
         Method("b-cola-ud-rms", "ConstrainedUnderdampedSGLD with the adaptive mass, box constraints", "box", _preconditioned("box", True), needs=("precond_lr",)),
         Method("c-cola-od-rms", "ConstrainedSGLD with the adaptive mass (one per (w, z) pair), circle constraints", "circle", _preconditioned("circle"), needs=("precond_lr",)),
         Method("c-cola-ud-rms", "ConstrainedUnderdampedSGLD with the adaptive mass, circle constraints", "circle", _preconditioned("circle", True), needs=("precond_lr",)),
+        # transformers (shakespeare-gpt)
+        Method("adamw", "AdamW (nanoGPT's: betas (0.9, 0.99), weight decay on matrices and embeddings)", None, _adamw, needs=("adamw_lr", "adamw_wd")),
+        Method("muon", "torch.optim.Muon on the attention and MLP matrices, AdamW on the rest", "orthogonal", _muon, needs=("muon_lr", "adamw_lr")),
+        Method("geotorch-orthogonal-adamw", "geotorch's orthogonal parametrisation of the attention and MLP matrices (per block), AdamW", "orthogonal", _geotorch_adamw, needs=("geotorch_lr", "adamw_lr")),
+        Method("ngpt-adam", "nGPT's recipe: the normalised model, Adam without weight decay, its unit vectors renormalised after every step", "sphere", _projected("sphere", adam=True, lr_key="ngpt_adam_lr"), variant="ngpt", needs=("ngpt_adam_lr",)),
+        Method("ngpt-s-cola-ud", "the normalised model, ConstrainedUnderdampedSGLD with its unit vectors on sphere sets", "sphere", _constrained("sphere", True), variant="ngpt", needs=("ud_lr", "ngpt_rms_lr")),
+        Method("ngpt-s-cola-ud-rms", "the normalised model, ConstrainedUnderdampedSGLD with the adaptive mass, its unit vectors on sphere sets", "sphere", _preconditioned("sphere", True, lr_key="ngpt_rms_lr"), variant="ngpt", needs=("ngpt_rms_lr",)),
+        Method(
+            "o-cola-ud-rms-tempered",
+            "o-cola-ud-rms at posterior_temperature (T = 1 / training characters: the Bayesian posterior of the per-character loss), its snapshots averaged",
+            "orthogonal", _preconditioned("orthogonal", True, temperature_key="posterior_temperature"), needs=("precond_lr", "posterior_temperature"),
+        ),
     ]
 }
 

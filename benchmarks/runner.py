@@ -163,7 +163,8 @@ def train_one(
                 row.update(task.evaluate_uncertainty(model, "test"))
             if epoch == task.epochs and collector is not None and len(collector):
                 row.update(task.evaluate_posterior(collector))
-                row.update(task.evaluate_uncertainty(collector, "posterior"))
+                if hasattr(task, "evaluate_uncertainty"):  # a language model reports no OOD or rotations
+                    row.update(task.evaluate_uncertainty(collector, "posterior"))
             record["epochs"].append(row)
             if writer is not None:
                 log_epoch(writer, row)

@@ -5,6 +5,7 @@ from typing import Dict, Type
 from .base import ClassificationTask, Task
 from .binary import BinaryFashion
 from .deep import DeepMLP
+from .gpt import ShakespeareGPT
 from .fmnist import FashionICNN, FashionMLP, FashionResNet
 from .recurrent import CopyMemory, PixelFashion
 from .spirals import TwoSpirals
@@ -12,7 +13,7 @@ from .text import RottenTomatoes, ShakespeareCharLM, ShakespeareRNN
 
 TASKS: Dict[str, Type[Task]] = {
     t.name: t
-    for t in (FashionMLP, FashionResNet, RottenTomatoes, ShakespeareCharLM, TwoSpirals, FashionICNN, CopyMemory, PixelFashion, DeepMLP, ShakespeareRNN, BinaryFashion)
+    for t in (FashionMLP, FashionResNet, RottenTomatoes, ShakespeareCharLM, TwoSpirals, FashionICNN, CopyMemory, PixelFashion, DeepMLP, ShakespeareRNN, BinaryFashion, ShakespeareGPT)
 }
 
 __all__ = ["TASKS", "Task", "ClassificationTask"]

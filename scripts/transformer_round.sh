@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The shakespeare-gpt round (docs/transformers.md, docs/results.md "Transformers"): per method one
+# three-point lr grid on the validation play (seed 0, quick preset), then seeds 1 and 2 at the
+# chosen lr. One thread per process; run two processes on two cores.
+# Usage:
+#   scripts/transformer_round.sh grid METHOD LR...        -> runs/transformer/grid-METHOD-LR
+#   scripts/transformer_round.sh seeds METHOD=LR...       -> runs/transformer/seeds-METHOD
+#   scripts/transformer_round.sh all-seeds METHOD=LR...   -> the same with seed 0 too (a method without a grid)
+#   scripts/transformer_round.sh collect METHOD=LR...     -> docs/results/transformer (seed 0 from its grid point)
+#   python scripts/grid_table.py runs/transformer/grid-*  (the grid's table: validation bpc per lr)
+# RUNS=DIR puts the runs under DIR instead of runs/.
+set -euo pipefail
+root=${RUNS:-runs}
+# the hyper-parameter each method's lr is (the tempered sampler takes o-cola-ud-rms's precond_lr)
+lr_key() {
+  case "$1" in
+    adamw) echo adamw_lr ;;
+    muon) echo muon_lr ;;
+    geotorch-orthogonal-adamw) echo geotorch_lr ;;
+    ngpt-adam) echo ngpt_adam_lr ;;
+    ngpt-s-cola-ud) echo ud_lr ;;
+    ngpt-s-cola-ud-rms) echo ngpt_rms_lr ;;
+    o-cola-ud-rms|o-cola-ud-rms-tempered) echo precond_lr ;;
+    *) echo "no lr key for $1" >&2; exit 2 ;;
+  esac
+}
+run() {  # METHOD LR OUT [more benchmark arguments]
+  local method=$1 lr=$2 out=$3; shift 3
+  python -m benchmarks run --task shakespeare-gpt --preset quick --threads 1 --no-progress \
+    --methods "$method" --set "$(lr_key "$method")=$lr" --out "$out" "$@"
+}
+mode=$1; shift
+case "$mode" in
+  grid)
+    method=$1; shift
+    for lr in "$@"; do run "$method" "$lr" "$root/transformer/grid-$method-$lr" --seeds 1; done ;;
+  seeds)
+    for pair in "$@"; do run "${pair%%=*}" "${pair#*=}" "$root/transformer/seeds-${pair%%=*}" --seeds 2 --first-seed 1; done ;;
+  all-seeds)
+    for pair in "$@"; do run "${pair%%=*}" "${pair#*=}" "$root/transformer/seeds-${pair%%=*}" --seeds 3; done ;;
+  collect)
+    rm -rf docs/results/transformer
+    for pair in "$@"; do
+      method=${pair%%=*}; lr=${pair#*=}
+      # the tempered sampler has no grid of its own: its seed 0 runs with the seeds
+      grid="$root/transformer/grid-$method-$lr"
+      [ -d "$grid" ] || grid=""
+      python scripts/merge_results.py docs/results/transformer $grid "$root/transformer/seeds-$method" --methods "$method" --mixed-hparams
+    done ;;
+  *) echo "usage: $0 grid|seeds|collect ..." >&2; exit 2 ;;
+esac
