@@ -100,6 +100,15 @@ class _GeneratedFashionMLP(TASKS["fmnist-mlp"]):
     prepare = _GeneratedBinaryFashion.prepare
 
 
+class _GeneratedGPT(TASKS["shakespeare-gpt"]):
+    """shakespeare-gpt's smoke preset on random characters (no download)."""
+
+    def prepare(self):
+        g = torch.Generator().manual_seed(0)
+        self.chars = [chr(97 + i) for i in range(12)]
+        self.train_ids, self.val_ids, self.test_ids = (torch.randint(0, 12, (n,), generator=g) for n in (2000, 300, 300))
+
+
 def _generated_task(method):
     """A small generated-data task the method applies to: two-spirals, copy for the RNN-only methods,
     binary-fmnist on random images for the box methods, fmnist-mlp on random images for the norm sets."""
@@ -110,6 +119,8 @@ def _generated_task(method):
         task = _GeneratedBinaryFashion("smoke", torch.device("cpu"), {})
     if not method.applies_to(task):
         task = _GeneratedFashionMLP("smoke", torch.device("cpu"), {})
+    if not method.applies_to(task):
+        task = _GeneratedGPT("smoke", torch.device("cpu"), {})
     return task
 
 
@@ -128,8 +139,8 @@ def test_every_method_builds_and_steps(name):
         task.loss(model, inputs, targets)[0].backward()
         optimizer.step()
     # a family's methods enforce its constraints, except those that only start on the set or
-    # reparametrise it with a learned norm
-    assert bool(constraints) == (method.family is not None and method.name not in ("sgd-momentum-orth-init", "sgd-momentum-weightnorm"))
+    # reparametrise it with a learned norm, or (muon) take the family's matrices for another optimiser
+    assert bool(constraints) == (method.family is not None and method.name not in ("sgd-momentum-orth-init", "sgd-momentum-weightnorm", "muon"))
     violation = runner.largest_violation(model, optimizer, constraints)
     assert violation is None or violation < 1e-4
 
