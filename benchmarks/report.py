@@ -6,7 +6,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .methods import METHODS
 
@@ -14,11 +14,13 @@ BASELINE = "sgd-momentum"
 
 
 def time_baseline(results: Dict[str, Any]) -> Optional[str]:
-    """The method times are compared with: sgd-momentum, or, where it has no timed epoch (it
-    diverged in the first), the first method in the usual order that has one."""
+    """The method times are compared with: sgd-momentum, else adamw (the transformer task's
+    baseline), or, where neither has a timed epoch (diverged in the first), the first method in
+    the usual order that has one."""
     timed = {run["method"] for run in results["runs"] if run["epochs"]}
-    if BASELINE in timed:
-        return BASELINE
+    for baseline in (BASELINE, "adamw"):
+        if baseline in timed:
+            return baseline
     ordered = _order(timed)
     return ordered[0] if ordered else None
 
@@ -93,6 +95,7 @@ def summary_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                 "post_acc": _mean_std([_final(r, "posterior_accuracy") for r in runs]),
                 "post_nll": _mean_std([_final(r, "posterior_nll") for r in runs]),
                 "post_ece": _mean_std([_final(r, "posterior_ece") for r in runs]),
+                "post_bpc": _mean_std([_final(r, "posterior_bpc") for r in runs]),
                 "status": _status(runs),
                 **_chain_columns(runs),
                 "binarised": _mean_std([_final(r, "test_binarised_accuracy") for r in runs]),
@@ -146,7 +149,13 @@ def _status(runs: List[Dict[str, Any]]) -> str:
 
 
 def _has_posterior(rows: List[Dict[str, Any]]) -> bool:
-    return any(r["post_acc"] != "–" for r in rows)
+    return any(r["post_acc"] != "–" or r["post_bpc"] != "–" for r in rows)
+
+
+def _has_ece(metric: str, rows: List[Dict[str, Any]]) -> bool:
+    """Classification tasks always show the test ECE; a language model where it recorded one (the
+    next-character ECE)."""
+    return metric == "accuracy" or any(r["ece"] != "–" for r in rows)
 
 
 def markdown_table(results: Dict[str, Any]) -> str:
@@ -154,11 +163,14 @@ def markdown_table(results: Dict[str, Any]) -> str:
     name = "accuracy" if metric == "accuracy" else "bits/char"
     rows = summary_rows(results)
     extra_head, extra_rule = "", ""
-    if metric == "accuracy":
+    if _has_ece(metric, rows):
         extra_head, extra_rule = " final test ECE |", "---|"
-    if _has_posterior(rows):
+    if _has_posterior(rows) and metric == "accuracy":
         extra_head += " posterior accuracy | posterior NLL | posterior ECE |"
         extra_rule += "---|---|---|"
+    elif _has_posterior(rows):
+        extra_head += " posterior bits/char | posterior ECE |"
+        extra_rule += "---|---|"
     if _has_chains(rows):
         extra_head += " ESS (test log-lik) | R-hat (test log-lik) | worst R-hat (weight projections) |"
         extra_rule += "---|---|---|"
@@ -174,9 +186,11 @@ def markdown_table(results: Dict[str, Any]) -> str:
         f"|---|---|---|---|---|---|{extra_rule}---|---|---|---|",
     ]
     for r in rows:
-        extra = f" {r['ece']} |" if metric == "accuracy" else ""
-        if _has_posterior(rows):
+        extra = f" {r['ece']} |" if _has_ece(metric, rows) else ""
+        if _has_posterior(rows) and metric == "accuracy":
             extra += f" {r['post_acc']} | {r['post_nll']} | {r['post_ece']} |"
+        elif _has_posterior(rows):
+            extra += f" {r['post_bpc']} | {r['post_ece']} |"
         if _has_chains(rows):
             extra += f" {r['ess']} | {r['rhat']} | {r['proj_rhat']} |"
         if _has_binary(rows):
@@ -323,6 +337,54 @@ def plot_curves(results: Dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_against_time(results: Dict[str, Any], path: Path) -> bool:
+    """The validation metric (the test one where a task has no validation split) against the
+    training time, per method (mean over seeds of the time to each evaluation and of the metric
+    there): what a method buys per second, not per epoch. Drawn for the bits-per-character tasks;
+    returns whether it drew."""
+    if results["metric"] != "bpc":
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "val_bpc" if _has_validation(results) else "test_bpc"
+    by_method: Dict[str, List[Dict[str, Any]]] = {}
+    for run in results["runs"]:
+        by_method.setdefault(run["method"], []).append(run)
+    styles = _styles(list(by_method))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    drew = False
+    for m in _order(by_method):
+        points: Dict[int, List[Tuple[float, float]]] = {}
+        for run in by_method[m]:
+            elapsed = 0.0
+            for row in run["epochs"]:
+                elapsed += row["seconds"]
+                if key in row and math.isfinite(row[key]):
+                    points.setdefault(row["epoch"], []).append((elapsed, row[key]))
+        if not points:
+            continue
+        epochs = sorted(points)
+        ax.plot([statistics.mean(t for t, _ in points[e]) for e in epochs], [statistics.mean(v for _, v in points[e]) for e in epochs],
+                label=m, lw=1.4, marker=".", **styles[m])
+        drew = True
+    if not drew:
+        plt.close(fig)
+        return False
+    ax.set_xlabel("training time (s, as run)")
+    ax.set_ylabel(("validation" if key.startswith("val") else "test") + " bits per character")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    n_seeds = len({r["seed"] for r in results["runs"]})
+    ax.set_title(f"{results['task']} ({results['preset']}): against time, mean over {n_seeds} seed(s)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def plot_rotation(results: Dict[str, Any], path: Path) -> bool:
@@ -534,6 +596,7 @@ def write_task_report(results: Dict[str, Any], folder: Path) -> None:
     plot_gradient_profiles(results, folder / "gradients.png")
     plot_step_losses(results, folder / "steps.png")
     plot_rotation(results, folder / "rotation.png")
+    plot_against_time(results, folder / "time.png")
 
 
 def rebuild(out: Path) -> List[Path]:

@@ -45,3 +45,16 @@ def test_ddp_example_keeps_replicas_identical_and_resumes_to_the_same_end(tmp_pa
         assert "ranks identical: True" in out
     final = [next(line for line in out.splitlines() if line.startswith("step 20:")) for out in (straight, first, resumed)]
     assert final[0] == final[1] == final[2]
+
+
+def test_transformer_example_keeps_its_blocks_orthogonal_and_scores_the_posterior_average():
+    out = subprocess.run(
+        [sys.executable, "examples/transformer.py", "--steps", "30", "--batch", "4", "--context", "32", "--temperature", "2e-7", "--text", "README.md"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=300,
+    ).stdout
+    assert "step 30: train loss" in out
+    last = float(out.split("validation bpc ", 1)[1].split()[0])
+    average = float(out.split("validation bpc ")[2].split()[0])
+    assert 0 < last < 8 and 0 < average < 8  # finite, below a uniform guess over README's ~90 characters (6.5 bits) plus slack
+    assert "posterior average of" in out
+    assert float(out.rsplit("orthogonal blocks:", 1)[1].split()[0]) < 1e-4
