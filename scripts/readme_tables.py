@@ -45,6 +45,7 @@ COLUMNS = {
     "post_acc": "posterior accuracy",
     "post_nll": "posterior NLL",
     "post_ece": "posterior ECE",
+    "post_bpc": "posterior bits/char (final)",
     "ess": "ESS (test log-lik)",
     "rhat": "R-hat (test log-lik)",
     "ratio": "time/epoch vs {baseline}",
