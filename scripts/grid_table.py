@@ -11,7 +11,8 @@ from pathlib import Path
 def main(folders):
     rows = {}
     for folder in folders:
-        lr = re.search(r"-([0-9.]+(?:e-?[0-9]+)?)$", folder.rstrip("/")).group(1)  # TASK-grid-LR, grid-METHOD-LR
+        raw = re.search(r"-([0-9.]+(?:e-?[0-9]+)?)$", folder.rstrip("/")).group(1)  # TASK-grid-LR, grid-METHOD-LR
+        lr = f"{float(raw):g}"  # one label per value (1e-2 and 0.01 alike)
         for path in Path(folder).glob("*/results.json"):
             data = json.loads(path.read_text())
             key, sign = f"val_{data['metric']}", (1 if data["metric"] == "accuracy" else -1)

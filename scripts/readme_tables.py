@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import compact_table, summary_rows, time_baseline, uncertainty_table  # noqa: E402
 
 # the pages that hold generated tables
-PAGES = ["README.md", "docs/results.md", "docs/pypi.md"]
+PAGES = ["README.md", "docs/results.md", "docs/pypi.md", "docs/transformers.md"]
 
 COLUMNS = {
     "final": "test {metric} (final)",

@@ -40,12 +40,27 @@ case "$mode" in
     for pair in "$@"; do run "${pair%%=*}" "${pair#*=}" "$root/transformer/seeds-${pair%%=*}" --seeds 3; done ;;
   collect)
     rm -rf docs/results/transformer
+    # each method's runs first into a folder of its own (merge_results' --methods filters the
+    # target too), then all of them into one
+    parts=$(mktemp -d)
     for pair in "$@"; do
       method=${pair%%=*}; lr=${pair#*=}
+      sources=()
       # the tempered sampler has no grid of its own: its seed 0 runs with the seeds
-      grid="$root/transformer/grid-$method-$lr"
-      [ -d "$grid" ] || grid=""
-      python scripts/merge_results.py docs/results/transformer $grid "$root/transformer/seeds-$method" --methods "$method" --mixed-hparams
-    done ;;
+      [ -d "$root/transformer/grid-$method-$lr" ] && sources+=("$root/transformer/grid-$method-$lr")
+      # seeds run in one process (seeds-METHOD) or one per seed (seeds-METHOD-sN)
+      for d in "$root/transformer/seeds-$method" "$root/transformer/seeds-$method"-s[0-9]; do
+        [ -d "$d" ] && sources+=("$d")
+      done
+      python scripts/merge_results.py "$parts/$method" "${sources[@]}" --methods "$method" --mixed-hparams
+    done
+    python scripts/merge_results.py docs/results/transformer "$parts"/* --mixed-hparams
+    rm -rf "$parts"
+    { echo "# shakespeare-gpt: the lr grids"
+      echo
+      echo "Validation bits per character (best epoch, seed 0, quick preset) per method and lr; each method's"
+      echo "chosen lr is the lowest. Made by \`python scripts/grid_table.py runs/transformer/grid-*\`."
+      echo
+      python scripts/grid_table.py "$root"/transformer/grid-*; } > docs/results/transformer/grid.md ;;
   *) echo "usage: $0 grid|seeds|collect ..." >&2; exit 2 ;;
 esac
