@@ -18,7 +18,7 @@ plays for validation and test) and reports bits per character and the next-chara
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -292,13 +292,8 @@ class ShakespeareGPT(ShakespeareCharLM):
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
-    def batches(self, generator) -> Iterator[Tuple[Tensor, Tensor]]:
-        b, t = self.settings["batch_size"], self.settings["block"]
-        offsets = torch.arange(t + 1, device=self.device)
-        for _ in range(self.steps_per_epoch()):
-            starts = torch.randint(0, len(self.train_ids) - t - 1, (b,), generator=generator).to(self.device)
-            window = self.train_ids[starts[:, None] + offsets]
-            yield window[:, :-1], window[:, 1:]
+    def window_length(self) -> int:
+        return self.settings["block"]  # the context length
 
     def loss(self, model, inputs, targets):
         logits = model(inputs)

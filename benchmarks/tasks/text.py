@@ -179,8 +179,12 @@ class ShakespeareCharLM(Task):
     def steps_per_epoch(self) -> int:
         return self.settings["steps_per_epoch"]
 
+    def window_length(self) -> int:
+        """Characters per training window (the sequence a model sees at once)."""
+        return self.settings["seq_len"]
+
     def batches(self, generator) -> Iterator[Tuple[Tensor, Tensor]]:
-        b, t = self.settings["batch_size"], self.settings["seq_len"]
+        b, t = self.settings["batch_size"], self.window_length()
         offsets = torch.arange(t + 1, device=self.device)
         for _ in range(self.steps_per_epoch()):
             starts = torch.randint(0, len(self.train_ids) - t - 1, (b,), generator=generator).to(self.device)
