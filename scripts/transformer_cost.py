@@ -4,10 +4,13 @@ method once, so a slow spell of a shared machine falls on all of them), and wher
 step's time goes (torch.profiler's top operators).
 
     python scripts/transformer_cost.py [--preset quick] [--threads 1] [--rounds 5] [--device cpu] [--out FILE.json]
+    python scripts/transformer_cost.py --plot RESULTS_DIR --timings FILE.json   # the plot only
 
 The model and batch are the preset's; the characters are random (the cost does not depend on the
 text), so nothing is downloaded. Prints a Markdown table (medians over the rounds) and writes the
-raw timings to ``--out``.
+raw timings to ``--out``. ``--plot`` draws a round's validation bits per character against the
+training time each method would take alone (its steps times its measured iteration time): the
+times recorded during a round depend on how many runs shared the cores.
 """
 
 import argparse
@@ -64,7 +67,13 @@ def main(argv=None):
     parser.add_argument("--iterations", type=int, default=5, help="iterations timed per method and round")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--plot", default=None, help="a round's results folder (with results.json): draw time-alone.png there")
+    parser.add_argument("--timings", default=None, help="with --plot: the timings file an earlier run wrote (--out)")
     args = parser.parse_args(argv)
+    if args.plot:
+        medians = json.loads(Path(args.timings).read_text())["medians"]
+        plot_against_time_alone(Path(args.plot), {m: v["iteration"] for m, v in medians.items()})
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -119,6 +128,45 @@ def main(argv=None):
         Path(args.out).write_text(json.dumps({"preset": args.preset, "settings": s, "device": str(device), "threads": torch.get_num_threads(),
                                               "torch": torch.__version__, "times": times, "medians": med}, indent=1))
     return 0
+
+
+def plot_against_time_alone(folder: Path, seconds_per_step) -> None:
+    """Validation bits per character (mean over seeds) against steps x the method's measured
+    iteration time, into ``folder/time-alone.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = json.loads((folder / "results.json").read_text())
+    steps = results["settings"]["steps_per_epoch"]
+    by_method = {}
+    for run in results["runs"]:
+        for row in run["epochs"]:
+            if "val_bpc" in row:
+                by_method.setdefault(run["method"], {}).setdefault(row["epoch"], []).append(row["val_bpc"])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for method, curve in by_method.items():
+        if method not in seconds_per_step:
+            continue
+        epochs = sorted(curve)
+        ax.plot([e * steps * seconds_per_step[method] for e in epochs], [statistics.mean(curve[e]) for e in epochs], marker=".", label=method)
+    ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())  # the minor labels of a log axis overlap
+    low, high = ax.get_xlim()
+    ax.set_xticks([t for t in (10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if low <= t <= high])
+    ax.set_xlabel("training time alone (s, log): steps x the measured iteration time (one thread)")
+    ax.set_ylabel("validation bits per character")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    n_seeds = len({r["seed"] for r in results["runs"]})
+    ax.set_title(f"{results['task']} ({results['preset']}): against the time alone, mean over {n_seeds} seeds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(folder / "time-alone.png", dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
