@@ -436,7 +436,7 @@ METHODS: Dict[str, Method] = {
         Method("muon", "torch.optim.Muon on the attention and MLP matrices, AdamW on the rest", "orthogonal", _muon, needs=("muon_lr", "adamw_lr")),
         Method("geotorch-orthogonal-adamw", "geotorch's orthogonal parametrisation of the attention and MLP matrices (per block), AdamW", "orthogonal", _geotorch_adamw, needs=("geotorch_lr", "adamw_lr")),
         Method("ngpt-adam", "nGPT's recipe: the normalised model, Adam without weight decay, its unit vectors renormalised after every step", "sphere", _projected("sphere", adam=True, lr_key="ngpt_adam_lr"), variant="ngpt", needs=("ngpt_adam_lr",)),
-        Method("ngpt-s-cola-ud", "the normalised model, ConstrainedUnderdampedSGLD with its unit vectors on sphere sets", "sphere", _constrained("sphere", True), variant="ngpt", needs=("ud_lr", "ngpt_rms_lr")),
+        Method("ngpt-s-cola-ud", "the normalised model, ConstrainedUnderdampedSGLD with its unit vectors on sphere sets", "sphere", _constrained("sphere", True), variant="ngpt", needs=("ud_lr",)),
         Method("ngpt-s-cola-ud-rms", "the normalised model, ConstrainedUnderdampedSGLD with the adaptive mass, its unit vectors on sphere sets", "sphere", _preconditioned("sphere", True, lr_key="ngpt_rms_lr"), variant="ngpt", needs=("ngpt_rms_lr",)),
         Method(
             "o-cola-ud-rms-tempered",

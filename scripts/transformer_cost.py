@@ -71,8 +71,12 @@ def main(argv=None):
     parser.add_argument("--timings", default=None, help="with --plot: the timings file an earlier run wrote (--out)")
     args = parser.parse_args(argv)
     if args.plot:
+        from benchmarks.report import plot_against_time
+
         medians = json.loads(Path(args.timings).read_text())["medians"]
-        plot_against_time_alone(Path(args.plot), {m: v["iteration"] for m, v in medians.items()})
+        folder = Path(args.plot)
+        results = json.loads((folder / "results.json").read_text())
+        plot_against_time(results, folder / "time-alone.png", {m: v["iteration"] for m, v in medians.items()})
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,45 +132,6 @@ def main(argv=None):
         Path(args.out).write_text(json.dumps({"preset": args.preset, "settings": s, "device": str(device), "threads": torch.get_num_threads(),
                                               "torch": torch.__version__, "times": times, "medians": med}, indent=1))
     return 0
-
-
-def plot_against_time_alone(folder: Path, seconds_per_step) -> None:
-    """Validation bits per character (mean over seeds) against steps x the method's measured
-    iteration time, into ``folder/time-alone.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    results = json.loads((folder / "results.json").read_text())
-    steps = results["settings"]["steps_per_epoch"]
-    by_method = {}
-    for run in results["runs"]:
-        for row in run["epochs"]:
-            if "val_bpc" in row:
-                by_method.setdefault(run["method"], {}).setdefault(row["epoch"], []).append(row["val_bpc"])
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for method, curve in by_method.items():
-        if method not in seconds_per_step:
-            continue
-        epochs = sorted(curve)
-        ax.plot([e * steps * seconds_per_step[method] for e in epochs], [statistics.mean(curve[e]) for e in epochs], marker=".", label=method)
-    ax.set_xscale("log")
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())  # the minor labels of a log axis overlap
-    low, high = ax.get_xlim()
-    ax.set_xticks([t for t in (10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if low <= t <= high])
-    ax.set_xlabel("training time alone (s, log): steps x the measured iteration time (one thread)")
-    ax.set_ylabel("validation bits per character")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    n_seeds = len({r["seed"] for r in results["runs"]})
-    ax.set_title(f"{results['task']} ({results['preset']}): against the time alone, mean over {n_seeds} seeds", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(folder / "time-alone.png", dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

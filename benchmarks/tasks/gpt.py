@@ -149,7 +149,7 @@ class NormalizedMLP(nn.Module):
 
 
 class NormalizedBlock(nn.Module):
-    def __init__(self, d: int, heads: int, layers: int):
+    def __init__(self, d: int, heads: int):
         super().__init__()
         self.attn, self.mlp = NormalizedAttention(d, heads), NormalizedMLP(d)
         # nGPT: alpha_init 0.05 (of order 1 / layers), stored at scale 1 / sqrt(d)
@@ -172,7 +172,7 @@ class NormalizedGPT(nn.Module):
         super().__init__()
         self.block = block
         self.wte = nn.Embedding(vocab, d)
-        self.blocks = nn.ModuleList(NormalizedBlock(d, heads, layers) for _ in range(layers))
+        self.blocks = nn.ModuleList(NormalizedBlock(d, heads) for _ in range(layers))
         self.head = nn.Linear(d, vocab, bias=False)
         self.head.weight = self.wte.weight
         self.s_z = Scale(vocab, 1.0, 1.0 / math.sqrt(d))
