@@ -34,6 +34,15 @@ class Method:
     # Laplace approximation at the final weights (benchmarks.laplace)
     posterior: Optional[str] = None
     requires: Tuple[str, ...] = ()  # optional packages it imports (module, pip name), as "module:pip-name"
+    # cSG-MCMC: CyclicalLR in place of the task's schedule, snapshots at each cycle's end, and the
+    # task's ``chains`` independent chains pooled (trained as one DeepEnsemble: each chain its own
+    # init, batch order and noise)
+    cyclical: bool = False
+
+    def models(self, task) -> int:
+        """How many models one run trains: the ensemble's members, a cyclical method's chains
+        (the task's ``chains``), else 1."""
+        return int(task.hp.get("chains", 4)) if self.cyclical else self.members
 
     def missing(self) -> Tuple[str, ...]:
         """The pip names of the optional packages it needs that are not installed."""
@@ -50,7 +59,7 @@ class Method:
         # and is evaluated by its shared evaluation (a task that reads its model's layers cannot);
         # the last-layer Laplace needs the same: a plain classifier of (batch, classes) logits
         plain = all(getattr(type(task), f) is getattr(ClassificationTask, f) for f in ("loss", "batches", "evaluate"))
-        ensemble_ok = self.members == 1 or plain
+        ensemble_ok = (self.members == 1 and not self.cyclical) or plain
         laplace_ok = self.posterior != "laplace" or (plain and hasattr(task, "evaluate_posterior"))
         return family_ok and variant_ok and ensemble_ok and laplace_ok and all(k in task.hp for k in self.needs) and not self.missing()
 
@@ -125,22 +134,40 @@ def start_on_set(model: nn.Module, constraints: Dict[str, Any]) -> None:
                 params[name].copy_(c.project(params[name]))
 
 
-def _constrained(family: str, underdamped: bool, thermostat: bool = False):
+def _constrained(family: Optional[str], underdamped: bool, thermostat: bool = False, lr_key: str = "ud_lr", temperature_key: str = "temperature"):
+    """A scheme on ``family``'s sets (``None``: no set, plain SGLD); the underdamped schemes read
+    ``lr_key`` and ``temperature_key`` (a method's own tuned values) besides ``ud_momentum``."""
+
     def build(model, task, seed):
-        constraints = task.constrained(model, family)
+        constraints = task.constrained(model, family) if family else {}
         start_on_set(model, constraints)
         if thermostat:  # the same lr, momentum (the noise's friction) and temperature as *-cola-ud
             hp = _ud_hparams(task)
             optim = ConstrainedSGNHT(model.named_parameters(), constraints=constraints, seed=seed, **hp)
         elif underdamped:
-            hp = _ud_hparams(task)
+            hp = {"lr": task.hp[lr_key], "momentum": task.hp["ud_momentum"], "temperature": task.hp[temperature_key]}
             optim = ConstrainedUnderdampedSGLD(model.named_parameters(), constraints=constraints, seed=seed, **hp)
         else:
             hp = {"lr": task.hp["od_lr"], "temperature": task.hp["temperature"]}
             optim = ConstrainedSGLD(model.named_parameters(), constraints=constraints, seed=seed, **hp)
-        return optim, dict(hp, constraints={k: _spec_text(v) for k, v in constraints.items()}), constraints
+        if constraints:
+            hp["constraints"] = {k: _spec_text(v) for k, v in constraints.items()}
+        return optim, hp, constraints
 
     return build
+
+
+def _ivon(model, task, seed):
+    """IVON (Shen et al. 2024; ``ivon-opt``): the effective sample size is the training set's size
+    (the Bayesian posterior), one weight sample per step (the runner draws it around the forward
+    and backward pass through ``sampled_params``)."""
+    import ivon
+
+    hp = {
+        "lr": task.hp["ivon_lr"], "ess": len(task.y_train), "hess_init": task.hp["ivon_hess_init"],
+        "weight_decay": task.hp["ivon_weight_decay"], "clip_radius": task.hp["ivon_clip_radius"], "beta1": 0.9, "beta2": 0.99999, "mc_samples": 1,
+    }
+    return ivon.IVON(model.parameters(), **hp), hp, {}
 
 
 def _preconditioned(family: Optional[str], underdamped: bool = False, lr_key: str = "precond_lr", temperature_key: str = "temperature"):
@@ -396,6 +423,12 @@ METHODS: Dict[str, Method] = {
             None, _sgd_wd, posterior="laplace", requires=("laplace:laplace-torch",),
         ),
         Method("adam", "Adam", None, _adam),
+        # the posterior round (fmnist-cnn)
+        Method("ivon", "IVON (Shen et al. 2024, ivon-opt): a diagonal Gaussian posterior learned by variational online Newton; its prediction averages 20 weight draws", None, _ivon, posterior="ivon", needs=("ivon_lr",), requires=("ivon:ivon-opt",)),
+        Method("mc-dropout", "MC dropout (Gal & Ghahramani 2016): the task's dropout model, SGD-momentum; the prediction averages 20 passes with dropout on", None, _sgd_momentum, variant="dropout", posterior="mc-dropout"),
+        Method("sgld-cyclical", "cyclical underdamped SGLD (cSGHMC, Zhang et al. 2020), no constraint: the task's chains pooled, snapshots at each cycle's end", None, _constrained(None, True, lr_key="sgld_cyclical_lr", temperature_key="sgld_cyclical_temperature"), needs=("sgld_cyclical_lr", "chains"), cyclical=True),
+        Method("o-cola-ud-cyclical", "cyclical ConstrainedUnderdampedSGLD, orthogonal hidden layers: the task's chains pooled", "orthogonal", _constrained("orthogonal", True, lr_key="o_cyclical_lr", temperature_key="o_cyclical_temperature"), needs=("o_cyclical_lr", "chains"), cyclical=True),
+        Method("o-cola-ud-rms-cyclical", "cyclical ConstrainedUnderdampedSGLD with the adaptive mass, orthogonal hidden layers: the task's chains pooled", "orthogonal", _preconditioned("orthogonal", True, lr_key="o_rms_cyclical_lr", temperature_key="o_rms_cyclical_temperature"), needs=("o_rms_cyclical_lr", "chains"), cyclical=True),
         Method("rmsprop", "RMSprop", None, _rmsprop, needs=("rmsprop_lr",)),
         Method("sgd-wd", "SGD-momentum with weight decay", None, _sgd_wd),
         Method("sgld", "underdamped Langevin, no constraint, the same lr/momentum/temperature as *-cola-ud", None, _sgld),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -59,23 +60,34 @@ def train_one(
     has a checkpoint there continues from it (the record counts the resumptions in ``resumed``)."""
     device = task.device
     torch.manual_seed(seed)
-    if method.members > 1:
+    members = method.models(task)
+    if members > 1:
         from .ensemble import DeepEnsemble
 
-        model = DeepEnsemble([task.build_model() for _ in range(method.members)]).to(device)  # independent inits
+        model = DeepEnsemble([task.build_model() for _ in range(members)]).to(device)  # independent inits
     else:
         model = (task.build_model(method.variant) if method.variant else task.build_model()).to(device)
     optimizer, hparams, constraints = method.build(model, task, seed)
     # after build: through any parametrisation it added; an ensemble has no one profile
-    profile_start = task.gradient_profile(model) if method.members == 1 else None
+    profile_start = task.gradient_profile(model) if members == 1 else None
     steps = task.steps_per_epoch()
-    scheduler = task.scheduler(optimizer, steps)
+    if method.cyclical:  # cSG-MCMC's schedule in place of the task's
+        from constrained_sgld import CyclicalLR
+
+        scheduler = CyclicalLR(optimizer, task.epochs * steps, cycles=int(task.hp["cycles"]), exploration=float(task.hp["exploration"]))
+        hparams.update(cycles=scheduler.cycles, exploration=scheduler.exploration, samples_per_cycle=task.hp["samples_per_cycle"])
+    else:
+        scheduler = task.scheduler(optimizer, steps)
+    if members > 1:
+        hparams["chains" if method.cyclical else "members"] = members
     clip = task.hp.get("clip")
     order = torch.Generator().manual_seed(seed)  # batch order: the same for every method at a given seed
     # a deep ensemble's members 1.. each have their own batch order (member 0 has the seed's)
-    member_orders = [torch.Generator().manual_seed(10_000 * (seed + 1) + m) for m in range(1, method.members)]
+    member_orders = [torch.Generator().manual_seed(10_000 * (seed + 1) + m) for m in range(1, members)]
     record: Dict[str, Any] = {"method": method.name, "seed": seed, "hyperparameters": hparams, "epochs": [], "status": "done"}
-    if scheduler is not None:
+    if method.cyclical:
+        record["hyperparameters"]["schedule"] = "cyclical cosine (CyclicalLR), T = 0 in each cycle's exploration stage"
+    elif scheduler is not None:
         record["hyperparameters"]["schedule"] = type(task).scheduler.__doc__ or "task schedule"
     if clip:
         record["hyperparameters"]["grad_clip_norm"] = clip
@@ -83,7 +95,9 @@ def train_one(
     diagnostics = getattr(optimizer, "diagnostics", None)
     if diagnostics is not None:
         diagnostics()  # switch on the noise-norm record from the first step
-    collector = _posterior_collector(task, model, optimizer, steps, method, seed)
+    collector = _posterior_collector(task, model, optimizer, steps, method, seed, scheduler)
+    # IVON draws the weights for each gradient from its posterior: forward and backward inside its block
+    sampled = getattr(optimizer, "sampled_params", None)
     trace = _chain_trace(task, model, collector)
     first_epoch = 1
     saved = load_checkpoint(checkpoint, _configuration(task), method.name, seed) if checkpoint is not None and resume else None
@@ -122,8 +136,9 @@ def train_one(
                 batches = task.batches(order)
             for inputs, targets in batches:
                 optimizer.zero_grad(set_to_none=True)
-                loss, right = task.loss(model, inputs, targets)
-                loss.backward()
+                with sampled(train=True) if sampled is not None else contextlib.nullcontext():
+                    loss, right = task.loss(model, inputs, targets)
+                    loss.backward()
                 if clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 optimizer.step()
@@ -162,9 +177,11 @@ def train_one(
             if epoch == task.epochs and hasattr(task, "evaluate_uncertainty"):
                 row.update(task.evaluate_uncertainty(model, "test"))
             if epoch == task.epochs and collector is not None and len(collector):
+                predicting = time.perf_counter()
                 row.update(task.evaluate_posterior(collector))
                 if hasattr(task, "evaluate_uncertainty"):  # a language model reports no OOD or rotations
                     row.update(task.evaluate_uncertainty(collector, "posterior"))
+                row["posterior_seconds"] = time.perf_counter() - predicting  # the posterior's evaluation, every set
             record["epochs"].append(row)
             if writer is not None:
                 log_epoch(writer, row)
@@ -188,6 +205,8 @@ def train_one(
         if writer is not None:
             writer.close()
     record["max_violation"] = worst
+    # the training cost: one gradient per model (ensemble member, chain) per step of the finished epochs
+    record["gradient_evaluations"] = len(record["epochs"]) * steps * members
     if constraints and (at_wall := wall_fraction(model, constraints)) is not None:
         record["at_wall"] = at_wall  # the inequality sets: did the walls matter?
     if trace is not None and len(trace):
@@ -234,15 +253,29 @@ def log_epoch(writer, row: Dict[str, Any]) -> None:
 POSTERIOR_SAMPLES = 20  # snapshots averaged for the posterior prediction
 
 
-def _posterior_collector(task: Task, model, optimizer, steps_per_epoch: int, method: Optional[Method] = None, seed: int = 0):
+def _posterior_collector(task: Task, model, optimizer, steps_per_epoch: int, method: Optional[Method] = None, seed: int = 0, scheduler=None):
     """For tempered Langevin methods on classification tasks: keep POSTERIOR_SAMPLES snapshots
     spread over the second half of the run (the first half is burn-in). For ``swag`` methods: the
     SWAG moments over the same POSTERIOR_SAMPLES steps (benchmarks.swag). For ``laplace`` methods:
-    the last-layer Laplace approximation, fitted at the final weights (benchmarks.laplace)."""
+    the last-layer Laplace approximation, fitted at the final weights (benchmarks.laplace). For
+    cyclical methods: the snapshots at the end of each cycle; for ``ivon`` and ``mc-dropout``:
+    POSTERIOR_SAMPLES draws of the weights or of the dropout masks (benchmarks.predictive)."""
     from constrained_sgld import SampleCollector
 
     if not hasattr(task, "evaluate_posterior"):
         return None
+    if method is not None and method.cyclical:
+        from .predictive import CyclicalCollector
+
+        return CyclicalCollector(model, scheduler, samples_per_cycle=int(task.hp["samples_per_cycle"]))
+    if method is not None and method.posterior == "ivon":
+        from .predictive import IVONCollector
+
+        return IVONCollector(model, optimizer, draws=POSTERIOR_SAMPLES, seed=seed)
+    if method is not None and method.posterior == "mc-dropout":
+        from .predictive import MCDropoutCollector
+
+        return MCDropoutCollector(model, passes=POSTERIOR_SAMPLES, seed=seed)
     total = task.epochs * steps_per_epoch
     burn_in = total // 2
     thin = max(1, (total - burn_in) // POSTERIOR_SAMPLES)

@@ -155,6 +155,14 @@ class ClassificationTask(Task):
     x_ood: Optional[Tensor] = None
     image_shape: Optional[Tuple[int, ...]] = None
     blank_pixel: float = 0.0
+    # where a task sets it: the (mean, std) its images were normalised with, so that the synthetic
+    # corruptions (uncertainty.corrupt) act on pixels in [0, 1]; None: no corruption columns
+    pixel_stats: Optional[Tuple[float, float]] = None
+
+    def _shift_images(self) -> Tensor:
+        """The test images the shifted sets (rotations, corruptions) are made from: the first
+        ``shift_size`` (a task setting; all of them where the task has none)."""
+        return self.x_test[: self.settings.get("shift_size", len(self.x_test))]
 
     @torch.no_grad()
     def _log_probs(self, predict, x: Tensor) -> Tensor:
@@ -192,12 +200,25 @@ class ClassificationTask(Task):
                     out.update({f"{prefix}_ood_auroc{name}": d["auroc"], f"{prefix}_ood_fpr95{name}": d["fpr95"]})
             if self.image_shape is not None:
                 rotated = {}
-                images = self.x_test.reshape(len(self.x_test), *self.image_shape)
+                shift = self._shift_images()
+                y_shift = self.y_test[: len(shift)]
+                images = shift.reshape(len(shift), *self.image_shape)
                 for angle in u.ROTATIONS:
-                    x = u.rotate(images, angle, self.blank_pixel).reshape(self.x_test.shape)
-                    scores = classification_scores(self._log_probs(predict, x).exp(), self.y_test)
+                    x = u.rotate(images, angle, self.blank_pixel).reshape(shift.shape)
+                    scores = classification_scores(self._log_probs(predict, x).exp(), y_shift)
                     rotated[str(angle)] = {k: scores[k] for k in ("accuracy", "nll", "ece", "brier")}
                 out[f"{prefix}_rotated"] = rotated
+                if self.pixel_stats is not None:
+                    mean, std = self.pixel_stats
+                    pixels = images * std + mean
+                    corrupted: Dict[str, Any] = {}
+                    for kind, levels in u.CORRUPTIONS.items():
+                        corrupted[kind] = {}
+                        for severity in range(1, len(levels) + 1):
+                            x = ((u.corrupt(pixels, kind, severity) - mean) / std).reshape(shift.shape)
+                            scores = classification_scores(self._log_probs(predict, x).exp(), y_shift)
+                            corrupted[kind][str(severity)] = {k: scores[k] for k in ("accuracy", "nll", "ece", "brier")}
+                    out[f"{prefix}_corrupted"] = corrupted
             return out
         finally:
             if isinstance(model_or_collector, nn.Module):
@@ -222,10 +243,14 @@ class ClassificationTask(Task):
         n = self.eval_chunk
         probs = torch.cat([collector.predict(self.x_test[i : i + n]).double() for i in range(0, len(self.y_test), n)])
         scores = classification_scores(probs, self.y_test)
-        return {
+        out = {
             "posterior_accuracy": scores["accuracy"], "posterior_nll": scores["nll"], "posterior_ece": scores["ece"],
             "posterior_brier": scores["brier"], "posterior_selective_accuracy": scores["selective_accuracy"], "posterior_samples": len(collector),
         }
+        if getattr(self, "x_val", None) is not None:  # what a posterior's hyper-parameters are tuned on
+            val = torch.cat([collector.predict(self.x_val[i : i + n]).double() for i in range(0, len(self.y_val), n)])
+            out["posterior_val_nll"] = classification_scores(val, self.y_val)["nll"]
+        return out
 
 
 def classification_scores(probs: Tensor, y: Tensor, bins: int = 15) -> Dict[str, float]:

