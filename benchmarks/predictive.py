@@ -36,10 +36,11 @@ class CyclicalCollector:
         self.inner = SampleCollector(model)  # every step it is told about is kept
         length = scheduler.cycle_length
         first = math.ceil(scheduler.exploration * length)  # the cycle's first sampling step
-        gap = max(1, (length - first) // samples_per_cycle)
+        gap = max(1.0, (length - first) / samples_per_cycle)  # the sampling stage split evenly
         # positions within a cycle: the last step (always: a cycle too short for a sampling stage
         # still gives its end point), and gap, 2 gap, ... steps before it within the sampling stage
-        self.positions = {length - 1 - i * gap for i in range(samples_per_cycle) if i == 0 or length - 1 - i * gap >= first}
+        back = [length - 1 - round(i * gap) for i in range(samples_per_cycle)]
+        self.positions = {p for i, p in enumerate(back) if i == 0 or p >= first}
 
     def __len__(self) -> int:
         return len(self.inner)

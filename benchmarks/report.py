@@ -240,6 +240,137 @@ def uncertainty_table(results: Dict[str, Any], methods: Optional[Sequence[str]] 
     return "\n".join([f"| method | {' | '.join(head)} |", "|---|" + "---|" * len(head), *rows])
 
 
+def _last(run: Dict[str, Any]) -> Dict[str, Any]:
+    return run["epochs"][-1] if run["epochs"] else {}
+
+
+def _reported_prefix(runs: List[Dict[str, Any]]) -> str:
+    """``posterior`` where the method's runs predict with a posterior average, else ``test``."""
+    return "posterior" if any("posterior_nll" in _last(r) for r in runs) else "test"
+
+
+def _models_per_input(run: Dict[str, Any]) -> Optional[int]:
+    """Forward passes of the network per input at prediction: the posterior's samples (times a
+    multi-chain run's chains), an ensemble's members, else one."""
+    hp, last = run.get("hyperparameters", {}), _last(run)
+    if "posterior_samples" in last:
+        return int(last["posterior_samples"]) * int(hp.get("chains", 1))
+    return int(hp.get("members", METHODS[run["method"]].members if run["method"] in METHODS else 1))
+
+
+def cost_ratios(results: Dict[str, Any]) -> Dict[str, Dict[str, Optional[float]]]:
+    """Per method, its training cost against one run of the time baseline (sgd-momentum): gradient
+    evaluations (every model's, every step) and the training time (the epochs' clocks summed; the
+    posterior's own evaluation, ``posterior_seconds``, is not training)."""
+    base = time_baseline(results)
+    by_method: Dict[str, List[Dict[str, Any]]] = {}
+    for run in results["runs"]:
+        by_method.setdefault(run["method"], []).append(run)
+
+    def mean(runs, f):
+        values = [f(r) for r in runs if r["epochs"]]
+        values = [v for v in values if v is not None]
+        return statistics.mean(values) if values else None
+
+    def grads(r):
+        return r.get("gradient_evaluations")
+
+    def seconds(r):
+        return sum(e["seconds"] for e in r["epochs"])
+
+    g0, t0 = mean(by_method.get(base, []), grads), mean(by_method.get(base, []), seconds)
+    out = {}
+    for m, runs in by_method.items():
+        g, t = mean(runs, grads), mean(runs, seconds)
+        out[m] = {"gradients": g / g0 if g and g0 else None, "time": t / t0 if t and t0 else None}
+    return out
+
+
+def posterior_table(results: Dict[str, Any]) -> Optional[str]:
+    """One row per method, the prediction it reports (its posterior average where it has one): the
+    in-distribution scores, OOD detection, the NLL under the synthetic corruptions (mean of the
+    kinds, per severity), and the cost: gradient evaluations and training time against one
+    sgd-momentum run, forward passes per input at prediction. None where no run has corruptions."""
+    by_method: Dict[str, List[Dict[str, Any]]] = {}
+    for run in results["runs"]:
+        by_method.setdefault(run["method"], []).append(run)
+    if not any("test_corrupted" in _last(r) for r in results["runs"]):
+        return None
+    costs = cost_ratios(results)
+    base = time_baseline(results)
+    severities = sorted({sev for r in results["runs"] for kinds in (_last(r).get("test_corrupted") or {}).values() for sev in kinds})
+    rows = []
+    for m in _order(by_method):
+        runs = [r for r in by_method[m] if r["status"] == "done"]
+        if not runs:
+            continue
+        prefix = _reported_prefix(runs)
+        names = {"nll": "test_loss" if prefix == "test" else "posterior_nll"}
+        cells = [_mean_std([_final(r, names.get(k, f"{prefix}_{k}")) for r in runs]) for k in ("accuracy", "nll", "brier", "ece", "nll_calibrated", "ood_auroc_entropy")]
+        for sev in severities:
+            cells.append(_mean_std([
+                statistics.mean(kinds[sev]["nll"] for kinds in (_last(r).get(f"{prefix}_corrupted") or {}).values()) if _last(r).get(f"{prefix}_corrupted") else None
+                for r in runs
+            ]))
+        c = costs.get(m, {})
+        cells += [f"{c['gradients']:.1f}x" if c.get("gradients") else "–", f"{c['time']:.1f}x" if c.get("time") else "–",
+                  str(_models_per_input(runs[0]) or "–")]
+        rows.append(f"| {m} | {'posterior' if prefix == 'posterior' else 'final model'} | " + " | ".join(cells) + " |")
+    head = ["accuracy", "NLL", "Brier", "ECE", "NLL, temperature-scaled", "OOD AUROC (entropy)"]
+    head += [f"NLL corrupted, severity {sev}" for sev in severities]
+    head += [f"gradient evaluations (x {base})", f"training time (x {base})", "forward passes per input"]
+    return "\n".join([f"| method | prediction | {' | '.join(head)} |", "|---|---|" + "---|" * len(head), *rows])
+
+
+def plot_nll_against_cost(results: Dict[str, Any], path: Path) -> bool:
+    """Test NLL of each method's reported prediction (its posterior average where it has one)
+    against its training cost relative to one sgd-momentum run: gradient evaluations (left) and
+    training time (right); mean ± sd over seeds. Drawn where runs recorded a posterior and their
+    gradient evaluations; returns whether it drew."""
+    if results["metric"] != "accuracy" or not any("posterior_nll" in _last(r) for r in results["runs"]):
+        return False
+    if not all("gradient_evaluations" in r for r in results["runs"]):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_method: Dict[str, List[Dict[str, Any]]] = {}
+    for run in results["runs"]:
+        if run["status"] == "done":
+            by_method.setdefault(run["method"], []).append(run)
+    costs = cost_ratios(results)
+    styles = _styles(list(by_method))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for m in _order(by_method):
+        runs = by_method[m]
+        key = "posterior_nll" if _reported_prefix(runs) == "posterior" else "test_loss"
+        values = [v for v in (_final(r, key) for r in runs) if v is not None]
+        if not values:
+            continue
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        for ax, which in zip(axes, ("gradients", "time")):
+            x = costs[m][which]
+            if x is None:
+                continue
+            ax.errorbar([x], [statistics.mean(values)], yerr=[sd], color=styles[m]["color"], marker="o", capsize=3, label=m)
+            ax.annotate(m, (x, statistics.mean(values)), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    base = time_baseline(results)
+    axes[0].set_xlabel(f"gradient evaluations (x one {base} run)")
+    axes[1].set_xlabel(f"training time (x one {base} run; the runs shared two cores)")
+    axes[0].set_ylabel("test NLL (posterior average where the method has one)")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3, which="both")
+    n_seeds = len({r["seed"] for r in results["runs"]})
+    fig.suptitle(f"{results['task']} ({results['preset']}): test NLL against training cost, mean ± sd over {n_seeds} seed(s)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def task_markdown(results: Dict[str, Any], heading: str = "#") -> str:
     settings = ", ".join(f"{k}={v}" for k, v in results["settings"].items())
     parts = [
@@ -270,6 +401,18 @@ def task_markdown(results: Dict[str, Any], heading: str = "#") -> str:
             "(the temperature fitted on the validation split); out-of-distribution detection with real MNIST digits as "
             "the outside (AUROC and FPR at 95% TPR, scored by the max probability or the predictive entropy); and the "
             "accuracy on the test set rotated by 30 and 60 degrees (every angle in rotation.png).",
+            "",
+            table,
+            "",
+        ]
+    table = posterior_table(results)
+    if table is not None:
+        parts += [
+            "Each method's reported prediction (its posterior average where it has one) with its cost (mean ± sd over seeds): "
+            "the NLL on the test images under Gaussian noise, Gaussian blur and reduced contrast (mean over the three kinds, "
+            "per severity; `benchmarks.uncertainty.CORRUPTIONS`), OOD AUROC of the predictive entropy, the gradient "
+            "evaluations and training time against one run of the baseline, and the network's forward passes per input "
+            "at prediction (cost.png draws the NLL against the cost).",
             "",
             table,
             "",
@@ -611,6 +754,7 @@ def write_task_report(results: Dict[str, Any], folder: Path) -> None:
     plot_step_losses(results, folder / "steps.png")
     plot_rotation(results, folder / "rotation.png")
     plot_against_time(results, folder / "time.png")
+    plot_nll_against_cost(results, folder / "cost.png")
 
 
 def rebuild(out: Path) -> List[Path]:

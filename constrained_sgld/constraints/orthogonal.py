@@ -163,6 +163,66 @@ def cayley_drift(x: Tensor, a: Tensor, t: float) -> Tensor:
     return y_t.transpose(-2, -1).mul_(2.0).sub_(x)
 
 
+#: the Cayley map's routes: "iterative" (matrix products only, `cayley_iterative()`, with the
+#: solve where a step is too large for it) and "solve" (one LU solve, `cayley_drift()`); "auto" takes
+#: the route measured faster on the device type (docs/performance.md, row 12). The GPU entry is
+#: reasoned, not measured: a batched LU there is far dearer than products.
+CAYLEY_ROUTE_BY_DEVICE = {"cpu": "iterative", "cuda": "iterative"}
+CAYLEY_ROUTES = ("auto", "iterative", "solve")
+
+
+def cayley_map_tolerance(dtype: torch.dtype) -> float:
+    """How close the iterative map must come to the exact ``X cay(S)`` (max entry): the dtype's
+    rounding, so that the route changes nothing the solve's own rounding does not."""
+    return torch.finfo(dtype).eps
+
+
+def cayley_products(bound: float, dtype: torch.dtype) -> Optional[int]:
+    """Products `cayley_iterative()` needs to bring its error below `cayley_map_tolerance()` for a
+    step ``S`` of norm at most ``bound`` (its error after ``k`` products is at most
+    ``(|S| / 2)^k |S| / (1 - |S| / 2)``); None where the bound is too large for the iteration to pay
+    (``|S| / 2 >= 1/4``: each product then gains less than two bits)."""
+    q = 0.5 * bound
+    if q >= 0.25:
+        return None
+    if bound == 0:
+        return 1
+    target = cayley_map_tolerance(dtype) * (1.0 - q) / bound
+    k = 1
+    while q**k > target:
+        k += 1
+    return k
+
+
+def cayley_sync_free_products(dtype: torch.dtype) -> int:
+    """Products the sync-free step runs without a test: enough from a step of norm up to about
+    0.06 (float32: 5 products) or 0.03 (float64: 10). A larger step's move is rejected."""
+    return 5 if torch.finfo(dtype).eps > 1e-10 else 10
+
+
+def cayley_iterative(x: Tensor, a: Tensor, t: float, products: int) -> Tuple[Tensor, Tensor]:
+    """``x cay(t a)`` (batched square orthogonal ``x``, skew ``a``) with ``products`` matrix
+    products and no solve: ``Y = x cay(S)``, ``S = t a``, is the fixed point of
+    ``Y = x + (x + Y) S / 2`` (from ``Y (I - S/2) = x (I + S/2)``), and the iteration
+    ``Y_{j+1} = C + Y_j S / 2`` with ``C = x + x S / 2`` contracts its error by ``S / 2`` per
+    product, from ``Y_1 = x + x S`` (the first product, ``x S``, serves ``C`` too). Converged, it
+    is the Cayley map itself, reversible and volume-preserving as the solve's (Li, Fuxin & Todorovic
+    2020 iterate the same relation for their retraction). Returns ``(Y, change)``: ``change`` is
+    the max entry of the last update per matrix (its error is at most that times
+    ``|S/2| / (1 - |S/2|)``)."""
+    h = 0.5 * t
+    xs = x @ a
+    y = torch.add(x, xs, alpha=t)
+    change = xs.abs().amax(dim=(-2, -1)).mul_(abs(t))
+    if products > 1:
+        c = torch.add(x, xs, alpha=h)
+        for _ in range(products - 1):
+            new = torch.add(c, y @ a, alpha=h)
+            change = (new - y).abs().amax(dim=(-2, -1))
+            y = new
+    return y, change
+
+
 def _twice_body_force(x: Tensor, g: Tensor) -> Tensor:
     """``2 skew(X^T g)`` (batched), as ``a - a^T`` with ``a = X^T g``: exactly skew, one product. These
     are the body-frame coordinates of the force ``g``, doubled so that the caller's scale takes the
@@ -227,10 +287,17 @@ class Orthogonal(Constraint):
             ``d`` columns would be orthonormal as one tall matrix, which leaves each block free to
             be far from orthogonal.
         max_iter: cap on the SHAKE iterations before the polar fallback.
+        cayley: how square matrices take the Cayley map (their route): ``"iterative"`` with matrix
+            products only (a fixed-point iteration run to the dtype's rounding; a step too large
+            for it takes the solve), ``"solve"`` with one LU solve, ``"auto"`` (default) the one
+            measured faster on the device type (`CAYLEY_ROUTE_BY_DEVICE`). The map is the same.
     """
 
-    def __init__(self, *, scale: float = 1.0, batch_dims: int = 0, blocks: int = 1, max_iter: int = 12):
+    def __init__(self, *, scale: float = 1.0, batch_dims: int = 0, blocks: int = 1, max_iter: int = 12, cayley: str = "auto"):
         self.scale = check_positive(scale, "scale", "orthogonal")
+        if cayley not in CAYLEY_ROUTES:
+            raise ValueError(f"orthogonal: cayley must be one of {', '.join(map(repr, CAYLEY_ROUTES))}, got {cayley!r}")
+        self.cayley = cayley
         if not isinstance(batch_dims, int) or isinstance(batch_dims, bool) or batch_dims < 0:
             raise ValueError(f"orthogonal: batch_dims must be an int >= 0, got {batch_dims!r}")
         if not isinstance(max_iter, int) or max_iter < 1:
@@ -396,7 +463,7 @@ class Orthogonal(Constraint):
                         targets[i].copy_(piece)
 
         # the packed stacks are already blocked: one batch dim more and no split
-        inner = type(self)(scale=self.scale, batch_dims=self._batch + 1, max_iter=self.max_iter)  # a subclass keeps its overrides
+        inner = type(self)(scale=self.scale, batch_dims=self._batch + 1, max_iter=self.max_iter, cayley=self.cayley)  # a subclass keeps its overrides
         return Packing(inner, pack, unpack_)
 
     def _unit(self, m: Tensor) -> Tensor:
@@ -504,6 +571,27 @@ class Orthogonal(Constraint):
             if _needs_copy(piece, momenta[i]):
                 momenta[i].copy_(piece)
 
+    def _route(self, x: Tensor) -> str:
+        return CAYLEY_ROUTE_BY_DEVICE.get(x.device.type, "solve") if self.cayley == "auto" else self.cayley
+
+    def _cay(self, x: Tensor, a: Tensor, t: float, ctx: StepContext) -> Tensor:
+        """``x cay(t a)`` on the bucket's route. Iterative: with host reads, the products the step's
+        norm asks for (`cayley_products()`, from one read of ``max |t a|_F``; the solve where the
+        step is too large); sync-free, `cayley_sync_free_products()` of them, and a matrix whose
+        last update is still above the tolerance is not moved (counted with ``ctx.reject``)."""
+        if self._route(x) != "iterative":
+            return cayley_drift(x, a, t)
+        if not ctx.sync_free:
+            bound = float(torch.linalg.matrix_norm(a).amax()) * abs(t)  # Frobenius: bounds the spectral norm
+            products = cayley_products(bound, x.dtype)
+            if products is None:
+                return cayley_drift(x, a, t)
+            return cayley_iterative(x, a, t, products)[0]
+        y, change = cayley_iterative(x, a, t, cayley_sync_free_products(x.dtype))
+        rejected = ~(change <= cayley_map_tolerance(x.dtype))  # NaN counts as not converged
+        ctx.reject(rejected.sum())
+        return torch.where(rejected[..., None, None], x, y)
+
     def retract_many_(self, params, steps, states, ctx=DEFAULT_CONTEXT):
         """Move by tangent vectors as stored: ``X cay(A / s)`` for a body-frame step ``A``, SHAKE
         from ``X + step / s`` otherwise."""
@@ -512,7 +600,7 @@ class Orthogonal(Constraint):
             x = self._unit(self._stack(params, idx, rows))
             step = self._stack(steps, idx, rows)
             if self._cayley(params, idx, rows):
-                self._write(params, idx, reorthonormalise(cayley_drift(x, step, 1 / s), ctx))
+                self._write(params, idx, reorthonormalise(self._cay(x, step, 1 / s, ctx), ctx))
             else:
                 self._write(params, idx, _shake(x, torch.add(x, step, alpha=1 / s), self.max_iter, ctx))
 
@@ -526,7 +614,7 @@ class Orthogonal(Constraint):
         for idx, rows in self._buckets(params):
             x = self._unit(self._stack(params, idx, rows))
             if self._cayley(params, idx, rows):
-                self._write(params, idx, reorthonormalise(cayley_drift(x, self._stack(velocities, idx, rows), t / s), ctx))
+                self._write(params, idx, reorthonormalise(self._cay(x, self._stack(velocities, idx, rows), t / s, ctx), ctx))
                 for i in idx:
                     out[i] = velocities[i]
                 continue
@@ -555,7 +643,7 @@ class Orthogonal(Constraint):
                 step = _twice_body_force(x, self._stack(grads, idx, rows)).mul_(0.5 * scale)  # scale skew(X^T g)
                 if noise is not None:
                     step.add_(_skew(self._stack(noise, idx, rows)), alpha=std)
-                self._write(params, idx, reorthonormalise(cayley_drift(x, step, 1 / s), ctx))
+                self._write(params, idx, reorthonormalise(self._cay(x, step, 1 / s, ctx), ctx))
                 continue
             if forces is None:
                 forces = scaled_forces(grads, params, 0.0, scale)
@@ -593,13 +681,14 @@ class Orthogonal(Constraint):
         s = self.scale
         x = self._unit(self._stack(params, idx, rows))
         body = self._stack(momenta, idx, rows)  # a view of the momentum when the bucket is one tensor
-        if noise is None:
+        if noise is None and self._route(x) != "iterative":
             x = reorthonormalise(_cayley_pair(x, body, t / s, c), ctx)
             body.mul_(c)
         else:
-            x = cayley_drift(x, body, t / s)
+            x = self._cay(x, body, t / s, ctx)
             body.mul_(c)
-            body.add_(_skew(self._stack(noise, idx, rows)), alpha=std)
-            x = reorthonormalise(cayley_drift(x, body, t / s), ctx)
+            if noise is not None:
+                body.add_(_skew(self._stack(noise, idx, rows)), alpha=std)
+            x = reorthonormalise(self._cay(x, body, t / s, ctx), ctx)
         self._write(params, idx, x)
         self._write_body(momenta, idx, body, params)

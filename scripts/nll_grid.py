@@ -1,0 +1,42 @@
+"""A grid tuned on validation NLL, read from its results.json files (the posterior round:
+scripts/posterior_round.sh). Each folder is one grid point, named ``...-METHOD-SETTINGS`` (the
+settings after the method's name, e.g. ``grid-sgld-cyclical-lr=0.03,TN=1``). Per method and point:
+the validation NLL of the prediction the method reports (its posterior average where it has one,
+else the final model's), and the validation accuracy beside it. The test split is not read.
+The lowest NLL is chosen. Usage: python scripts/nll_grid.py runs/posterior/grid-*"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def validation(run):
+    """(NLL, accuracy) on the validation split of what the run predicts with, at its last epoch."""
+    last = run["epochs"][-1] if run["epochs"] else {}
+    nll = last.get("posterior_val_nll", last.get("val_loss", math.nan))
+    return nll, last.get("val_accuracy", math.nan)
+
+
+def main(folders):
+    rows = {}
+    for folder in folders:
+        for path in Path(folder).glob("*/results.json"):
+            data = json.loads(path.read_text())
+            for run in data["runs"]:
+                name = Path(folder).name
+                point = name[name.index(run["method"]) + len(run["method"]) + 1 :]
+                nll, acc = validation(run) if run["status"] == "done" else (math.nan, math.nan)
+                rows.setdefault(run["method"], {})[point] = (nll, acc)
+    print("Validation NLL (and validation accuracy) per grid point, seed 0; the lowest NLL is chosen.\n")
+    print("| method | grid point | validation NLL | validation accuracy | chosen |")
+    print("|---|---|---|---|---|")
+    for method, points in rows.items():
+        best = min(points, key=lambda p: points[p][0] if points[p][0] == points[p][0] else math.inf)
+        for point in sorted(points):
+            nll, acc = points[point]
+            print(f"| {method} | {point} | {nll:.4f} | {acc:.4f} | {'**chosen**' if point == best else ''} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
