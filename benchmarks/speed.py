@@ -19,7 +19,7 @@ median is reported as a ratio to the row's baseline. Rows:
    free), and the small ResNet with every conv but the stem on the set, fixed gradients,
    temperature 0, each scheme against SGD-momentum stepping the same model;
 7. a full training iteration (batch 128) of the paper's c-CoLA-ud (circle radii 0.05 / 0.1) on that
-   MLP at temperature 0 and 1e-5, against SGD-momentum's iteration;
+   MLP at temperature 0 and 1e-5, against SGD-momentum's iteration (AdamW's beside it);
 8. the peers doing the same job, as training iterations on the MLP with its first weight matrix
    (1000 x 784, a Stiefel point) orthogonal: geoopt's RSGLD and SGRHMC on its Stiefel manifold, and
    posteriors' unconstrained ``sghmc`` and ``baoa`` on the whole MLP (needs the ``peers`` extra;
@@ -36,9 +36,10 @@ median is reported as a ratio to the row's baseline. Rows:
    (the same model, the same gradients); unconstrained too.
 12. a training iteration of ``deep-mlp``'s model (32 tanh layers of width 256, batch 128, the 30
    square hidden-to-hidden matrices orthogonal) at T = 0, both schemes, against SGD-momentum's
-   iteration; each scheme also with the square matrices on the SHAKE route (what every
-   orthogonal matrix took before the Cayley route), and the step alone beside each iteration; and
-   the primitives its floor is counted in (one product, one LU solve, SGD-momentum's iteration per
+   iteration; each scheme with the Cayley map by products (the iterative route) and by the LU
+   solve, and with the square matrices on the SHAKE route (what every orthogonal matrix took
+   before the Cayley route), and the step alone beside each iteration; and the primitives its
+   floor is counted in (one product, one LU solve, the iterative map, SGD-momentum's iteration per
    matrix), timed in the same run.
 """
 
@@ -363,7 +364,8 @@ class ShakeRouteOrthogonal(Orthogonal):
 def row_deep_mlp(cfg, device) -> List[Dict]:
     """Row 12: deep-mlp's iteration (its quick model, its lrs: SGD-momentum and o-cola-ud at lr
     0.01, momentum 0.9; o-cola-od at 0.1), T = 0, the square hidden matrices orthogonal; each
-    scheme on the Cayley route (the default) and on the SHAKE route; then each step alone."""
+    scheme on the Cayley route by products (``cayley="iterative"``), by the LU solve
+    (``cayley="solve"``) and on the SHAKE route; then each step alone."""
     from .tasks.deep import DeepTanhMLP
 
     depth, width = cfg["deep"]
@@ -377,7 +379,12 @@ def row_deep_mlp(cfg, device) -> List[Dict]:
     for name in hidden:
         Orthogonal().init_(dict(template.named_parameters())[name])
     setups = {"SGD-momentum": None}
-    for route, cons in (("Cayley route", Orthogonal()), ("SHAKE route", ShakeRouteOrthogonal())):
+    routes = (
+        ("Cayley route, products (iterative)", Orthogonal(cayley="iterative")),
+        ("Cayley route, LU solve", Orthogonal(cayley="solve")),
+        ("SHAKE route", ShakeRouteOrthogonal()),
+    )
+    for route, cons in routes:
         setups[f"o-cola-ud (ConstrainedUnderdampedSGLD), {route}"] = (ConstrainedUnderdampedSGLD, {"lr": 0.01, "momentum": 0.9}, cons)
         setups[f"o-cola-od (ConstrainedSGLD), {route}"] = (ConstrainedSGLD, {"lr": 0.1}, cons)
     iterations: Dict[str, Callable[[], None]] = {}
@@ -412,9 +419,12 @@ def _deep_mlp_primitives(cfg, device, width: int, sgd_iteration: Callable[[], No
     a = torch.randn(width, width, generator=g).to(device) * 0.01
     a = a - a.T
     lhs = torch.eye(width, device=device) + 0.5 * a
+    from constrained_sgld.constraints.orthogonal import cayley_iterative
+
     calls = {
         "one product": lambda: x @ a,
         "one LU solve, all right-hand sides (the Cayley map)": lambda: torch.linalg.solve_ex(lhs, x.T, check_errors=False),
+        "the Cayley map by 3 products (iterative)": lambda: cayley_iterative(x, a, 1.0, 3),
         "LU factorisation alone": lambda: torch.linalg.lu_factor_ex(lhs, check_errors=False),
     }
     times = interleaved(calls, cfg["repeats"], max(1, cfg["steps"]), device)
@@ -488,6 +498,8 @@ def row_paper_iteration(cfg, device) -> List[Dict]:
     candidates = {}
     model = _copy(base_model)
     candidates["SGD-momentum"] = _iteration(model, torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, foreach=True), x, y)
+    model = _copy(base_model)
+    candidates["AdamW"] = _iteration(model, torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True), x, y)
     constraints = {"0.weight": ("circle", {"radius": 0.05}), "2.weight": ("circle", {"radius": 0.1})}
     c = math.exp(-0.3)
     for t in (0.0, 1e-5):
