@@ -3,10 +3,10 @@
 # (seed 0; the cyclical samplers with one chain), then three seeds of every method at the chosen
 # values (the task's defaults once set from the grids), and fmnist-mlp's samplers retuned the same
 # way. One thread per process, two processes at a time (two cores).
-# Usage:
-#   scripts/posterior_round.sh grid      -> RUNS/posterior/grid-METHOD-SETTINGS (every grid point)
-#   scripts/posterior_round.sh seeds     -> RUNS/posterior/seeds-METHOD (3 seeds, the task's defaults)
-#   scripts/posterior_round.sh mlp-seeds METHOD:KEY=V,KEY=V ...  -> RUNS/posterior/mlp-seeds-METHOD
+# Usage (modes may be queued together: grid -- seeds sgd-momentum ...):
+#   scripts/posterior_round.sh grid      -> RUNS/posterior/grid-METHOD-SETTINGS (every grid point not run yet)
+#   scripts/posterior_round.sh seeds METHOD[:KEY=V,...] ...  -> RUNS/posterior/seeds-METHOD-sS (3 seeds)
+#   scripts/posterior_round.sh mlp-seeds METHOD:KEY=V,KEY=V ...  -> RUNS/posterior/mlp-seeds-METHOD-sS
 #   scripts/posterior_round.sh collect   -> docs/results/posterior (+ grid.md, the NLL-cost plot)
 # RUNS=DIR puts the runs under DIR instead of runs/.
 set -euo pipefail
@@ -14,48 +14,60 @@ root=${RUNS:-runs}/posterior
 N=55000  # fmnist-cnn's training images: T = 1/N is the Bayesian posterior
 job() {  # TASK METHOD OUT FIRST_SEED SEEDS [KEY=VALUE ...]
   local task=$1 method=$2 out=$3 first=$4 seeds=$5; shift 5
+  [ -f "$out/$task/results.json" ] && return 0  # done already (a grid extended: only its new points run)
   local sets=()
   for kv in "$@"; do sets+=(--set "$kv"); done
   python -m benchmarks run --task "$task" --preset quick --threads 1 --no-progress --methods "$method" \
     --first-seed "$first" --seeds "$seeds" --out "$out" "${sets[@]}" >"$out.log" 2>&1 || echo "FAILED: $out"
 }
 export -f job
-parallel() { xargs -P 2 -L 1 bash -c 'job "$@"' _; }  # stdin: one job's arguments per line
+# stdin: one job's arguments per line (trailing blanks stripped: xargs -L joins such a line to the next)
+parallel() { sed 's/[[:space:]]*$//' | xargs -P 2 -L 1 bash -c 'job "$@"' _; }
 mkdir -p "$root"
+jobs() {  # the job lines of one mode
 case "$1" in
   grid)
     {
       for lr in 0.01 0.03 0.1; do echo "fmnist-cnn sgd-momentum $root/grid-sgd-momentum-momentum_lr=$lr 0 1 momentum_lr=$lr"; done
-      for lr in 0.03 0.1 0.3; do echo "fmnist-cnn ivon $root/grid-ivon-ivon_lr=$lr 0 1 ivon_lr=$lr"; done
+      # each grid extended where its best point was at an edge (the lr; T = 0.1/N and 1/N differ by
+      # less than 0.003 in NLL everywhere)
+      for lr in 0.03 0.1 0.3 1.0; do echo "fmnist-cnn ivon $root/grid-ivon-ivon_lr=$lr 0 1 ivon_lr=$lr"; done
       for t in 1 0.1; do
         T=$(python -c "print($t / $N)")
-        for lr in 0.03 0.1; do
+        for lr in 0.01 0.03 0.1; do
           echo "fmnist-cnn sgld-cyclical $root/grid-sgld-cyclical-lr=$lr,TN=$t 0 1 chains=1 sgld_cyclical_lr=$lr sgld_cyclical_temperature=$T"
+        done
+        for lr in 0.03 0.1 0.3; do
           echo "fmnist-cnn o-cola-ud-cyclical $root/grid-o-cola-ud-cyclical-lr=$lr,TN=$t 0 1 chains=1 o_cyclical_lr=$lr o_cyclical_temperature=$T"
         done
-        for lr in 0.001 0.003; do
+        for lr in 0.001 0.003 0.01; do
           echo "fmnist-cnn o-cola-ud-rms-cyclical $root/grid-o-cola-ud-rms-cyclical-lr=$lr,TN=$t 0 1 chains=1 o_rms_cyclical_lr=$lr o_rms_cyclical_temperature=$T"
         done
       done
       # fmnist-mlp's samplers (quick: 10,000 training images, T = 1e-4 is its Bayesian posterior;
       # 1e-5 and the paper's lr were the earlier round's)
-      for t in 1e-4 1e-5; do
+      # (extended: the colder T = 1e-6, and c-cola-ud's 3x lr)
+      for t in 1e-4 1e-5 1e-6; do
         for lr in 0.0261 0.0783368199306773; do
           echo "fmnist-mlp sgld $root/mlp-grid-sgld-lr=$lr,T=$t 0 1 ud_lr=$lr temperature=$t"
           echo "fmnist-mlp c-cola-ud $root/mlp-grid-c-cola-ud-lr=$lr,T=$t 0 1 ud_lr=$lr temperature=$t"
         done
       done
-    } | parallel ;;
-  seeds)  # one process per method and seed, the longest first
-    for m in ensemble-sgd-momentum o-cola-ud-rms-cyclical o-cola-ud-cyclical sgld-cyclical swag ivon mc-dropout laplace adamw sgd-momentum; do
-      for s in 0 1 2; do echo "fmnist-cnn $m $root/seeds-$m-s$s $s 1"; done
-    done | parallel ;;
+      echo "fmnist-mlp c-cola-ud $root/mlp-grid-c-cola-ud-lr=0.235,T=1e-5 0 1 ud_lr=0.235 temperature=1e-5"
+    } ;;
+  seeds)  # METHOD[:KEY=V,KEY=V] ...: one process per method and seed (list the longest first)
+    shift
+    for spec in "$@"; do
+      m=${spec%%:*}; sets=""
+      [ "$spec" != "$m" ] && sets=${spec#*:}
+      for s in 0 1 2; do echo "fmnist-cnn $m $root/seeds-$m-s$s $s 1 ${sets//,/ }"; done
+    done ;;
   mlp-seeds)
     shift
     for spec in "$@"; do
       m=${spec%%:*}; sets=${spec#*:}
       for s in 0 1 2; do echo "fmnist-mlp $m $root/mlp-seeds-$m-s$s $s 1 ${sets//,/ }"; done
-    done | parallel ;;
+    done ;;
   collect)
     rm -rf docs/results/posterior
     python scripts/merge_results.py docs/results/posterior "$root"/seeds-*
@@ -63,3 +75,12 @@ case "$1" in
     python scripts/nll_grid.py "$root"/mlp-grid-* >docs/results/posterior/mlp-grid.md ;;
   *) echo "usage: $0 grid|seeds|mlp-seeds|collect" >&2; exit 2 ;;
 esac
+}
+# several modes in one queue, two processes at a time: MODE ARGS [-- MODE ARGS ...]
+if [ "$1" = collect ]; then jobs collect; exit; fi
+{
+  args=()
+  for a in "$@" --; do
+    if [ "$a" = -- ]; then jobs "${args[@]}"; args=(); else args+=("$a"); fi
+  done
+} | parallel

@@ -177,13 +177,21 @@ def cayley_map_tolerance(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps
 
 
-def cayley_products(bound: float, dtype: torch.dtype) -> Optional[int]:
+#: the most products "auto" spends on one map before it takes the solve instead (on this
+#: project's CPU one LU solve of a 256 x 256 map costs about 7 products: docs/performance.md)
+AUTO_MAX_PRODUCTS = 6
+#: the most products ``cayley="iterative"`` spends (it takes the solve only where the iteration
+#: would not converge, or past this)
+ITERATIVE_MAX_PRODUCTS = 60
+
+
+def cayley_products(bound: float, dtype: torch.dtype, max_products: int = AUTO_MAX_PRODUCTS) -> Optional[int]:
     """Products `cayley_iterative()` needs to bring its error below `cayley_map_tolerance()` for a
     step ``S`` of norm at most ``bound`` (its error after ``k`` products is at most
-    ``(|S| / 2)^k |S| / (1 - |S| / 2)``); None where the bound is too large for the iteration to pay
-    (``|S| / 2 >= 1/4``: each product then gains less than two bits)."""
+    ``(|S| / 2)^k |S| / (1 - |S| / 2)``); None where it needs more than ``max_products`` or does not
+    converge (``|S| / 2 >= 1``)."""
     q = 0.5 * bound
-    if q >= 0.25:
+    if not q < 1.0:  # NaN too
         return None
     if bound == 0:
         return 1
@@ -191,6 +199,8 @@ def cayley_products(bound: float, dtype: torch.dtype) -> Optional[int]:
     k = 1
     while q**k > target:
         k += 1
+        if k > max_products:
+            return None
     return k
 
 
@@ -288,9 +298,11 @@ class Orthogonal(Constraint):
             be far from orthogonal.
         max_iter: cap on the SHAKE iterations before the polar fallback.
         cayley: how square matrices take the Cayley map (their route): ``"iterative"`` with matrix
-            products only (a fixed-point iteration run to the dtype's rounding; a step too large
-            for it takes the solve), ``"solve"`` with one LU solve, ``"auto"`` (default) the one
-            measured faster on the device type (`CAYLEY_ROUTE_BY_DEVICE`). The map is the same.
+            products only (a fixed-point iteration run to the dtype's rounding; the solve only
+            where it would not converge), ``"solve"`` with one LU solve, ``"auto"`` (default) the
+            route measured faster on the device type (`CAYLEY_ROUTE_BY_DEVICE`), with the solve
+            for any step that would need more than `AUTO_MAX_PRODUCTS` products, and in a
+            sync-free step. The map is the same on every route, to rounding.
     """
 
     def __init__(self, *, scale: float = 1.0, batch_dims: int = 0, blocks: int = 1, max_iter: int = 12, cayley: str = "auto"):
@@ -576,14 +588,18 @@ class Orthogonal(Constraint):
 
     def _cay(self, x: Tensor, a: Tensor, t: float, ctx: StepContext) -> Tensor:
         """``x cay(t a)`` on the bucket's route. Iterative: with host reads, the products the step's
-        norm asks for (`cayley_products()`, from one read of ``max |t a|_F``; the solve where the
-        step is too large); sync-free, `cayley_sync_free_products()` of them, and a matrix whose
-        last update is still above the tolerance is not moved (counted with ``ctx.reject``)."""
-        if self._route(x) != "iterative":
+        norm asks for (`cayley_products()`, from one read of ``max |t a|_F``), and the solve where
+        the step is too large for them (under "auto": more than `AUTO_MAX_PRODUCTS`). Sync-free,
+        "auto" takes the solve; "iterative" runs `cayley_sync_free_products()` products, and a
+        matrix whose last update is still above the tolerance is not moved (``ctx.reject``)."""
+        if self._route(x) != "iterative" or (ctx.sync_free and self.cayley == "auto"):
+            # sync-free, "auto" keeps the solve: a fixed product count would have to reject the
+            # large steps that the solve takes in its stride
             return cayley_drift(x, a, t)
         if not ctx.sync_free:
             bound = float(torch.linalg.matrix_norm(a).amax()) * abs(t)  # Frobenius: bounds the spectral norm
-            products = cayley_products(bound, x.dtype)
+            cap = ITERATIVE_MAX_PRODUCTS if self.cayley == "iterative" else AUTO_MAX_PRODUCTS
+            products = cayley_products(bound, x.dtype, cap)
             if products is None:
                 return cayley_drift(x, a, t)
             return cayley_iterative(x, a, t, products)[0]

@@ -30,7 +30,7 @@ def test_iterative_map_is_the_cayley_map_to_rounding(dtype):
     for scale in (1e-4, 1e-3, 3e-3):
         a = _skew(32, scale, gen, dtype, (3,))
         bound = float(torch.linalg.matrix_norm(a).amax())
-        products = cayley_products(bound, dtype)
+        products = cayley_products(bound, dtype, max_products=60)
         y, change = cayley_iterative(x, a, 1.0, products)
         exact = cayley_drift(x.double(), a.double(), 1.0)
         err = (y.double() - exact).abs().max().item()
@@ -44,13 +44,15 @@ def test_iterative_map_is_the_cayley_map_to_rounding(dtype):
 
 def test_product_count_follows_the_bound():
     assert cayley_products(0.0, torch.float32) == 1
-    counts = [cayley_products(b, torch.float64) for b in (1e-4, 1e-3, 1e-2, 0.1)]
+    counts = [cayley_products(b, torch.float64, max_products=60) for b in (1e-4, 1e-3, 1e-2, 0.1)]
     assert counts == sorted(counts) and counts[0] < counts[-1]
-    for b in (1e-4, 1e-3, 1e-2, 0.1, 0.4):
-        k = cayley_products(b, torch.float32)
+    for b in (1e-4, 1e-3, 1e-2, 0.1, 0.4, 1.0):
+        k = cayley_products(b, torch.float32, max_products=100)
         q = b / 2
         assert q**k * b / (1 - q) <= cayley_map_tolerance(torch.float32) and q ** (k - 1) * b / (1 - q) > cayley_map_tolerance(torch.float32)
-    assert cayley_products(0.5, torch.float32) is None and cayley_products(3.0, torch.float64) is None
+    # "auto" stops where the solve is cheaper; nothing converges from |S| / 2 >= 1
+    assert cayley_products(0.5, torch.float32) is None and cayley_products(0.5, torch.float32, max_products=100) is not None
+    assert cayley_products(2.0, torch.float64, max_products=10**6) is None and cayley_products(float("nan"), torch.float32) is None
     assert cayley_sync_free_products(torch.float32) < cayley_sync_free_products(torch.float64)
 
 
@@ -82,10 +84,18 @@ def test_routes_move_the_same_chain(cls, kwargs):
 
 
 def test_a_large_step_takes_the_solve():
-    """A step whose norm the iteration cannot afford takes the solve: bit for bit the solve route."""
-    kwargs = {"lr": 0.5}
-    a, _ = _run("iterative", ConstrainedSGLD, kwargs, steps=2)
+    """Under "auto" a step whose norm would need more products than the solve costs takes the
+    solve: bit for bit the solve route. "iterative" iterates on: the same chain to rounding."""
+    kwargs = {"lr": 0.02}
+    a, _ = _run("auto", ConstrainedSGLD, kwargs, steps=2)
     b, _ = _run("solve", ConstrainedSGLD, kwargs, steps=2)
+    c, _ = _run("iterative", ConstrainedSGLD, kwargs, steps=2)
+    assert torch.equal(a, b) and not torch.equal(c, b) and (c - b).abs().max().item() < 1e-12
+
+
+def test_sync_free_auto_takes_the_solve():
+    a, _ = _run("auto", ConstrainedUnderdampedSGLD, {"lr": 1e-3, "momentum": 0.9, "temperature": 1e-4}, sync_free=True)
+    b, _ = _run("solve", ConstrainedUnderdampedSGLD, {"lr": 1e-3, "momentum": 0.9, "temperature": 1e-4}, sync_free=True)
     assert torch.equal(a, b)
 
 

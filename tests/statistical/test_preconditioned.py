@@ -130,10 +130,11 @@ def test_stiefel_von_mises_fisher_with_a_mass_per_matrix(scheme):
 
 
 @schemes
-def test_special_orthogonal_3_haar_with_a_mass_per_matrix(scheme):
+@pytest.mark.parametrize("cayley", ["solve", "iterative"])
+def test_special_orthogonal_3_haar_with_a_mass_per_matrix(scheme, cayley):
     x0 = torch.eye(3).expand(1000, 3, 3)
     trace = lambda q: q.diagonal(dim1=1, dim2=2).sum(-1)
-    (t1, t2), _, _ = run_chains(scheme, x0, ("orthogonal", {"batch_dims": 1}), lambda x: torch.zeros_like(x), [trace, lambda q: trace(q) ** 2],
+    (t1, t2), _, _ = run_chains(scheme, x0, ("orthogonal", {"batch_dims": 1, "cayley": cayley}), lambda x: torch.zeros_like(x), [trace, lambda q: trace(q) ** 2],
                                 lr=0.02, steps=600, burn=200)
     check(t1, 0.0, label="E[tr Q]")
     check(t2, 1.0, label="E[(tr Q)^2]")

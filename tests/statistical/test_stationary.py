@@ -92,6 +92,9 @@ def zero_grad(x):
 
 
 schemes = pytest.mark.parametrize("scheme", sorted(SCHEMES))
+# square orthogonal matrices: the Cayley map by the LU solve and by products only (forced: at these
+# steps "auto" would take the solve)
+cayley_routes = pytest.mark.parametrize("cayley", ["solve", "iterative"])
 
 
 # ------------------------------------------------------------------ unconstrained
@@ -144,17 +147,19 @@ def test_sphere_von_mises_fisher(scheme):
 
 # ------------------------------------------------------------------ orthogonal
 @schemes
-def test_special_orthogonal_3_haar(scheme):
+@cayley_routes
+def test_special_orthogonal_3_haar(scheme, cayley):
     x0 = torch.eye(3).expand(1000, 3, 3)
     trace = lambda q: q.diagonal(dim1=1, dim2=2).sum(-1)
     stats = [trace, lambda q: trace(q) ** 2]
-    (t1, t2), opt = run_chains(scheme, x0, ("orthogonal", {"batch_dims": 1}), zero_grad, stats, lr=0.05, steps=500, burn=150)
+    (t1, t2), opt = run_chains(scheme, x0, ("orthogonal", {"batch_dims": 1, "cayley": cayley}), zero_grad, stats, lr=0.05, steps=500, burn=150)
     check(t1, 0.0, label="E[tr Q]")
     check(t2, 1.0, label="E[(tr Q)^2]")
 
 
 @schemes
-def test_special_orthogonal_2_von_mises(scheme):
+@cayley_routes
+def test_special_orthogonal_2_von_mises(scheme, cayley):
     # U(Q) = -kappa tr Q on SO(2): with Q the rotation by theta, tr Q = 2 cos theta and the Haar
     # measure is uniform in theta, so theta ~ von Mises(2 kappa / T): E[tr Q] / 2 = I1(2k) / I0(2k).
     # Square matrices take the Cayley route (orthogonal.py), and this case gives it a force.
@@ -162,13 +167,14 @@ def test_special_orthogonal_2_von_mises(scheme):
     x0 = torch.eye(2).expand(2000, 2, 2)
     grad = lambda q: (-kappa * torch.eye(2, dtype=q.dtype)).expand_as(q).clone()  # noqa: E731
     stat = lambda q: q.diagonal(dim1=1, dim2=2).sum(-1) / 2  # noqa: E731
-    (s,), _ = run_chains(scheme, x0, ("orthogonal", {"batch_dims": 1}), grad, [stat], lr=lr, steps=1500, burn=300)
+    (s,), _ = run_chains(scheme, x0, ("orthogonal", {"batch_dims": 1, "cayley": cayley}), grad, [stat], lr=lr, steps=1500, burn=300)
     k2 = torch.tensor(2 * kappa, dtype=torch.float64)
     check(s, (torch.special.i1(k2) / torch.special.i0(k2)).item(), allowance=lr, label="E[cos theta]")
 
 
 @schemes
-def test_fused_blocks_von_mises(scheme):
+@cayley_routes
+def test_fused_blocks_von_mises(scheme, cayley):
     # a fused (3 x 2, 2) weight with blocks=3: three SO(2) blocks under U = -sum_b kappa_b tr Q_b,
     # kappa = (0.5, 1, 2). The blocks are independent, each theta_b ~ von Mises(2 kappa_b / T):
     # E[tr Q_b] / 2 = I1(2 kappa_b) / I0(2 kappa_b). Checks that each block is its own matrix (its
@@ -187,7 +193,7 @@ def test_fused_blocks_von_mises(scheme):
         return lambda q: q[:, 2 * b : 2 * b + 2].diagonal(dim1=1, dim2=2).sum(-1) / 2
 
     stats = [block_cos(b) for b in range(3)]
-    means, _ = run_chains(scheme, x0, ("orthogonal", {"batch_dims": 1, "blocks": 3}), grad, stats, lr=lr, steps=1500, burn=300)
+    means, _ = run_chains(scheme, x0, ("orthogonal", {"batch_dims": 1, "blocks": 3, "cayley": cayley}), grad, stats, lr=lr, steps=1500, burn=300)
     for b, (s, kappa) in enumerate(zip(means, kappas)):
         k2 = 2 * kappa
         check(s, (torch.special.i1(k2) / torch.special.i0(k2)).item(), allowance=lr, label=f"E[cos theta] of block {b}")
