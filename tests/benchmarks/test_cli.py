@@ -1,5 +1,6 @@
 """The benchmark CLI end to end on the generated two-spirals task (no download), in-process."""
 
+import contextlib
 import json
 import math
 
@@ -100,6 +101,16 @@ class _GeneratedFashionMLP(TASKS["fmnist-mlp"]):
     prepare = _GeneratedBinaryFashion.prepare
 
 
+class _GeneratedFashionCNN(TASKS["fmnist-cnn"]):
+    """fmnist-cnn's model and methods (IVON, MC dropout, the cyclical chains) on random images."""
+
+    def prepare(self):
+        g = torch.Generator().manual_seed(0)
+        self.x_train, self.y_train = torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)
+        self.x_val, self.y_val = self.x_train[:16], self.y_train[:16]
+        self.x_test, self.y_test = self.x_train[16:32], self.y_train[16:32]
+
+
 class _GeneratedGPT(TASKS["shakespeare-gpt"]):
     """shakespeare-gpt's smoke preset on random characters (no download)."""
 
@@ -120,6 +131,8 @@ def _generated_task(method):
     if not method.applies_to(task):
         task = _GeneratedFashionMLP("smoke", torch.device("cpu"), {})
     if not method.applies_to(task):
+        task = _GeneratedFashionCNN("smoke", torch.device("cpu"), {"chains": 2})
+    if not method.applies_to(task):
         task = _GeneratedGPT("smoke", torch.device("cpu"), {})
     return task
 
@@ -133,10 +146,18 @@ def test_every_method_builds_and_steps(name):
     assert method.applies_to(task)
     task.prepare()
     model = task.build_model(method.variant) if method.variant else task.build_model()
+    if method.models(task) > 1:  # the cyclical methods' chains (the runner builds them so)
+        from benchmarks.ensemble import DeepEnsemble
+
+        model = DeepEnsemble([task.build_model() for _ in range(method.models(task))])
     optimizer, hparams, constraints = method.build(model, task, 0)
+    sampled = getattr(optimizer, "sampled_params", None)  # IVON: a weight draw around each gradient
     for inputs, targets in task.batches(torch.Generator().manual_seed(0)):
+        if method.models(task) > 1:  # each chain its batch, concatenated
+            inputs, targets = torch.cat([inputs] * model.size), torch.cat([targets] * model.size)
         optimizer.zero_grad()
-        task.loss(model, inputs, targets)[0].backward()
+        with sampled(train=True) if sampled is not None else contextlib.nullcontext():
+            task.loss(model, inputs, targets)[0].backward()
         optimizer.step()
     # a family's methods enforce its constraints, except those that only start on the set or
     # reparametrise it with a learned norm, or (muon) take the family's matrices for another optimiser
