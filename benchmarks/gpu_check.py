@@ -22,13 +22,15 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from constrained_sgld import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD, Orthogonal
+
+from .speed import interleaved as _timed  # median seconds per call, the candidates timed in turn
 
 SCHEMES = {"od": ConstrainedSGLD, "ud": ConstrainedUnderdampedSGLD, "nht": ConstrainedSGNHT}
 SETS = {
@@ -44,21 +46,6 @@ SETS = {
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _timed(fns: Dict[str, Callable[[], Any]], repeats: int, calls: int, device: torch.device) -> Dict[str, float]:
-    for fn in fns.values():
-        fn()
-    samples: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            _sync(device)
-            samples[name].append((time.perf_counter() - start) / calls)
-    return {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
 
 
 def _convnet(device, dtype=torch.float32) -> nn.Module:
