@@ -675,11 +675,11 @@ def plot_gradient_profiles(results: Dict[str, Any], path: Path) -> bool:
 
 def _styles(methods: List[str]) -> Dict[str, Dict[str, Any]]:
     """A distinct colour and line style per method (tab10's colours, then again dashed, dotted,
-    dash-dotted, dash-dot-dotted), the same for a method in every plot."""
+    dash-dotted, dash-dot-dotted, long-dash-dotted), the same for a method in every plot."""
     import matplotlib.pyplot as plt
 
     colors = plt.get_cmap("tab10").colors
-    dashes = ["-", "--", ":", "-.", (0, (3, 1, 1, 1, 1, 1))]
+    dashes = ["-", "--", ":", "-.", (0, (3, 1, 1, 1, 1, 1)), (0, (8, 2, 1, 2))]
     # by place in the global method list, so that a method looks the same in every plot
     everyone = list(METHODS) + sorted(m for m in methods if m not in METHODS)
     return {
