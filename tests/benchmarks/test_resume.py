@@ -25,7 +25,7 @@ COPY_METHODS = "rmsprop,lstm-rmsprop,geotorch-orthogonal,o-cola-ud,o-cola-nht,o-
 # a tempered run keeps posterior samples and a chain trace: their states are in the checkpoint too
 SPIRALS = ["--task", "two-spirals", "--preset", "smoke", "--set", "epochs=4", "--set", "train_per_class=20", "--set", "test_per_class=50", "--set", "eval_every=1", "--no-progress"]
 
-TIMINGS = {"seconds", "trace_seconds"}
+TIMINGS = {"seconds", "trace_seconds", "posterior_seconds"}
 
 
 def without_timings(results):
