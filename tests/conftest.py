@@ -68,3 +68,14 @@ def train_steps(model, optim, steps, seed=0):
         loss.backward()
         optim.step()
     return loss
+
+
+def require_fashion_and_mnist():
+    """Skip the calling test where Fashion-MNIST or the MNIST digits cannot be fetched."""
+    from benchmarks import data
+
+    try:
+        data.load_mnist_digits()
+        data.load_fashion_mnist()
+    except data.DataUnavailable as e:
+        pytest.skip(f"data unavailable here: {e}")

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import data, uncertainty as u
+from benchmarks import uncertainty as u
+from tests.conftest import require_fashion_and_mnist
 from benchmarks.methods import METHODS
 from benchmarks.predictive import CyclicalCollector, IVONCollector, MCDropoutCollector
 from benchmarks.report import cost_ratios, posterior_table
@@ -157,11 +158,7 @@ def test_cnn_smoke_run_records_corruptions_chains_and_cost(tmp_path):
     corrupted sets for model and posterior, the validation NLL the grids tune on, the cost."""
     from benchmarks.__main__ import main
 
-    try:
-        data.load_mnist_digits()
-        data.load_fashion_mnist()
-    except data.DataUnavailable as e:
-        pytest.skip(f"data unavailable here: {e}")
+    require_fashion_and_mnist()
     out = tmp_path / "res"
     args = ["run", "--task", "fmnist-cnn", "--preset", "smoke", "--methods", "sgd-momentum,mc-dropout,o-cola-ud-cyclical",
             "--set", "chains=2", "--out", str(out), "--no-progress"]

@@ -12,6 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from benchmarks import data, uncertainty as u
+from tests.conftest import require_fashion_and_mnist
 from benchmarks.report import uncertainty_table
 from benchmarks.tasks.base import classification_scores
 
@@ -120,11 +121,7 @@ def test_fashion_run_records_the_uncertainty_columns(tmp_path, capsys):
     dicts, which the bar must leave out (it crashed on them)."""
     from benchmarks.__main__ import main
 
-    try:
-        data.load_mnist_digits()
-        data.load_fashion_mnist()
-    except data.DataUnavailable as e:
-        pytest.skip(f"data unavailable here: {e}")
+    require_fashion_and_mnist()
     out = tmp_path / "res"
     args = ["run", "--task", "fmnist-mlp", "--preset", "smoke", "--methods", "sgd-momentum,c-cola-ud", "--out", str(out)]
     assert main(args) == 0
