@@ -31,7 +31,7 @@ case "$1" in
       for lr in 0.01 0.03 0.1; do echo "fmnist-cnn sgd-momentum $root/grid-sgd-momentum-momentum_lr=$lr 0 1 momentum_lr=$lr"; done
       # each grid extended where its best point was at an edge (the lr; T = 0.1/N and 1/N differ by
       # less than 0.003 in NLL everywhere)
-      for lr in 0.03 0.1 0.3 1.0; do echo "fmnist-cnn ivon $root/grid-ivon-ivon_lr=$lr 0 1 ivon_lr=$lr"; done
+      for lr in 0.03 0.1 0.3 1.0 3.0; do echo "fmnist-cnn ivon $root/grid-ivon-ivon_lr=$lr 0 1 ivon_lr=$lr"; done
       for t in 1 0.1; do
         T=$(python -c "print($t / $N)")
         for lr in 0.01 0.03 0.1; do
@@ -40,14 +40,14 @@ case "$1" in
         for lr in 0.03 0.1 0.3; do
           echo "fmnist-cnn o-cola-ud-cyclical $root/grid-o-cola-ud-cyclical-lr=$lr,TN=$t 0 1 chains=1 o_cyclical_lr=$lr o_cyclical_temperature=$T"
         done
-        for lr in 0.001 0.003 0.01; do
+        for lr in 0.001 0.003 0.01 0.03; do
           echo "fmnist-cnn o-cola-ud-rms-cyclical $root/grid-o-cola-ud-rms-cyclical-lr=$lr,TN=$t 0 1 chains=1 o_rms_cyclical_lr=$lr o_rms_cyclical_temperature=$T"
         done
       done
       # fmnist-mlp's samplers (quick: 10,000 training images, T = 1e-4 is its Bayesian posterior;
       # 1e-5 and the paper's lr were the earlier round's)
-      # (extended: the colder T = 1e-6, and c-cola-ud's 3x lr)
-      for t in 1e-4 1e-5 1e-6; do
+      # (extended: the colder T = 1e-6 and 1e-7, and c-cola-ud's 3x lr)
+      for t in 1e-4 1e-5 1e-6 1e-7; do
         for lr in 0.0261 0.0783368199306773; do
           echo "fmnist-mlp sgld $root/mlp-grid-sgld-lr=$lr,T=$t 0 1 ud_lr=$lr temperature=$t"
           echo "fmnist-mlp c-cola-ud $root/mlp-grid-c-cola-ud-lr=$lr,T=$t 0 1 ud_lr=$lr temperature=$t"
@@ -69,10 +69,16 @@ case "$1" in
       for s in 0 1 2; do echo "fmnist-mlp $m $root/mlp-seeds-$m-s$s $s 1 ${sets//,/ }"; done
     done ;;
   collect)
-    rm -rf docs/results/posterior
+    rm -rf docs/results/posterior/fmnist-cnn
     python scripts/merge_results.py docs/results/posterior "$root"/seeds-*
-    python scripts/nll_grid.py "$root"/grid-* >docs/results/posterior/grid.md
-    python scripts/nll_grid.py "$root"/mlp-grid-* >docs/results/posterior/mlp-grid.md ;;
+    # the grids' tables are rewritten only where the grid runs are on this machine
+    if compgen -G "$root/grid-*/" >/dev/null; then python scripts/nll_grid.py "$root"/grid-* >docs/results/posterior/grid.md; fi
+    if compgen -G "$root/mlp-grid-*/" >/dev/null; then python scripts/nll_grid.py "$root"/mlp-grid-* >docs/results/posterior/mlp-grid.md; fi
+    # fmnist-mlp's retuned samplers replace their rows (same method and seed) in the uncertainty
+    # round; each run keeps the --set values it ran with
+    if compgen -G "$root/mlp-seeds-*/" >/dev/null; then
+      python scripts/merge_results.py docs/results/uncertainty "$root"/mlp-seeds-* --mixed-hparams
+    fi ;;
   *) echo "usage: $0 grid|seeds|mlp-seeds|collect" >&2; exit 2 ;;
 esac
 }
