@@ -286,11 +286,12 @@ def cost_ratios(results: Dict[str, Any]) -> Dict[str, Dict[str, Optional[float]]
     return out
 
 
-def posterior_table(results: Dict[str, Any]) -> Optional[str]:
+def posterior_table(results: Dict[str, Any], methods: Optional[List[str]] = None) -> Optional[str]:
     """One row per method, the prediction it reports (its posterior average where it has one): the
     in-distribution scores, OOD detection, the NLL under the synthetic corruptions (mean of the
     kinds, per severity), and the cost: gradient evaluations and training time against one
-    sgd-momentum run, forward passes per input at prediction. None where no run has corruptions."""
+    sgd-momentum run, forward passes per input at prediction. ``methods``: those rows, in that
+    order (default: every method). None where no run has corruptions."""
     by_method: Dict[str, List[Dict[str, Any]]] = {}
     for run in results["runs"]:
         by_method.setdefault(run["method"], []).append(run)
@@ -300,7 +301,9 @@ def posterior_table(results: Dict[str, Any]) -> Optional[str]:
     base = time_baseline(results)
     severities = sorted({sev for r in results["runs"] for kinds in (_last(r).get("test_corrupted") or {}).values() for sev in kinds})
     rows = []
-    for m in _order(by_method):
+    for m in (methods if methods is not None else _order(by_method)):
+        if m not in by_method:
+            raise ValueError(f"posterior_table: no run of method {m!r} (methods recorded: {', '.join(sorted(by_method))})")
         runs = [r for r in by_method[m] if r["status"] == "done"]
         if not runs:
             continue

@@ -17,6 +17,9 @@ be a glob, the first folder holding a method wins for that method):
     <!-- uncertainty: FOLDER [FOLDER...] [methods=a,b] -->
         the task's uncertainty table (benchmarks.report.uncertainty_table): accuracy, NLL, ECE, Brier,
         temperature-scaled NLL, OOD detection and rotated accuracy, for the model and the posterior
+    <!-- posterior: FOLDER [methods=a,b] -->
+        the posterior round's table (benchmarks.report.posterior_table): each method's reported
+        prediction, its NLL under corruption and its cost
 
 Accuracies in ``table ... columns=`` and pivots are printed in percent, with the sd over seeds.
 """
@@ -32,7 +35,7 @@ from typing import Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import compact_table, summary_rows, time_baseline, uncertainty_table  # noqa: E402
+from benchmarks.report import compact_table, posterior_table, summary_rows, time_baseline, uncertainty_table  # noqa: E402
 
 # the pages that hold generated tables
 PAGES = ["README.md", "docs/results.md", "docs/pypi.md", "docs/transformers.md"]
@@ -54,7 +57,7 @@ COLUMNS = {
 }
 PERCENT = {"final", "best", "post_acc"}  # accuracies, where the metric is accuracy
 
-MARKER = re.compile(r"(<!-- (table|pivot|uncertainty): (.*?) -->\n)(.*?)(<!-- end table -->)", re.S)
+MARKER = re.compile(r"(<!-- (table|pivot|uncertainty|posterior): (.*?) -->\n)(.*?)(<!-- end table -->)", re.S)
 
 
 def load(pattern: str) -> List[dict]:
@@ -152,10 +155,21 @@ def render_uncertainty(spec: str) -> str:
     return table
 
 
+def render_posterior(spec: str) -> str:
+    paths, options = _options(spec)
+    if len(paths) != 1:
+        raise SystemExit(f"{spec!r}: a posterior table reads one folder")
+    (results,) = load(paths[0])
+    table = posterior_table(results, options["methods"].split(",") if "methods" in options else None)
+    if table is None:
+        raise SystemExit(f"{spec!r}: no run recorded the corruption columns")
+    return table
+
+
 def refresh(text: str) -> str:
     def one(match):
         kind, spec = match.group(2), match.group(3)
-        body = {"table": render_table, "pivot": render_pivot, "uncertainty": render_uncertainty}[kind](spec)
+        body = {"table": render_table, "pivot": render_pivot, "uncertainty": render_uncertainty, "posterior": render_posterior}[kind](spec)
         return match.group(1) + body + "\n" + match.group(5)
 
     return MARKER.sub(one, text)

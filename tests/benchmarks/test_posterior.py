@@ -151,6 +151,11 @@ def test_cost_ratios_and_posterior_table():
     table = posterior_table(results)
     assert "| sgd-momentum | final model | 0.9000 | 0.3000 | 0.1500 | – | – | – | 0.6000 | 1.0x | 1.0x | 1 |" in table
     assert "| sgld-cyclical | posterior | 0.9100 | 0.2500 | 0.1400 | – | – | – | 0.5000 | 4.0x | 5.0x | 48 |" in table
+    # chosen rows, in the order given (the README's table); an unknown method is named
+    chosen = posterior_table(results, ["sgld-cyclical", "sgd-momentum"]).splitlines()
+    assert [line.split(" | ")[0] for line in chosen[2:]] == ["| sgld-cyclical", "| sgd-momentum"]
+    with pytest.raises(ValueError, match="'swag'"):
+        posterior_table(results, ["swag"])
 
 
 def test_cnn_smoke_run_records_corruptions_chains_and_cost(tmp_path):
