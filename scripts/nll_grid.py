@@ -3,7 +3,10 @@ scripts/posterior_round.sh). Each folder is one grid point, named ``...-METHOD-S
 settings after the method's name, e.g. ``grid-sgld-cyclical-lr=0.03,TN=1``). Per method and point:
 the validation NLL of the prediction the method reports (its posterior average where it has one,
 else the final model's), and the validation accuracy beside it. The test split is not read.
-The lowest NLL is chosen. Usage: python scripts/nll_grid.py runs/posterior/grid-*"""
+The lowest NLL is chosen. Usage: python scripts/nll_grid.py runs/posterior/grid-*
+
+``--previous TABLE`` starts from the points of an earlier table this script wrote (a grid extended
+on a machine that no longer holds the earlier points' runs); a point run again replaces its row."""
 
 import json
 import math
@@ -18,8 +21,18 @@ def validation(run):
     return nll, last.get("val_accuracy", math.nan)
 
 
-def main(folders):
+def previous_rows(path):
+    """{method: {point: (NLL, accuracy)}} read back from a table this script printed."""
     rows = {}
+    for line in Path(path).read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0] not in ("method", "---"):
+            rows.setdefault(cells[0], {})[cells[1]] = (float(cells[2]), float(cells[3]))
+    return rows
+
+
+def main(folders, previous=None):
+    rows = previous_rows(previous) if previous else {}
     for folder in folders:
         for path in Path(folder).glob("*/results.json"):
             data = json.loads(path.read_text())
@@ -31,7 +44,7 @@ def main(folders):
     print("Validation NLL (and validation accuracy) per grid point, seed 0; the lowest NLL is chosen.\n")
     print("| method | grid point | validation NLL | validation accuracy | chosen |")
     print("|---|---|---|---|---|")
-    for method, points in rows.items():
+    for method, points in sorted(rows.items()):
         best = min(points, key=lambda p: points[p][0] if points[p][0] == points[p][0] else math.inf)
         for point in sorted(points):
             nll, acc = points[point]
@@ -39,4 +52,8 @@ def main(folders):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    previous = None
+    if args[:1] == ["--previous"]:
+        previous, args = args[1], args[2:]
+    main(args, previous)

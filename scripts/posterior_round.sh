@@ -71,9 +71,13 @@ case "$1" in
   collect)
     rm -rf docs/results/posterior/fmnist-cnn
     python scripts/merge_results.py docs/results/posterior "$root"/seeds-*
-    # the grids' tables are rewritten only where the grid runs are on this machine
-    if compgen -G "$root/grid-*/" >/dev/null; then python scripts/nll_grid.py "$root"/grid-* >docs/results/posterior/grid.md; fi
-    if compgen -G "$root/mlp-grid-*/" >/dev/null; then python scripts/nll_grid.py "$root"/mlp-grid-* >docs/results/posterior/mlp-grid.md; fi
+    # the grids' tables: the points run on this machine added to (or replacing) the table's rows
+    for grid in grid mlp-grid; do
+      table=docs/results/posterior/$grid.md
+      compgen -G "$root/$grid-*/" >/dev/null || continue
+      previous=(); [ -f "$table" ] && previous=(--previous "$table")
+      python scripts/nll_grid.py "${previous[@]}" "$root/$grid"-* >"$table.new" && mv "$table.new" "$table"
+    done
     # fmnist-mlp's retuned samplers replace their rows (same method and seed) in the uncertainty
     # round; each run keeps the --set values it ran with
     if compgen -G "$root/mlp-seeds-*/" >/dev/null; then
