@@ -8,9 +8,9 @@ The lowest NLL is chosen. Usage: python scripts/nll_grid.py runs/posterior/grid-
 ``--previous TABLE`` starts from the points of an earlier table this script wrote (a grid extended
 on a machine that no longer holds the earlier points' runs); a point run again replaces its row."""
 
+import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 
@@ -52,8 +52,8 @@ def main(folders, previous=None):
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    previous = None
-    if args[:1] == ["--previous"]:
-        previous, args = args[1], args[2:]
-    main(args, previous)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", help="the grid points' results folders")
+    parser.add_argument("--previous", metavar="TABLE", help="an earlier table of this script's, extended by the folders' points")
+    args = parser.parse_args()
+    main(args.folders, args.previous)
