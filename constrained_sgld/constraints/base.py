@@ -45,6 +45,11 @@ that can do better overrides them, in its own file, and no scheme needs to know:
 - ``block_mean(p, values)`` and ``second_moment_(params, moments, forces, alpha)``: the blocks on
   which a preconditioner's mass is one scalar (default: the whole tensor; entries, rows or matrices
   for the built-in sets), and the running second moment over them.
+- ``spectral_check(p, name)`` and ``spectral_direction_many(params, updates, step)``: the spectral
+  step's unit direction for a group's momenta (``preconditioner="spectral"``; see
+  ``constraints/spectral.py``). Default: refused; unconstrained matrices (Muon's), the orthogonal
+  set (the matrix sign, projected, or the spectral-norm steepest direction) and the norm sets (one
+  normalised step per norm) define it.
 
 Fused sequences are set-provided operations too, with defaults that compose the plain ones (so a
 scheme may call either and stay correct):
@@ -308,6 +313,25 @@ class Constraint:
         torch._foreach_mul_(moments, alpha)
         torch._foreach_add_(moments, squares, alpha=1.0 - alpha)
 
+    # ---------------------------------------------------------------- the spectral step
+    def spectral_check(self, p: Tensor, name: str) -> None:
+        """Raise ``ValueError`` naming the parameter unless the spectral step is defined for ``p``
+        on this set. Default: not defined (it needs a norm the set's geometry singles out)."""
+        raise ValueError(
+            f"parameter {name!r}: the spectral step (preconditioner='spectral') is defined on unconstrained "
+            f"matrices, the 'orthogonal' set and the norm sets ('sphere', 'ball'), not on '{self.name or type(self).__name__}': "
+            "give this parameter a group of its own with preconditioner='adam' (or 'rmsprop')"
+        )
+
+    def spectral_direction(self, p: Tensor, update: Tensor, step: Any) -> Tensor:
+        """The spectral step's direction for the momentum ``update`` at ``p`` (shaped like ``p``;
+        the scheme moves along ``-lr`` times it, then the set projects and retracts). ``step``: a
+        `SpectralStep` (its variant, matrix sign and shape factor)."""
+        raise NotImplementedError(f"{type(self).__name__} has no spectral step")
+
+    def spectral_direction_many(self, params: List[Tensor], updates: List[Tensor], step: Any) -> List[Tensor]:
+        return [self.spectral_direction(p, u, step) for p, u in zip(params, updates)]
+
     # ---------------------------------------------------------------- description
     def spec(self) -> Tuple[str, Dict[str, Any]]:
         """``(name, kwargs)``: enough to rebuild this set with [`make_constraint()`][constrained_sgld.make_constraint]."""
@@ -453,6 +477,19 @@ class Unconstrained(EntryBlocks, AmbientTangent):
         torch._foreach_add_(params, grads, alpha=scale)
         if noise is not None:
             torch._foreach_add_(params, noise, alpha=std)
+
+    def spectral_check(self, p, name):
+        if p.ndim != 2:
+            raise ValueError(
+                f"parameter {name!r} of shape {tuple(p.shape)}: the spectral step on an unconstrained parameter is "
+                "Muon's and needs a matrix (2 dims); give vectors, embeddings' companions and conv weights a group "
+                "with preconditioner='adam', or an 'orthogonal' constraint (which views a conv weight as a matrix)"
+            )
+
+    def spectral_direction(self, p, update, step):
+        """Muon's: ``msign(update)`` times its shape factor (both variants: flat space has no
+        tangent space to project on)."""
+        return step.msign(update).mul_(step.scale(*p.shape))
 
     def drift_ou_drift_(self, params, momenta, t, c, noise, std, states, ctx=DEFAULT_CONTEXT):
         # x += t p + t (c p + std xi); p = c p + std xi: drifts compose additively in flat space

@@ -102,6 +102,19 @@ class _NormSet(Constraint):
         big = 2.0**64
         return torch.where(n.isfinite(), n, self._norm(x * (1 / big)) * big)
 
+    def spectral_check(self, p, name):
+        pass
+
+    def spectral_direction(self, p, update, step):
+        """The steepest direction per norm slice in its own (l2) norm: the slice of ``update``
+        normalised to the radius, so that a step of ``lr`` turns a sphere's row by ``lr`` radians
+        (``"steepest"`` normalises the tangent part; ``"project"`` normalises first and leaves the
+        tangent projection to the scheme, as nGPT's renormalised steps do)."""
+        if step.variant == "steepest":
+            update = self.tangent_project(p, update)
+        norm = self._step_norm(update).clamp_min(torch.finfo(update.dtype).tiny)
+        return update * (self.radius / norm)
+
     def _inner(self, a: Tensor, b: Tensor, out: Optional[Tensor] = None) -> Tensor:
         """``<a, b>`` per norm slice, shaped for broadcasting; the product goes to ``out`` if given."""
         dims = reduction_dims(a, self.dim)

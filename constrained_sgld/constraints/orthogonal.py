@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from .base import DEFAULT_CONTEXT, Constraint, Packing, StepContext, check_positive, register_constraint, scaled_forces
+from .spectral import stiefel_steepest
 
 
 def _sym(a: Tensor) -> Tensor:
@@ -373,6 +374,23 @@ class Orthogonal(Constraint):
         split = self._blocked(values)
         means = split.mean(dim=tuple(range(b + 1, split.ndim)), keepdim=True)
         return means.expand(*split.shape[: b + 2], *means.shape[b + 2 :]).reshape(*values.shape[: b + 1], *means.shape[b + 2 :])
+
+    def spectral_check(self, p: Tensor, name: str) -> None:
+        pass
+
+    def spectral_direction(self, p: Tensor, update: Tensor, step) -> Tensor:
+        """Per matrix (per block with ``blocks``): ``"project"``, Muon's ``msign(update)`` (the
+        scheme then takes its tangent part and retracts); ``"steepest"``, the spectral-norm steepest
+        direction on the set (`stiefel_steepest()`: the closed form for square matrices). Times
+        Muon's shape factor of the (block) matrix as stored."""
+        m = self._matrix(update)
+        if step.variant == "steepest":
+            d = stiefel_steepest(self._matrix(p) / self.scale, m, step.msign, step.dual_steps, step.dual_lr)
+        else:
+            d = step.msign(m)
+        b = self.batch_dims
+        rows = p.shape[b] // self.blocks
+        return self._unmatrix(d, p).mul_(step.scale(rows, p[(0,) * b].numel() // p.shape[b]))
 
     def tangent_dim(self, p: Tensor) -> int:
         m = self._matrix(p)

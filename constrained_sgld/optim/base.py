@@ -20,7 +20,7 @@ from .diagnostics import DiagnosticsMixin
 from .groups import STEP_TIME, GroupsMixin, lr_number
 from .guards import GuardsMixin
 from .noise import NoiseStreamsMixin
-from .preconditioner import PRECONDITIONER_KEYS, make_preconditioner, precondition, preconditioner_state
+from .preconditioner import PRECONDITIONER_KEYS, check_preconditioner, make_preconditioner, needs_state, precondition, preconditioner_state
 
 __all__ = ["ConstrainedLangevinOptimizer"]
 
@@ -111,6 +111,12 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
                     "feasibility are set up then): build a new optimiser, or add the parameters with "
                     "add_param_group({'params': ..., 'constraint': ...}) from a fresh optimiser. No parameter was changed"
                 )
+            if spec is not None:  # before any parameter moves: a kind the group's set or temperature refuses
+                check_preconditioner(
+                    group["preconditioner"], self._group_constraint(group), [distributed.local(p) for p in group["params"]],
+                    [self._label(p) for p in group["params"]], group["temperature"],
+                    [bool(distributed.sharded_dims(p)) for p in group["params"]], where,
+                )
             params, grads = [], []
             maximize = group.get("maximize", False)  # a group loaded from an older checkpoint has no key
             for p in group["params"]:
@@ -134,8 +140,9 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
             piece = distributed.local(p.detach())
             state.update(constraint.init_state(piece))
             self._init_param_state(piece, constraint, state)
-        if group is not None and group.get("preconditioner") is not None and "second_moment" not in state:
-            preconditioner_state(constraint, distributed.local(p.detach()), state)
+        spec = None if group is None else group.get("preconditioner")
+        if spec is not None and needs_state(spec, state, p):
+            preconditioner_state(constraint, distributed.local(p.detach()), state, spec)
         if state and p not in self.state:
             self.state[p] = state
         return state
@@ -257,9 +264,9 @@ class ConstrainedLangevinOptimizer(GroupsMixin, NoiseStreamsMixin, GuardsMixin, 
         weight_decay, mass = group["weight_decay"], None
         spec = group.get("preconditioner")
         if spec is not None:
-            # the scheme gets forces (g + wd x) / M and noise / sqrt(M); weight decay is folded in
-            grads, noise = precondition(spec, constraint, pieces, grads, noise, states, weight_decay)
-            weight_decay, mass = 0.0, [s["mass"] for s in states]
+            # the scheme gets the preconditioned forces ((g + wd x) / M for RMSprop) and noise / sqrt(M);
+            # weight decay is folded in, or left to the scheme where it is decoupled
+            grads, noise, weight_decay, mass = precondition(spec, constraint, pieces, grads, noise, states, weight_decay)
         if noise is not None and self._track_noise:  # for diagnostics(): a tensor nobody reads unless asked
             # after the preconditioner's M^-1/2: the noise the step adds
             group_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(noise)).float())

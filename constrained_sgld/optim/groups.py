@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .. import distributed
 from ..constraints.base import UNCONSTRAINED, Constraint, make_constraint
-from .preconditioner import make_preconditioner
+from .preconditioner import check_preconditioner, make_preconditioner
 
 STEP_TIME = "at step time"
 
@@ -197,6 +197,11 @@ class GroupsMixin:
             sub["params"].append(t)
             sub["names"].append(label)
 
+        for sub in split.values():  # every part checked before any is added
+            check_preconditioner(
+                group.get("preconditioner"), sub["constraint"] if sub["constraint"] is not None else UNCONSTRAINED,
+                sub["params"], sub["names"], group["temperature"], [bool(distributed.sharded_dims(t)) for t in sub["params"]], where,
+            )
         for sub in split.values():
             new_group = dict(group)
             new_group["constraint"] = sub["constraint"]

@@ -41,7 +41,37 @@ mass is the force's scale rather than ``sqrt(1 - alpha)`` of it) or a start near
 At ``temperature=0`` on an unconstrained parameter, [`ConstrainedSGLD`][constrained_sgld.ConstrainedSGLD]
 with the preconditioner is ``torch.optim.RMSprop(lr, alpha, eps)`` and the momentum optimiser is
 ``RMSprop(lr, alpha, eps, momentum=c)`` (the same updates, ``V`` starting at zero as RMSprop's;
-without ``bias_correction``, the default).
+without ``bias_correction``, the default). ``per_entry=True`` keeps one mass per entry even on a
+coupled set (RMSprop's own, to compare with); it is refused at ``temperature > 0`` on a set whose
+blocks are larger than an entry, where it would bias the law.
+
+Two further kinds are *optimisers only*: they are refused at ``temperature > 0`` (no stationary law
+is claimed or tested for them; see docs/dynamics.md, "Steps that only optimise").
+
+``"adam"``: Adam's two moments with bias correction (Kingma & Ba 2015). Per step, ``t`` counting::
+
+    f  = g + weight_decay * x      (or f = g with decoupled_weight_decay: the scheme decays x, AdamW)
+    m <- beta1 m + (1 - beta1) f                   first moment of the raw force
+    V <- beta2 V + (1 - beta2) f * f               per entry (per_entry=True, default) or per block
+    M  = sqrt(V) / sqrt(1 - beta2^t) + eps
+    f -> (m / (1 - beta1^t)) / M
+
+The scheme then projects this force on the set's tangent space and retracts. Without a constraint,
+`ConstrainedSGLD` at ``temperature=0`` is ``torch.optim.Adam`` (``AdamW`` with
+``decoupled_weight_decay=True``).
+
+``"spectral"``: Muon's momentum and a unit direction in the norm the set singles out
+(`Constraint.spectral_direction_many`; ``constraints/spectral.py``)::
+
+    B <- mu B + (1 - mu) g                         (torch.optim.Muon's buffer)
+    U  = (1 - mu) g + mu B   with nesterov, else B
+    f  = direction(x, U)                           unconstrained matrix: msign(U) (Muon);
+                                                   orthogonal: msign(U) ("project") or the
+                                                   spectral-norm steepest direction ("steepest");
+                                                   sphere, ball: U normalised per norm slice
+
+Weight decay is decoupled (as Muon's). Without a constraint, `ConstrainedSGLD` at
+``temperature=0`` with ``ns_dtype="bfloat16"`` is ``torch.optim.Muon``.
 """
 
 from __future__ import annotations
@@ -52,67 +82,193 @@ import torch
 from torch import Tensor
 
 from ..constraints.base import Constraint
+from ..constraints.spectral import MUON_COEFFICIENTS, SpectralStep
 
-__all__ = ["make_preconditioner", "precondition", "preconditioner_state", "DEFAULTS", "PRECONDITIONER_KEYS"]
+__all__ = ["make_preconditioner", "precondition", "preconditioner_state", "check_preconditioner", "DEFAULTS", "KINDS", "PRECONDITIONER_KEYS"]
 
-#: the per-parameter state keys the preconditioner owns (one value per block, not per entry)
-PRECONDITIONER_KEYS = ("second_moment", "mass", "preconditioner_step")
+#: the per-parameter state keys the preconditioners own
+PRECONDITIONER_KEYS = ("second_moment", "mass", "preconditioner_step", "first_moment")
 
 #: the options of the RMSprop form and their defaults (those of ``torch.optim.RMSprop``)
-DEFAULTS: Dict[str, Any] = {"kind": "rmsprop", "alpha": 0.99, "eps": 1e-8, "adapt_steps": None, "bias_correction": False}
+DEFAULTS: Dict[str, Any] = {"kind": "rmsprop", "alpha": 0.99, "eps": 1e-8, "adapt_steps": None, "bias_correction": False,
+                            "per_entry": False, "decoupled_weight_decay": False}
+
+#: every kind's options and defaults (``torch.optim.Adam``'s and ``torch.optim.Muon``'s where they have one)
+KINDS: Dict[str, Dict[str, Any]] = {
+    "rmsprop": DEFAULTS,
+    "adam": {"kind": "adam", "betas": (0.9, 0.999), "eps": 1e-8, "per_entry": True, "decoupled_weight_decay": False},
+    "spectral": {"kind": "spectral", "momentum": 0.95, "nesterov": True, "variant": "project", "msign": "newton_schulz",
+                 "ns_steps": 5, "ns_coefficients": MUON_COEFFICIENTS, "ns_dtype": None, "eps": 1e-7,
+                 "adjust_lr": "original", "dual_steps": 8, "dual_lr": 0.1},
+}
+
+#: the kinds whose stationary law the statistical suite tests (the others refuse temperature > 0)
+SAMPLING_KINDS = ("rmsprop",)
 
 
 def _finite_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
+def _int_in(v: Any, low: int, high: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+
 def make_preconditioner(spec: Any, where: Any = "") -> Optional[Dict[str, Any]]:
     """A group's ``preconditioner`` option as plain data (what ``state_dict`` saves): ``None``, or a
-    dict with every key of `DEFAULTS`. Accepts ``None``, ``"rmsprop"`` or a dict of options.
+    dict with every option of its kind (`KINDS`). Accepts ``None``, a kind's name (``"rmsprop"``,
+    ``"adam"``, ``"spectral"``) or a dict of options (``"kind"`` defaults to ``"rmsprop"``).
     ``where`` (a string, or a callable giving one, formatted only for an error) says where."""
 
     def at() -> str:
         w = where() if callable(where) else where
         return f" {w}" if w else ""
+
+    def bad(option: str, must: str):
+        raise ValueError(f"invalid preconditioner {option}={out[option]!r}{at()}: {option} must be {must}")
+
     if spec is None:
         return None
     if isinstance(spec, str):
-        if spec != "rmsprop":
-            raise ValueError(f"invalid preconditioner={spec!r}{at()}: the preconditioners are None and 'rmsprop'")
-        return dict(DEFAULTS)
+        if spec not in KINDS:
+            raise ValueError(f"invalid preconditioner={spec!r}{at()}: the preconditioners are None, {', '.join(map(repr, KINDS))}")
+        spec = {"kind": spec}
     if not isinstance(spec, dict):
         raise ValueError(
-            f"invalid preconditioner={spec!r}{at()}: preconditioner must be None, 'rmsprop' or a dict of its options "
-            f"({', '.join(k for k in DEFAULTS if k != 'kind')})"
+            f"invalid preconditioner={spec!r}{at()}: preconditioner must be None, one of {', '.join(map(repr, KINDS))} "
+            "or a dict of its options"
         )
-    unknown = sorted(set(spec) - set(DEFAULTS))
+    kind = spec.get("kind", "rmsprop")
+    if kind not in KINDS:
+        raise ValueError(f"invalid preconditioner kind={kind!r}{at()}: the kinds are {', '.join(map(repr, KINDS))}")
+    defaults = KINDS[kind]
+    unknown = sorted(set(spec) - set(defaults))
     if unknown:
-        raise ValueError(f"invalid preconditioner option(s) {unknown}{at()}: the options are {sorted(DEFAULTS)}")
-    out = {**DEFAULTS, **spec}
-    if out["kind"] != "rmsprop":
-        raise ValueError(f"invalid preconditioner kind={out['kind']!r}{at()}: the only kind is 'rmsprop'")
-    if not (_finite_number(out["alpha"]) and 0 <= out["alpha"] < 1):
-        raise ValueError(f"invalid preconditioner alpha={out['alpha']!r}{at()}: alpha must be a number in [0, 1)")
+        raise ValueError(f"invalid preconditioner option(s) {unknown} for kind {kind!r}{at()}: its options are {sorted(defaults)}")
+    out = {**defaults, **spec}
     if not (_finite_number(out["eps"]) and out["eps"] > 0):
-        raise ValueError(f"invalid preconditioner eps={out['eps']!r}{at()}: eps must be a finite number > 0")
-    if not isinstance(out["bias_correction"], bool):
-        raise ValueError(f"invalid preconditioner bias_correction={out['bias_correction']!r}{at()}: bias_correction must be True or False")
-    steps = out["adapt_steps"]
-    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
-        raise ValueError(f"invalid preconditioner adapt_steps={steps!r}{at()}: adapt_steps must be None (adapt continually) or an int >= 0")
-    out["alpha"], out["eps"] = float(out["alpha"]), float(out["eps"])
+        bad("eps", "a finite number > 0")
+    out["eps"] = float(out["eps"])
+    for flag in ("bias_correction", "per_entry", "decoupled_weight_decay", "nesterov"):
+        if flag in out and not isinstance(out[flag], bool):
+            bad(flag, "True or False")
+    if kind == "rmsprop":
+        if not (_finite_number(out["alpha"]) and 0 <= out["alpha"] < 1):
+            bad("alpha", "a number in [0, 1)")
+        steps = out["adapt_steps"]
+        if steps is not None and not _int_in(steps, 0, 2**62):
+            bad("adapt_steps", "None (adapt continually) or an int >= 0")
+        out["alpha"] = float(out["alpha"])
+    elif kind == "adam":
+        betas = out["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_finite_number(b) and 0 <= b < 1 for b in betas)):
+            bad("betas", "two numbers in [0, 1)")
+        out["betas"] = (float(betas[0]), float(betas[1]))
+    else:
+        if not (_finite_number(out["momentum"]) and 0 <= out["momentum"] < 1):
+            bad("momentum", "a number in [0, 1)")
+        if out["variant"] not in ("project", "steepest"):
+            bad("variant", "'project' or 'steepest'")
+        if out["msign"] not in ("newton_schulz", "svd"):
+            bad("msign", "'newton_schulz' or 'svd'")
+        if not _int_in(out["ns_steps"], 1, 99):
+            bad("ns_steps", "an int in [1, 99]")
+        coefficients = out["ns_coefficients"]
+        if not (isinstance(coefficients, (tuple, list)) and len(coefficients) == 3 and all(map(_finite_number, coefficients))):
+            bad("ns_coefficients", "three finite numbers")
+        out["ns_coefficients"] = tuple(float(c) for c in coefficients)
+        if out["ns_dtype"] not in (None, "bfloat16", "float16", "float32", "float64"):
+            bad("ns_dtype", "None (bfloat16 on CUDA, the parameter's dtype elsewhere) or a dtype's name ('bfloat16', 'float32', ...)")
+        if out["adjust_lr"] not in (None, "original", "match_rms_adamw"):
+            bad("adjust_lr", "None, 'original' or 'match_rms_adamw' (torch.optim.Muon's adjust_lr_fn)")
+        if not _int_in(out["dual_steps"], 0, 10_000):
+            bad("dual_steps", "an int >= 0")
+        if not (_finite_number(out["dual_lr"]) and out["dual_lr"] > 0):
+            bad("dual_lr", "a finite number > 0")
+        out["momentum"], out["dual_lr"] = float(out["momentum"]), float(out["dual_lr"])
     return out
 
 
-def preconditioner_state(constraint: Constraint, p: Tensor, state: Dict[str, Any]) -> None:
-    """Create ``state``'s preconditioner entries for ``p`` if missing: ``second_moment`` (``V``, one
-    value per block of the set, zero as RMSprop's), ``mass`` (``sqrt(V) + eps``, set by the first
-    adapting step) and ``preconditioner_step`` (the steps ``V`` has adapted so far)."""
-    if "second_moment" not in state:
-        block = constraint.block_mean(p, p)
-        state["second_moment"] = torch.zeros_like(block, memory_format=torch.contiguous_format)
-        state["mass"] = torch.ones_like(block, memory_format=torch.contiguous_format)
-        state["preconditioner_step"] = 0
+def _coupled(constraint: Constraint, p: Tensor) -> bool:
+    """Whether the set's preconditioner blocks at ``p`` are larger than an entry (shapes only)."""
+    meta = torch.empty(p.shape, device="meta")
+    return constraint.block_mean(meta, meta).shape != meta.shape
+
+
+def check_preconditioner(spec: Optional[Dict[str, Any]], constraint: Constraint, params: List[Tensor], labels: List[str],
+                         temperature: float, sharded: List[bool], where: Any = "") -> None:
+    """Refuse, before anything moves, a preconditioner the group cannot take: an optimiser-only kind
+    (``"adam"``, ``"spectral"``) at ``temperature > 0``; a per-entry mass on a coupled set at
+    ``temperature > 0``; the spectral step on a set or shape that does not define it, or on a
+    sharded parameter (its matrix sign needs the whole matrix)."""
+    if spec is None:
+        return
+
+    def at() -> str:
+        w = where() if callable(where) else where
+        return f" {w}" if w else ""
+    kind = spec["kind"]
+    if temperature > 0 and kind not in SAMPLING_KINDS:
+        raise ValueError(
+            f"preconditioner kind {kind!r} with temperature={temperature!r}{at()}: the {kind} step is an optimiser "
+            "(a first moment, or a matrix sign, in the drift), and no stationary law is claimed or tested for it "
+            "with noise; use it at temperature=0, or sample with preconditioner='rmsprop' (bias_correction=True "
+            "gives Adam's second moment)"
+        )
+    if temperature > 0 and spec.get("per_entry"):
+        for p, label in zip(params, labels):
+            if _coupled(constraint, p):
+                raise ValueError(
+                    f"preconditioner per_entry=True with temperature={temperature!r} on parameter {label!r}{at()}: "
+                    f"the '{constraint.name}' set couples its entries, and a mass per entry biases the law there "
+                    "(docs/dynamics.md); use per_entry=False (one mass per block) to sample"
+                )
+    if kind == "spectral":
+        for p, label, split in zip(params, labels, sharded):
+            constraint.spectral_check(p, label)
+            if split:
+                raise ValueError(
+                    f"parameter {label!r} is sharded (a DTensor, e.g. from FSDP's fully_shard), and the spectral step's "
+                    "matrix sign needs the whole matrix on one rank; keep this parameter unsharded (apply fully_shard "
+                    "to the other modules only), or give it preconditioner='adam'"
+                )
+
+
+def preconditioner_state(constraint: Constraint, p: Tensor, state: Dict[str, Any], spec: Optional[Dict[str, Any]] = None) -> None:
+    """Create ``state``'s entries for ``spec``'s kind (default: RMSprop) where missing:
+    ``second_moment`` (``V``, one value per block of the set, or per entry with ``per_entry``; zero
+    as RMSprop's) and ``mass`` (``sqrt(V) + eps``, set by the first adapting step), ``first_moment``
+    (Adam's ``m``, Muon's buffer ``B``: zeros shaped like ``p``), and ``preconditioner_step`` (the
+    steps the moments have adapted so far). A second moment of the wrong shape (``per_entry``
+    changed) starts again from zero."""
+    kind = "rmsprop" if spec is None else spec["kind"]
+    if kind in ("rmsprop", "adam"):
+        shape = p.shape if (spec is not None and spec["per_entry"]) else constraint.block_mean(p, p).shape
+        if "second_moment" not in state or state["second_moment"].shape != shape:
+            state["second_moment"] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+            state["mass"] = torch.ones(shape, dtype=p.dtype, device=p.device)
+            state["preconditioner_step"] = 0
+    if kind in ("adam", "spectral") and "first_moment" not in state:
+        state["first_moment"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+    state.setdefault("preconditioner_step", 0)
+
+
+def needs_state(spec: Dict[str, Any], state: Dict[str, Any], p: Tensor) -> bool:
+    """Whether `preconditioner_state()` has something to create for ``spec`` in ``state``."""
+    kind = spec["kind"]
+    if kind in ("adam", "spectral") and "first_moment" not in state:
+        return True
+    if kind in ("rmsprop", "adam"):
+        return "second_moment" not in state or (spec["per_entry"] and state["second_moment"].shape != p.shape)
+    return "preconditioner_step" not in state
+
+
+def _second_moment_(spec, constraint, params, moments, forces, alpha) -> None:
+    if spec["per_entry"]:
+        torch._foreach_mul_(moments, alpha)
+        torch._foreach_addcmul_(moments, forces, forces, value=1.0 - alpha)
+    else:
+        constraint.second_moment_(params, moments, forces, alpha)
 
 
 def precondition(
@@ -123,24 +279,32 @@ def precondition(
     noise: Optional[List[Tensor]],
     states: List[Dict[str, Any]],
     weight_decay: float,
-) -> Tuple[List[Tensor], Optional[List[Tensor]]]:
+) -> Tuple[List[Tensor], Optional[List[Tensor]], float, Optional[List[Tensor]]]:
     """One step of the preconditioner for a group's lists (the module's equations).
 
-    Adapts ``V`` and ``M`` in ``states`` (in place), and returns the preconditioned forces
-    ``(g + weight_decay * x) / M`` (new tensors: ``.grad`` is never written) and the noise scaled
-    by ``M^-1/2`` (in place on ``noise``; ``None`` stays ``None``). The caller runs the scheme
-    with these forces and no weight decay. ``states`` hold the preconditioner's entries already
-    (`preconditioner_state()`; the optimiser creates them with the rest of a parameter's state)."""
-    if weight_decay != 0:
+    Adapts the moments in ``states`` (in place), and returns ``(forces, noise, weight_decay, mass)``:
+    the forces the scheme uses (new tensors: ``.grad`` is never written), the noise scaled by
+    ``M^-1/2`` (in place on ``noise``; ``None`` stays ``None``), the weight decay left for the scheme
+    (0 where it was folded into the forces; the group's own where it is decoupled) and the masses
+    (``None`` for the spectral step, which has none). ``states`` hold the kind's entries already
+    (`preconditioner_state()`)."""
+    kind = spec["kind"]
+    if kind == "spectral":
+        return _spectral(spec, constraint, params, grads, states), noise, weight_decay, None
+    decoupled = spec["decoupled_weight_decay"]
+    if weight_decay != 0 and not decoupled:
         forces = torch._foreach_add(grads, params, alpha=weight_decay)
     else:
         forces = list(grads)
+    left = weight_decay if decoupled else 0.0
+    if kind == "adam":
+        return _adam(spec, constraint, params, forces, states), noise, left, [s["mass"] for s in states]
     limit = spec["adapt_steps"]
     adapting = [i for i, s in enumerate(states) if limit is None or s["preconditioner_step"] < limit]
     if adapting:
         pick = lambda xs: [xs[i] for i in adapting]  # noqa: E731
         moments, masses = pick([s["second_moment"] for s in states]), pick([s["mass"] for s in states])
-        constraint.second_moment_(pick(params), moments, pick(forces), spec["alpha"])
+        _second_moment_(spec, constraint, pick(params), moments, pick(forces), spec["alpha"])
         # in place: a skipped sync-free step restores the state tensors it snapshotted
         torch._foreach_copy_(masses, moments)
         torch._foreach_sqrt_(masses)
@@ -151,10 +315,49 @@ def precondition(
             torch._foreach_mul_(masses, [(1.0 - alpha ** states[i]["preconditioner_step"]) ** -0.5 for i in adapting])
         torch._foreach_add_(masses, spec["eps"])
     masses = [s["mass"] for s in states]
-    if weight_decay != 0:
+    if weight_decay != 0 and not decoupled:
         torch._foreach_div_(forces, masses)
     else:
         forces = torch._foreach_div(forces, masses)
     if noise is not None:
         torch._foreach_div_(noise, torch._foreach_sqrt(masses))
-    return forces, noise
+    return forces, noise, left, masses
+
+
+def _adam(spec, constraint, params, forces, states) -> List[Tensor]:
+    """Adam's moments (in place in ``states``) and its force ``m_hat / (sqrt(v_hat) + eps)``."""
+    beta1, beta2 = spec["betas"]
+    firsts = [s["first_moment"] for s in states]
+    moments, masses = [s["second_moment"] for s in states], [s["mass"] for s in states]
+    torch._foreach_lerp_(firsts, forces, 1.0 - beta1)
+    _second_moment_(spec, constraint, params, moments, forces, beta2)
+    for s in states:
+        s["preconditioner_step"] += 1
+    steps = [s["preconditioner_step"] for s in states]  # host ints: no sync
+    # torch.optim.Adam's order: (sqrt(V) / sqrt(1 - beta2^t)) + eps, and m / (1 - beta1^t) on top
+    torch._foreach_copy_(masses, moments)
+    torch._foreach_sqrt_(masses)
+    torch._foreach_div_(masses, [(1.0 - beta2**t) ** 0.5 for t in steps])
+    torch._foreach_add_(masses, spec["eps"])
+    out = torch._foreach_div(firsts, [1.0 - beta1**t for t in steps])
+    torch._foreach_div_(out, masses)
+    return out
+
+
+def spectral_step(spec: Dict[str, Any]) -> SpectralStep:
+    """The spectral kind's options as the sets take them."""
+    return SpectralStep(
+        variant=spec["variant"], msign=spec["msign"], ns_steps=spec["ns_steps"], ns_coefficients=spec["ns_coefficients"],
+        ns_dtype=spec["ns_dtype"], eps=spec["eps"], adjust_lr=spec["adjust_lr"], dual_steps=spec["dual_steps"], dual_lr=spec["dual_lr"],
+    )
+
+
+def _spectral(spec, constraint, params, grads, states) -> List[Tensor]:
+    """Muon's buffer (in place in ``states``) and the set's unit direction of the update."""
+    mu = spec["momentum"]
+    buffers = [s["first_moment"] for s in states]
+    torch._foreach_lerp_(buffers, grads, 1.0 - mu)
+    updates = torch._foreach_lerp(grads, buffers, mu) if spec["nesterov"] else buffers
+    for s in states:
+        s["preconditioner_step"] += 1
+    return constraint.spectral_direction_many(params, updates, spectral_step(spec))
