@@ -49,8 +49,12 @@ def make(cls, seed=None, **kwargs):
         Orthogonal().init_(model.conv1.weight)
     ddp = nn.parallel.DistributedDataParallel(model)
     # seed=None on purpose: rank 0's seed must reach every rank
-    kwargs = {"lr": 0.02, **kwargs}
-    opt = cls(ddp.module.named_parameters(), constraints=CONSTRAINTS, temperature=1e-3, seed=seed, **kwargs)
+    kwargs = {"lr": 0.02, "temperature": 1e-3, **kwargs}
+    params = list(ddp.module.named_parameters())
+    if kwargs.pop("spectral", False):  # the spectral step on the orthogonal conv, Adam on the rest (T = 0)
+        params = [{"params": params[:1], "preconditioner": {"kind": "spectral", "variant": "steepest"}},
+                  {"params": params[1:], "preconditioner": "adam"}]
+    opt = cls(params, constraints=CONSTRAINTS, seed=seed, **kwargs)
     return ddp, opt
 
 
@@ -77,9 +81,10 @@ def ddp_worker(rank, world, store_file, out_dir):
     results = {}
     # the preconditioner's second moments must stay identical across replicas too
     variants = [(ConstrainedSGLD, {}), (ConstrainedUnderdampedSGLD, {}),
-                (ConstrainedUnderdampedSGLD, {"lr": 2e-3, "preconditioner": {"eps": 1e-3, "adapt_steps": 20}})]
+                (ConstrainedUnderdampedSGLD, {"lr": 2e-3, "preconditioner": {"eps": 1e-3, "adapt_steps": 20}}),
+                (ConstrainedSGLD, {"lr": 2e-3, "temperature": 0.0, "spectral": True})]
     for cls, kwargs in variants:
-        name = cls.__name__ + ("+preconditioner" if kwargs else "")
+        name = cls.__name__ + ("+spectral" if "spectral" in kwargs else "+preconditioner" if kwargs else "")
         # uninterrupted: 30 steps
         torch.manual_seed(rank)  # different global RNG per rank: seeds would differ without the broadcast
         ddp, opt = make(cls, **kwargs)

@@ -17,7 +17,7 @@ def spawn(fn, tmp_path, world=2):
 
 def test_ddp_replicas_identical_feasible_and_resumable(tmp_path):
     r0, r1 = spawn(_workers.ddp_worker, tmp_path)
-    for name in ("ConstrainedSGLD", "ConstrainedUnderdampedSGLD", "ConstrainedUnderdampedSGLD+preconditioner"):
+    for name in ("ConstrainedSGLD", "ConstrainedUnderdampedSGLD", "ConstrainedUnderdampedSGLD+preconditioner", "ConstrainedSGLD+spectral"):
         a, b = r0[name], r1[name]
         assert len(a["state"]) == len(b["state"])
         for x, y in zip(a["state"], b["state"]):

@@ -200,7 +200,7 @@ def test_state_dict_round_trip_continues_bit_for_bit_and_loads_weights_only(opti
     twin.load_state_dict(saved["model"])
     twin_opt = _constrained(optimizer_cls, twin)
     twin_opt.load_state_dict(saved["optim"])
-    assert twin_opt.param_groups[0]["preconditioner"] == {"kind": "rmsprop", "alpha": 0.9, "eps": 1e-8, "adapt_steps": 7, "bias_correction": False}
+    assert twin_opt.param_groups[0]["preconditioner"] == {"kind": "rmsprop", "alpha": 0.9, "eps": 1e-8, "adapt_steps": 7, "bias_correction": False, "per_entry": False, "decoupled_weight_decay": False}
     train_steps(twin, twin_opt, 6, seed=1)
     assert all(torch.equal(a, b) for a, b in zip(expected, twin.parameters()))
 
@@ -220,14 +220,20 @@ def test_deepcopy_continues_identically(optimizer_cls):
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ("adam", "preconditioners are None and 'rmsprop'"),
-        (0.99, "must be None, 'rmsprop' or a dict"),
+        ("adamw", "preconditioners are None, 'rmsprop', 'adam', 'spectral'"),
+        (0.99, "must be None, one of 'rmsprop', 'adam', 'spectral' or a dict"),
         ({"beta": 0.9}, r"option\(s\) \['beta'\]"),
+        ({"kind": "adam", "alpha": 0.9}, r"option\(s\) \['alpha'\] for kind 'adam'"),
+        ({"kind": "adam", "betas": (0.9, 1.0)}, "betas must be two numbers in"),
+        ({"kind": "spectral", "variant": "exact"}, "variant must be 'project' or 'steepest'"),
+        ({"kind": "spectral", "ns_steps": 0}, r"ns_steps must be an int in \[1, 99\]"),
+        ({"kind": "spectral", "adjust_lr": "x"}, "adjust_lr must be None, 'original'"),
+        ({"per_entry": 1}, "per_entry must be True or False"),
         ({"alpha": 1.0}, "alpha must be a number in"),
         ({"eps": 0.0}, "eps must be a finite number > 0"),
         ({"adapt_steps": -1}, "adapt_steps must be None"),
         ({"adapt_steps": 2.5}, "adapt_steps must be None"),
-        ({"kind": "adam"}, "the only kind is 'rmsprop'"),
+        ({"kind": "muon"}, "the kinds are 'rmsprop', 'adam', 'spectral'"),
         ({"bias_correction": 1}, "bias_correction must be True or False"),
     ],
 )
