@@ -398,6 +398,40 @@ def _muon(model, task, seed):
     return ChainedOptimizer(muon, adamw), hp, {}
 
 
+def _geometric(family: str, kind: str, variant: str = "steepest", lr_key: str = "spectral_lr", per_entry: bool = True, decay: bool = True):
+    """One `ConstrainedSGLD` at T = 0 with the optimiser-only preconditioner kinds: ``family``'s
+    weights take ``kind`` (``"spectral"``: the spectral step, ``variant``; ``"adam"``: Adam's
+    moments, ``per_entry`` or one second moment per block) at ``lr_key``'s lr, projected and
+    retracted by their sets; every other parameter takes the Adam kind (the task's AdamW betas),
+    with decoupled weight decay ``adamw_wd`` on the unconstrained matrices and embeddings where
+    ``decay`` (nanoGPT's split; Muon's recipe), none otherwise (nGPT's)."""
+
+    def build(model, task, seed):
+        constraints = task.constrained(model, family)
+        start_on_set(model, constraints)
+        betas = tuple(task.hp["adamw_betas"]) if decay else (0.9, 0.999)
+        adam = {"kind": "adam", "betas": betas, "decoupled_weight_decay": True}
+        if kind == "spectral":
+            on_spec = {"kind": "spectral", "variant": variant}
+        else:
+            on_spec = dict(adam, per_entry=per_entry)
+        named = list(model.named_parameters())
+        on = [(n, p) for n, p in named if n in constraints]
+        off = [(n, p) for n, p in named if n not in constraints]
+        wd = task.hp["adamw_wd"] if decay else 0.0
+        decayed, rest = [(n, p) for n, p in off if p.ndim >= 2], [(n, p) for n, p in off if p.ndim < 2]
+        rest_lr = task.hp["adamw_lr"] if decay else task.hp[lr_key]
+        groups = [{"params": on, "preconditioner": on_spec, "lr": task.hp[lr_key], "weight_decay": 0.0}]
+        groups += [{"params": g, "preconditioner": adam, "lr": rest_lr, "weight_decay": w} for g, w in ((decayed, wd), (rest, 0.0)) if g]
+        optim = ConstrainedSGLD(groups, lr=rest_lr, constraints=constraints, seed=seed)
+        hp = {"constrained_lr": task.hp[lr_key], "constrained_preconditioner": on_spec, "lr_of_the_rest": rest_lr,
+              "preconditioner_of_the_rest": adam, "weight_decay_of_unconstrained_matrices": wd, "temperature": 0.0,
+              "constraints": {k: _spec_text(v) for k, v in constraints.items()}}
+        return optim, hp, constraints
+
+    return build
+
+
 def _geotorch_adamw(model, task, seed):
     """geotorch's orthogonal parametrisation of the orthogonal family's weights (blocks as ours),
     AdamW on everything (no weight decay on the parametrised weights: their norm is fixed)."""
@@ -471,6 +505,11 @@ METHODS: Dict[str, Method] = {
         Method("ngpt-adam", "nGPT's recipe: the normalised model, Adam without weight decay, its unit vectors renormalised after every step", "sphere", _projected("sphere", adam=True, lr_key="ngpt_adam_lr"), variant="ngpt", needs=("ngpt_adam_lr",)),
         Method("ngpt-s-cola-ud", "the normalised model, ConstrainedUnderdampedSGLD with its unit vectors on sphere sets", "sphere", _constrained("sphere", True), variant="ngpt", needs=("ud_lr",)),
         Method("ngpt-s-cola-ud-rms", "the normalised model, ConstrainedUnderdampedSGLD with the adaptive mass, its unit vectors on sphere sets", "sphere", _preconditioned("sphere", True, lr_key="ngpt_rms_lr"), variant="ngpt", needs=("ngpt_rms_lr",)),
+        # the optimiser-only kinds (T = 0): the spectral step on the orthogonal blocks, Adam's form on the spheres
+        Method("o-spectral", "ConstrainedSGLD, orthogonal attention and MLP blocks with the spectral step (steepest: W msign(skew(W^T M)) on square blocks), Muon's momentum; the Adam kind on the rest (AdamW's split)", "orthogonal", _geometric("orthogonal", "spectral", "steepest"), needs=("spectral_lr", "adamw_lr")),
+        Method("o-spectral-project", "as o-spectral with the projected matrix sign (Muon's msign(M), then the set's tangent part and retraction)", "orthogonal", _geometric("orthogonal", "spectral", "project"), needs=("spectral_lr", "adamw_lr")),
+        Method("ngpt-s-adam", "the normalised model, ConstrainedSGLD with the Adam kind (per entry, bias-corrected), its unit vectors on sphere sets (retracted where ngpt-adam renormalises)", "sphere", _geometric("sphere", "adam", lr_key="ngpt_adam_lr", decay=False), variant="ngpt", needs=("ngpt_adam_lr",)),
+        Method("ngpt-s-adam-row", "as ngpt-s-adam with one second moment per sphere row (the blocks of the set) instead of per entry", "sphere", _geometric("sphere", "adam", lr_key="ngpt_adam_lr", per_entry=False, decay=False), variant="ngpt", needs=("ngpt_adam_lr",)),
         Method(
             "o-cola-ud-rms-tempered",
             "o-cola-ud-rms at posterior_temperature (T = 1 / training characters: the Bayesian posterior of the per-character loss), its snapshots averaged",

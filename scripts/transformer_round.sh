@@ -21,6 +21,8 @@ lr_key() {
     ngpt-s-cola-ud) echo ud_lr ;;
     ngpt-s-cola-ud-rms) echo ngpt_rms_lr ;;
     o-cola-ud-rms|o-cola-ud-rms-tempered) echo precond_lr ;;
+    o-spectral|o-spectral-project) echo spectral_lr ;;
+    ngpt-s-adam|ngpt-s-adam-row) echo ngpt_adam_lr ;;
     *) echo "no lr key for $1" >&2; exit 2 ;;
   esac
 }
