@@ -170,7 +170,8 @@ def _ivon(model, task, seed):
     return ivon.IVON(model.parameters(), **hp), hp, {}
 
 
-def _preconditioned(family: Optional[str], underdamped: bool = False, lr_key: str = "precond_lr", temperature_key: str = "temperature"):
+def _preconditioned(family: Optional[str], underdamped: bool = False, lr_key: str = "precond_lr", temperature_key: str = "temperature",
+                    options: Optional[Dict[str, Any]] = None):
     """A scheme with the adaptive mass (``preconditioner=``, RMSprop's form), on ``family``'s sets
     (``None``: no set, pSGLD). The constrained weights take ``precond_lr * precond_constrained_lr_factor``
     (expRNN's advice for RNNs: the orthogonal lr 10x smaller), the rest ``precond_lr``; ``lr_key``
@@ -179,7 +180,7 @@ def _preconditioned(family: Optional[str], underdamped: bool = False, lr_key: st
     off the set the overdamped scheme is RMSprop with that lr, the underdamped one RMSprop with
     momentum ``ud_momentum`` (its lr then ``precond_lr * (1 - momentum)``: the same effective step).
     ``temperature_key`` names the task's temperature for the method (a tempered twin of a T = 0
-    method)."""
+    method). ``options``: preconditioner options over the task's (an ablation's one change)."""
 
     def build(model, task, seed):
         constraints = task.constrained(model, family) if family else {}
@@ -194,7 +195,7 @@ def _preconditioned(family: Optional[str], underdamped: bool = False, lr_key: st
         on = [(n, p) for n, p in named if n in constraints]
         off = [(n, p) for n, p in named if n not in constraints]
         groups = ([{"params": off}] if off else []) + ([{"params": on, "lr": lr * factor}] if on else [])
-        preconditioner = {"alpha": task.hp["precond_alpha"], "eps": task.hp["precond_eps"], "adapt_steps": task.hp["precond_adapt_steps"]}
+        preconditioner = {"alpha": task.hp["precond_alpha"], "eps": task.hp["precond_eps"], "adapt_steps": task.hp["precond_adapt_steps"], **(options or {})}
         cls = ConstrainedUnderdampedSGLD if underdamped else ConstrainedSGLD
         temperature = task.hp[temperature_key]
         optim = cls(groups, lr=lr, constraints=constraints, temperature=temperature, preconditioner=preconditioner, seed=seed, **kwargs)
@@ -508,6 +509,7 @@ METHODS: Dict[str, Method] = {
         # the optimiser-only kinds (T = 0): the spectral step on the orthogonal blocks, Adam's form on the spheres
         Method("o-spectral", "ConstrainedSGLD, orthogonal attention and MLP blocks with the spectral step (steepest: W msign(skew(W^T M)) on square blocks), Muon's momentum; the Adam kind on the rest (AdamW's split)", "orthogonal", _geometric("orthogonal", "spectral", "steepest"), needs=("spectral_lr", "adamw_lr")),
         Method("o-spectral-project", "as o-spectral with the projected matrix sign (Muon's msign(M), then the set's tangent part and retraction)", "orthogonal", _geometric("orthogonal", "spectral", "project"), needs=("spectral_lr", "adamw_lr")),
+        Method("ngpt-s-cola-ud-rms-bc", "ngpt-s-cola-ud-rms with Adam's second-moment estimate (alpha 0.999, bias-corrected): the ablation's first step towards ngpt-s-adam-row", "sphere", _preconditioned("sphere", True, lr_key="ngpt_rms_lr", options={"alpha": 0.999, "bias_correction": True}), variant="ngpt", needs=("ngpt_rms_lr",)),
         Method("ngpt-s-adam", "the normalised model, ConstrainedSGLD with the Adam kind (per entry, bias-corrected), its unit vectors on sphere sets (retracted where ngpt-adam renormalises)", "sphere", _geometric("sphere", "adam", lr_key="ngpt_adam_lr", decay=False), variant="ngpt", needs=("ngpt_adam_lr",)),
         Method("ngpt-s-adam-row", "as ngpt-s-adam with one second moment per sphere row (the blocks of the set) instead of per entry", "sphere", _geometric("sphere", "adam", lr_key="ngpt_adam_lr", per_entry=False, decay=False), variant="ngpt", needs=("ngpt_adam_lr",)),
         Method(

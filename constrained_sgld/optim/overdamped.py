@@ -89,6 +89,12 @@ class ConstrainedSGLD(ConstrainedLangevinOptimizer):
             ``torch.optim.RMSprop``. ``adapt_steps=N`` adapts for the first ``N`` steps and then
             freezes the mass (exact from then on); ``None`` adapts continually (pSGLD; a small bias).
             Per group, like ``lr``; see ``constrained_sgld/optim/preconditioner.py``.
+            Two kinds only optimise (refused at ``temperature > 0``): ``"adam"`` (Adam's moments;
+            without a constraint ``torch.optim.Adam``, or ``AdamW`` with
+            ``decoupled_weight_decay=True``) and ``"spectral"`` (Muon's momentum and matrix sign;
+            on the orthogonal set the projected sign or the spectral-norm steepest direction, on
+            spheres and balls one normalised step per row; without a constraint
+            ``torch.optim.Muon``). The set projects and retracts their steps (docs/dynamics.md).
         foreach: ``None`` (default), ``True`` or ``False``, accepted for ``torch.optim``
             compatibility; the step always runs the sets' multi-tensor operations
             (``torch._foreach_*`` calls, same-shaped orthogonal matrices batched). The per-tensor

@@ -63,7 +63,7 @@ def test_normalized_gpt_starts_with_its_unit_vectors_and_keeps_them_under_our_se
     x = torch.randint(0, 11, (2, 8))
     assert torch.isfinite(model(x)).all()
     task = _task()
-    for name in ("ngpt-s-cola-ud", "ngpt-s-cola-ud-rms", "ngpt-adam"):
+    for name in ("ngpt-s-cola-ud", "ngpt-s-cola-ud-rms", "ngpt-adam", "ngpt-s-adam", "ngpt-s-adam-row"):
         model, optimizer, constraints = _train(task, name)
         assert set(constraints) == set(sphere_family(model)), name
         assert largest_violation(model, optimizer, constraints) < 1e-5, name
@@ -78,7 +78,7 @@ def test_the_orthogonal_family_is_square_blocks():
     assert "wte.weight" not in family and "blocks.0.ln_1.weight" not in family
 
 
-@pytest.mark.parametrize("name", ["o-cola-ud-rms", "geotorch-orthogonal-adamw"])
+@pytest.mark.parametrize("name", ["o-cola-ud-rms", "geotorch-orthogonal-adamw", "o-spectral", "o-spectral-project"])
 def test_orthogonal_methods_keep_every_block_orthogonal(name):
     model, optimizer, constraints = _train(_task(), name)
     qkv = model.blocks[0].attn.c_attn.weight.detach()  # through geotorch's parametrisation where it has one
