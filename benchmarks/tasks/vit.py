@@ -1,0 +1,136 @@
+"""A small vision transformer on Fashion-MNIST (``fmnist-vit``): the second attention model of the
+transformer round, in timm's layout (a fused ``qkv`` Linear ``(3d, d)``, ``proj``, ``mlp.fc1``,
+``mlp.fc2``; pre-norm blocks, a class token, learned position embeddings)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .base import ClassificationTask
+from .fmnist import fashion_splits
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)  # timm's fused layout: rows [q; k; v]
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, d: int, ratio: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d, ratio * d)
+        self.fc2 = nn.Linear(ratio * d, d)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int, ratio: int):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(d), Attention(d, heads)
+        self.norm2, self.mlp = nn.LayerNorm(d), Mlp(d, ratio)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """ViT (Dosovitskiy et al. 2021) at Fashion-MNIST's size: 28 x 28 images cut into ``patch`` x
+    ``patch`` patches, a class token read by the head."""
+
+    def __init__(self, patch: int = 4, d: int = 64, depth: int = 4, heads: int = 4, ratio: int = 4, classes: int = 10, image: int = 28):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(1, d, patch, stride=patch)
+        tokens = (image // patch) ** 2
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, d) * 0.02)
+        self.blocks = nn.ModuleList(Block(d, heads, ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], dim=1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+def vit_orthogonal_family(model: nn.Module) -> Dict[str, Any]:
+    """As shakespeare-gpt's: ``qkv`` as three orthogonal ``d x d`` blocks (query, key, value),
+    ``proj`` orthogonal, ``fc1`` ``(4d, d)`` as four blocks, ``fc2`` ``(d, 4d)`` with orthonormal
+    rows times 2."""
+    out: Dict[str, Any] = {}
+    for name, p in model.named_parameters():
+        if name.endswith("attn.qkv.weight"):
+            out[name] = ("orthogonal", {"blocks": 3})
+        elif name.endswith("attn.proj.weight"):
+            out[name] = "orthogonal"
+        elif name.endswith("mlp.fc1.weight"):
+            out[name] = ("orthogonal", {"blocks": p.shape[0] // p.shape[1]})
+        elif name.endswith("mlp.fc2.weight"):
+            out[name] = ("orthogonal", {"scale": 2.0})
+    return out
+
+
+class FashionViT(ClassificationTask):
+    name = "fmnist-vit"
+    description = "a small vision transformer (patches of 4, d 64, 4 blocks, timm's fused qkv) on Fashion-MNIST: the transformer round's second attention model"
+    data_source = "Fashion-MNIST, Debian package dataset-fashion-mnist"
+    families = ("orthogonal",)
+    default_methods = ("adamw", "muon", "o-spectral", "o-spectral-project")
+    presets = {
+        "smoke": {"train_size": 1000, "val_size": 500, "test_size": 1000, "epochs": 1, "batch_size": 128, "eval_every": 1, "d": 32, "depth": 1},
+        # every training image but the validation ones; 5 epochs (about 2,150 steps)
+        "quick": {"train_size": 55000, "val_size": 5000, "test_size": 10000, "epochs": 5, "batch_size": 128, "eval_every": 1, "d": 64, "depth": 4},
+    }
+    hparams = {
+        "clip": 1.0,  # as shakespeare-gpt (nanoGPT's)
+        "warmup_steps": 100,
+        "min_lr_factor": 0.1,
+        # AdamW: the GPT round's (nanoGPT's betas and weight decay), lr from its grid
+        "adamw_lr": 1e-3, "adamw_betas": (0.9, 0.99), "adamw_wd": 0.1,
+        "muon_lr": 0.02,  # torch.optim.Muon's documented example; the grid's choice overrides it
+        "spectral_lr": 0.02,
+    }
+
+    preset_hparams = {"smoke": {"warmup_steps": 2}}
+
+    def prepare(self) -> None:
+        sizes = (self.settings["train_size"], self.settings["val_size"], self.settings["test_size"])
+        (self.x_train, self.y_train), (self.x_val, self.y_val), (self.x_test, self.y_test) = fashion_splits(*sizes, self.device, flat=False)
+
+    def build_model(self, variant: Optional[str] = None) -> nn.Module:
+        return TinyViT(d=self.settings["d"], depth=self.settings["depth"])
+
+    def constrained(self, model, family) -> Dict[str, Any]:
+        assert family == "orthogonal"
+        return vit_orthogonal_family(model)
+
+    def scheduler(self, optimizer, steps_per_epoch):
+        """linear warm-up, then cosine decay to min_lr_factor (as shakespeare-gpt)"""
+        total, warm, floor = self.epochs * steps_per_epoch, max(1, self.hp["warmup_steps"]), self.hp["min_lr_factor"]
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
