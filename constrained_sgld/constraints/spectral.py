@@ -92,7 +92,7 @@ def _skew(a: Tensor) -> Tensor:
     return 0.5 * (a - a.transpose(-2, -1))
 
 
-def stiefel_steepest(w: Tensor, m: Tensor, msign, dual_steps: int = 8, dual_lr: float = 0.1,
+def stiefel_steepest(w: Tensor, m: Tensor, msign, dual_steps: int = 2, dual_lr: float = 0.1,
                      lam: Optional[Tensor] = None) -> Tensor:
     """The spectral-norm steepest direction ``A`` (maximising ``<m, A>``; descend along ``-A``) at
     unit-scale tall ``w`` ``(..., n, k)``, ``n >= k`` (the module's equations). ``msign``: a callable
@@ -133,7 +133,7 @@ class SpectralStep:
 
     def __init__(self, variant: str = "project", msign: str = "newton_schulz", ns_steps: int = 5,
                  ns_coefficients: Tuple[float, float, float] = MUON_COEFFICIENTS, ns_dtype: Optional[str] = None,
-                 eps: float = 1e-7, adjust_lr: Optional[str] = "original", dual_steps: int = 8, dual_lr: float = 0.1):
+                 eps: float = 1e-7, adjust_lr: Optional[str] = "original", dual_steps: int = 2, dual_lr: float = 0.1):
         self.variant = variant
         self.method = msign
         self.ns_steps = ns_steps

@@ -99,7 +99,7 @@ KINDS: Dict[str, Dict[str, Any]] = {
     "adam": {"kind": "adam", "betas": (0.9, 0.999), "eps": 1e-8, "per_entry": True, "decoupled_weight_decay": False},
     "spectral": {"kind": "spectral", "momentum": 0.95, "nesterov": True, "variant": "project", "msign": "newton_schulz",
                  "ns_steps": 5, "ns_coefficients": MUON_COEFFICIENTS, "ns_dtype": None, "eps": 1e-7,
-                 "adjust_lr": "original", "dual_steps": 8, "dual_lr": 0.1},
+                 "adjust_lr": "original", "dual_steps": 2, "dual_lr": 0.1},
 }
 
 #: the kinds whose stationary law the statistical suite tests (the others refuse temperature > 0)

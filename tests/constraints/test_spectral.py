@@ -71,7 +71,7 @@ def test_the_dual_iteration_from_zero_converges_to_the_closed_form():
 
 @pytest.mark.parametrize("n, k", [(64, 32), (96, 32), (48, 40)])
 def test_tall_steepest_beats_the_projected_sign_against_the_bound(n, k):
-    """On tall W the dual descent (8 steps, the default) improves on msign(T_W M), whose value is
+    """On tall W the dual descent (its default 2 steps) improves on msign(T_W M), whose value is
     the starting point; neither exceeds the bound."""
     w, m = _orthonormal(n, k, seed=n + k), _randn(n, k, seed=n * k)
     tangent = m - w @ (0.5 * (w.T @ m + m.T @ w))
