@@ -169,5 +169,10 @@ def shard_worker(rank, world, store_file, out_dir):
         out["fsdp_orthogonal"] = "accepted"
     except ValueError as e:
         out["fsdp_orthogonal"] = str(e)
+    try:  # the spectral step's matrix sign needs the whole matrix: an unconstrained shard is refused too
+        ConstrainedSGLD([("0.weight", mlp[0].weight)], preconditioner="spectral")
+        out["fsdp_spectral"] = "accepted"
+    except ValueError as e:
+        out["fsdp_spectral"] = str(e)
     torch.save(out, os.path.join(out_dir, f"shard{rank}.pt"))
     finish()

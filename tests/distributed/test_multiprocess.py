@@ -39,5 +39,6 @@ def test_sharded_parameters(tmp_path):
     # FSDP2 (fully_shard): element-wise sets stay feasible on the shards; orthogonal is refused
     assert s0["fsdp_min"] >= 0 and s0["fsdp_absmax"] <= 0.3 * (1 + 1e-6)
     assert "'0.weight' is sharded" in s0["fsdp_orthogonal"]
+    assert "'0.weight' is sharded" in s0["fsdp_spectral"] and "matrix sign needs the whole matrix" in s0["fsdp_spectral"]
     # the pieces are different coordinates: their noise must differ (same start, zero gradient)
     assert not torch.equal(s0["w_local"], s1["w_local"])
