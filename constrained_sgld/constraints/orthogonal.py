@@ -36,6 +36,7 @@ On the unit-scale tall matrix ``X = W / s``:
 
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import geotorch.so
@@ -304,9 +305,18 @@ class Orthogonal(Constraint):
             route measured faster on the device type (`CAYLEY_ROUTE_BY_DEVICE`), with the solve
             for any step that would need more than `AUTO_MAX_PRODUCTS` products, and in a
             sync-free step. The map is the same on every route, to rounding.
+        transposed: the weight is stored as ``(in, out)``, the transpose of ``nn.Linear``'s
+            ``(out, in)``: Hugging Face's ``Conv1D`` (GPT-2's ``c_attn`` is ``(d, 3d)``) and any
+            ``x @ W`` layer. The set then acts on ``W^T``: ``blocks`` splits the output *columns*
+            (GPT-2's query, key and value) and the orientation is the ``(out, in)`` matrix's.
+            Matrices only (``batch_dims + 2`` dims). Default False.
     """
 
-    def __init__(self, *, scale: float = 1.0, batch_dims: int = 0, blocks: int = 1, max_iter: int = 12, cayley: str = "auto"):
+    def __init__(self, *, scale: float = 1.0, batch_dims: int = 0, blocks: int = 1, max_iter: int = 12, cayley: str = "auto",
+                 transposed: bool = False):
+        if not isinstance(transposed, bool):
+            raise ValueError(f"orthogonal: transposed must be True or False, got {transposed!r}")
+        self.transposed = transposed
         self.scale = check_positive(scale, "scale", "orthogonal")
         if cayley not in CAYLEY_ROUTES:
             raise ValueError(f"orthogonal: cayley must be one of {', '.join(map(repr, CAYLEY_ROUTES))}, got {cayley!r}")
@@ -326,8 +336,23 @@ class Orthogonal(Constraint):
         """The batch dims of the blocked view (`_blocked()`): one more where ``blocks`` splits."""
         return self.batch_dims + (self.blocks > 1)
 
+    def _oriented(self, t: Tensor) -> Tensor:
+        """``t`` as an ``(out, in)`` matrix past ``batch_dims``: its transpose where ``transposed``
+        (a view)."""
+        return t.transpose(self.batch_dims, self.batch_dims + 1) if self.transposed else t
+
+    def _stored_shape(self, like: Tensor) -> List[int]:
+        """``like``'s shape in the ``(out, in)`` orientation (`_oriented()`)."""
+        shape = list(like.shape)
+        if self.transposed:
+            b = self.batch_dims
+            shape[b], shape[b + 1] = shape[b + 1], shape[b]
+        return shape
+
     def _blocked(self, t: Tensor) -> Tensor:
-        """``t`` with the dim past ``batch_dims`` split into ``(blocks, rows / blocks)`` (a view)."""
+        """``t`` (oriented) with the dim past ``batch_dims`` split into ``(blocks, rows / blocks)``
+        (a view where the layout allows)."""
+        t = self._oriented(t)
         if self.blocks == 1:
             return t
         b = self.batch_dims
@@ -343,11 +368,32 @@ class Orthogonal(Constraint):
             )
         if p.numel() == 0:
             raise ValueError(f"parameter {name!r} is empty (shape {tuple(p.shape)}); 'orthogonal' needs at least one entry")
-        if p.shape[self.batch_dims] % self.blocks:
+        if self.transposed and p.ndim != self.batch_dims + 2:
+            raise ValueError(
+                f"parameter {name!r} of shape {tuple(p.shape)}: 'orthogonal' with transposed=True takes a matrix "
+                f"stored as (in, out) (Hugging Face's Conv1D), {self.batch_dims + 2} dims with batch_dims={self.batch_dims}"
+            )
+        out_dim = self.batch_dims + (1 if self.transposed else 0)
+        if p.shape[out_dim] % self.blocks:
+            layout = "columns (the outputs of an (in, out) weight, transposed=True)" if self.transposed else "rows (the outputs of an (out, in) weight)"
             raise ValueError(
                 f"parameter {name!r} of shape {tuple(p.shape)} cannot be split into blocks={self.blocks} "
-                f"equal matrices: dim {self.batch_dims} has {p.shape[self.batch_dims]} rows"
+                f"equal matrices along its {layout}: dim {out_dim} has {p.shape[out_dim]}. A weight stored as "
+                f"(in, out), such as Hugging Face's Conv1D (GPT-2's c_attn is (d, 3d)), needs transposed=True"
             )
+        if self.blocks > 1:
+            shape = self._stored_shape(p)
+            rows, cols = shape[self.batch_dims] // self.blocks, p[(0,) * self.batch_dims].numel() // shape[self.batch_dims]
+            if rows < cols:
+                # fused projections stack square (or tall) blocks along their outputs: wide blocks
+                # mean the split runs along the wrong axis, which nothing else would reveal
+                other = "False: (out, in), as nn.Linear" if self.transposed else "True: (in, out), as Hugging Face's Conv1D"
+                warnings.warn(
+                    f"parameter {name!r} of shape {tuple(p.shape)}: blocks={self.blocks} with transposed={self.transposed} "
+                    f"splits it into wide {rows} x {cols} blocks, each with orthonormal rows. A fused projection's blocks "
+                    f"(query, key, value) are square: if the weight is stored the other way, pass transposed={other}",
+                    UserWarning, stacklevel=2,
+                )
 
     def _matrix(self, t: Tensor) -> Tensor:
         """View ``t`` as a batch of tall matrices ``(..., n, k)``, n >= k (a wide one transposed)."""
@@ -359,10 +405,11 @@ class Orthogonal(Constraint):
         return m
 
     def _unmatrix(self, m: Tensor, like: Tensor) -> Tensor:
-        rows = like.shape[self.batch_dims] // self.blocks
+        shape = self._stored_shape(like)
+        rows = shape[self.batch_dims] // self.blocks
         if m.shape[-2] != rows:  # was wide
             m = m.transpose(-2, -1)
-        return m.reshape(like.shape)
+        return self._oriented(m.reshape(shape))
 
     def block_mean(self, p: Tensor, values: Tensor) -> Tensor:
         """One block per matrix (the dims past ``batch_dims``, and per stacked block with
@@ -373,7 +420,9 @@ class Orthogonal(Constraint):
             return values.mean(dim=tuple(range(b, values.ndim)), keepdim=True)
         split = self._blocked(values)
         means = split.mean(dim=tuple(range(b + 1, split.ndim)), keepdim=True)
-        return means.expand(*split.shape[: b + 2], *means.shape[b + 2 :]).reshape(*values.shape[: b + 1], *means.shape[b + 2 :])
+        oriented = self._oriented(values)
+        out = means.expand(*split.shape[: b + 2], *means.shape[b + 2 :]).reshape(*oriented.shape[: b + 1], *means.shape[b + 2 :])
+        return self._oriented(out)  # transposed: (..., 1, columns), broadcastable to the (in, out) weight
 
     def spectral_check(self, p: Tensor, name: str) -> None:
         pass
@@ -389,8 +438,9 @@ class Orthogonal(Constraint):
         else:
             d = step.msign(m)
         b = self.batch_dims
-        rows = p.shape[b] // self.blocks
-        return self._unmatrix(d, p).mul_(step.scale(rows, p[(0,) * b].numel() // p.shape[b]))
+        shape = self._stored_shape(p)
+        rows = shape[b] // self.blocks
+        return self._unmatrix(d, p).mul_(step.scale(rows, p[(0,) * b].numel() // shape[b]))
 
     def tangent_dim(self, p: Tensor) -> int:
         m = self._matrix(p)
@@ -493,6 +543,7 @@ class Orthogonal(Constraint):
                         targets[i].copy_(piece)
 
         # the packed stacks are already blocked: one batch dim more and no split
+        # (oriented too: the inner set is never transposed)
         inner = type(self)(scale=self.scale, batch_dims=self._batch + 1, max_iter=self.max_iter, cayley=self.cayley)  # a subclass keeps its overrides
         return Packing(inner, pack, unpack_)
 
