@@ -189,8 +189,12 @@ class Constraint:
         """Raise ``ValueError`` naming the parameter if this set cannot hold a tensor like ``p``."""
 
     def tolerance(self, dtype: torch.dtype) -> float:
-        """Largest ``violation`` still counted as on the set (for the construction-time check)."""
-        return 1e3 * torch.finfo(dtype).eps
+        """Largest ``violation`` still counted as on the set (for the construction-time check):
+        ``1e3 eps`` of the dtype in single and double precision; ``8 eps`` in half precision, where
+        ``1e3 eps`` is 1 (float16) or 8 (bfloat16) and would pass weights far off the set, while a
+        point rounded onto the set is within a few ``eps``."""
+        eps = torch.finfo(dtype).eps
+        return 1e3 * eps if eps < 1e-4 else 8 * eps
 
     # ---------------------------------------------------------------- dynamics operations
     def init_state(self, p: Tensor) -> Dict[str, Tensor]:

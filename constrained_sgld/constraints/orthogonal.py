@@ -466,8 +466,11 @@ class Orthogonal(Constraint):
     @torch.no_grad()
     def init_(self, p: Tensor) -> Tensor:
         """Haar-distributed (geotorch's sampler; determinant +1 for square matrices), times ``scale``."""
-        m = torch.empty(self._matrix(p).shape, dtype=p.dtype, device=p.device)
+        # drawn in float32 at least: there is no half-precision QR on the CPU
+        work = p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32
+        m = torch.empty(self._matrix(p).shape, dtype=work, device=p.device)
         geotorch.so.uniform_init_(m)
+        m = m.to(p.dtype)
         p.copy_(self._unmatrix(m * self.scale, p))
         return p
 
