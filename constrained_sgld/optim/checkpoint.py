@@ -85,15 +85,20 @@ class CheckpointMixin:
 
     def _pack_extras(self, sd: Dict[str, Any]) -> None:
         """Our entries, written into torch's packed ``param_groups`` (before the post-hooks see them)."""
-        for i, (packed, group) in enumerate(zip(sd["param_groups"], self.param_groups)):
+        first = self.param_groups[0] if self.param_groups else None
+        rng = None
+        for packed, group in zip(sd["param_groups"], self.param_groups):
             c = group.get("constraint")
             packed["constraint"] = None if c is None else _packed_spec(c)
             # what the group's momenta mean (a set may change its tangent representation: see
             # Constraint.tangent_version); a state saved without it is of version 1
             packed["tangent_version"] = None if c is None else c.tangent_version
             packed["scheme"] = type(self).__name__
-            if i == 0:
-                packed["rng"] = self._rng_record()
+            # the first group carries the streams, and so does every repeat of it in param_groups
+            # (torch's test_state_dict_deterministic, #36831: a repeated group packs identically)
+            if group is first:
+                rng = self._rng_record() if rng is None else rng
+                packed["rng"] = rng
 
     def state_dict(self) -> Dict[str, Any]:
         """``{"state": ..., "param_groups": ...}``, as every ``torch.optim`` optimiser's; the noise

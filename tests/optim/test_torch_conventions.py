@@ -220,3 +220,25 @@ def test_compiled_models_names_match_the_patterns(optimizer_cls):
     constrained = {p for g in opt.param_groups if g["constraint"] is not None for p in g["params"]}
     assert constrained == {model[2].weight, model[4].weight}
     assert "_orig_mod.2.weight" in [n for g in opt.param_groups for n in g.get("param_names", [])]
+
+
+def test_a_repeated_group_packs_identically(optimizer_cls):
+    """torch's test_state_dict_deterministic (#36831): a group that appears twice in
+    ``param_groups`` packs to the same dict both times (the noise streams ride on the first group
+    and on every repeat of it)."""
+    model = small_mlp()
+    opt = optimizer_cls(model.parameters(), lr=1e-2, temperature=1e-3, seed=0)
+    train_steps(model, opt, 2)
+    twin_model = small_mlp()
+    twin = optimizer_cls(twin_model.parameters(), lr=1e-2, temperature=1e-3, seed=0)
+    train_steps(twin_model, twin, 2)
+    twin.param_groups.extend(twin.param_groups)
+    packed, repeated = opt.state_dict()["param_groups"], twin.state_dict()["param_groups"]
+    assert len(repeated) == 2 * len(packed)
+    assert repeated[-1].keys() == packed[-1].keys()
+    for key in packed[-1]:
+        if key != "rng":
+            assert repeated[-1][key] == packed[-1][key], key
+    assert repeated[0]["rng"]["base_seed"] == repeated[len(packed)]["rng"]["base_seed"]
+    for key, state in packed[0]["rng"]["generators"].items():
+        assert torch.equal(repeated[len(packed)]["rng"]["generators"][key], state)
