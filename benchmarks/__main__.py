@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ast
 import shlex
 import sys
@@ -44,7 +45,16 @@ def cmd_list(args) -> int:
 
     print("tasks:")
     for name, task in TASKS.items():
-        methods = [m.name for m in METHODS.values() if m.family is None or m.family in task.families]
+        # what `run` accepts for the task (its sets, model variants and hyper-parameters); a
+        # method short of an optional package is listed with what to install
+        instance = task("quick", torch.device("cpu"))
+        methods = []
+        for m in METHODS.values():
+            missing = m.missing()
+            if missing:
+                m = dataclasses.replace(m, requires=())
+            if m.applies_to(instance):
+                methods.append(m.name + (f" (needs {', '.join(missing)})" if missing else ""))
         print(f"  {name:20s} {task.description}")
         print(f"  {'':20s} data: {task.data_source}; metric: {task.metric}")
         print(f"  {'':20s} methods: {', '.join(methods)}")

@@ -21,6 +21,28 @@ from constrained_sgld import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnder
 Built = Tuple[torch.optim.Optimizer, Dict[str, Any], Dict[str, Any]]
 
 
+def _importable(path: str) -> bool:
+    """Whether ``path`` (a module, or a module's attribute such as ``torch.optim.Muon``) exists."""
+    import importlib
+    import importlib.util
+
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        module = ".".join(parts[:cut])
+        try:
+            if importlib.util.find_spec(module) is None:
+                continue
+            obj = importlib.import_module(module)
+        except (ImportError, ValueError):
+            continue
+        for attr in parts[cut:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -45,10 +67,10 @@ class Method:
         return int(task.hp.get("chains", 4)) if self.cyclical else self.members
 
     def missing(self) -> Tuple[str, ...]:
-        """The pip names of the optional packages it needs that are not installed."""
-        import importlib.util
-
-        return tuple(r.split(":")[1] for r in self.requires if importlib.util.find_spec(r.split(":")[0]) is None)
+        """What to install for the requirements that are not met: each ``requires`` entry is
+        ``"module:pip-name"`` or ``"module.attribute:what-provides-it"`` (``torch.optim.Muon``
+        exists from torch 2.9 on)."""
+        return tuple(r.split(":", 1)[1] for r in self.requires if not _importable(r.split(":", 1)[0]))
 
     def applies_to(self, task) -> bool:
         from .tasks.base import ClassificationTask
@@ -501,7 +523,7 @@ METHODS: Dict[str, Method] = {
         Method("c-cola-ud-rms", "ConstrainedUnderdampedSGLD with the adaptive mass, circle constraints", "circle", _preconditioned("circle", True), needs=("precond_lr",)),
         # transformers (shakespeare-gpt)
         Method("adamw", "AdamW (nanoGPT's: betas (0.9, 0.99), weight decay on matrices and embeddings)", None, _adamw, needs=("adamw_lr", "adamw_wd")),
-        Method("muon", "torch.optim.Muon on the attention and MLP matrices, AdamW on the rest", "orthogonal", _muon, needs=("muon_lr", "adamw_lr")),
+        Method("muon", "torch.optim.Muon on the attention and MLP matrices, AdamW on the rest", "orthogonal", _muon, needs=("muon_lr", "adamw_lr"), requires=("torch.optim.Muon:torch>=2.9",)),
         Method("geotorch-orthogonal-adamw", "geotorch's orthogonal parametrisation of the attention and MLP matrices (per block), AdamW", "orthogonal", _geotorch_adamw, needs=("geotorch_lr", "adamw_lr")),
         Method("ngpt-adam", "nGPT's recipe: the normalised model, Adam without weight decay, its unit vectors renormalised after every step", "sphere", _projected("sphere", adam=True, lr_key="ngpt_adam_lr"), variant="ngpt", needs=("ngpt_adam_lr",)),
         Method("ngpt-s-cola-ud", "the normalised model, ConstrainedUnderdampedSGLD with its unit vectors on sphere sets", "sphere", _constrained("sphere", True), variant="ngpt", needs=("ud_lr",)),

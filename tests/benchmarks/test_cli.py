@@ -24,6 +24,32 @@ def test_list_names_every_task_method_and_preset(capsys):
         assert name in out
 
 
+def test_list_shows_per_task_only_the_methods_run_accepts(capsys):
+    """`list`'s methods for a task are those `run` takes (its sets, model variants and
+    hyper-parameters): no LSTM or nGPT method under fmnist-mlp; the transformer's under
+    shakespeare-gpt."""
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    methods_of = {}
+    for i, line in enumerate(lines):
+        name = line.strip().split(" ")[0]
+        if name in TASKS:
+            methods_of[name] = next(l for l in lines[i + 1 : i + 4] if "methods:" in l)
+    assert "lstm-rmsprop" not in methods_of["fmnist-mlp"] and "ngpt-adam" not in methods_of["fmnist-mlp"]
+    assert "ngpt-adam" in methods_of["shakespeare-gpt"] and "o-spectral" in methods_of["shakespeare-gpt"]
+
+
+def test_requires_checks_attributes_as_well_as_modules():
+    from benchmarks.methods import Method, _importable
+
+    assert _importable("torch.optim.SGD") and _importable("json")
+    assert not _importable("torch.optim.NoSuchOptimizer") and not _importable("no_such_package.x")
+    method = Method("m", "", None, lambda *a: None, requires=("torch.optim.NoSuchOptimizer:torch>=99",))
+    assert method.missing() == ("torch>=99",)
+    assert "torch.optim.Muon:torch>=2.9" in METHODS["muon"].requires
+
+
 def test_run_writes_results_and_merges_seeds(tmp_path):
     out = tmp_path / "res"
     args = ["run", "--task", "two-spirals", "--preset", "smoke", "--methods", "sgd-momentum,o-cola-ud,c-cola-od", "--out", str(out)]
