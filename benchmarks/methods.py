@@ -421,13 +421,15 @@ def _muon(model, task, seed):
     return ChainedOptimizer(muon, adamw), hp, {}
 
 
-def _geometric(family: str, kind: str, variant: str = "steepest", lr_key: str = "spectral_lr", per_entry: bool = True, decay: bool = True):
+def _geometric(family: str, kind: str, variant: str = "steepest", lr_key: str = "spectral_lr", per_entry: bool = True, decay: bool = True,
+               rest_lr_key: Optional[str] = None):
     """One `ConstrainedSGLD` at T = 0 with the optimiser-only preconditioner kinds: ``family``'s
     weights take ``kind`` (``"spectral"``: the spectral step, ``variant``; ``"adam"``: Adam's
     moments, ``per_entry`` or one second moment per block) at ``lr_key``'s lr, projected and
     retracted by their sets; every other parameter takes the Adam kind (the task's AdamW betas),
     with decoupled weight decay ``adamw_wd`` on the unconstrained matrices and embeddings where
-    ``decay`` (nanoGPT's split; Muon's recipe), none otherwise (nGPT's)."""
+    ``decay`` (nanoGPT's split; Muon's recipe), none otherwise (nGPT's). The rest's lr:
+    ``rest_lr_key``'s, else ``adamw_lr`` with decay and ``lr_key``'s without."""
 
     def build(model, task, seed):
         constraints = task.constrained(model, family)
@@ -443,7 +445,7 @@ def _geometric(family: str, kind: str, variant: str = "steepest", lr_key: str = 
         off = [(n, p) for n, p in named if n not in constraints]
         wd = task.hp["adamw_wd"] if decay else 0.0
         decayed, rest = [(n, p) for n, p in off if p.ndim >= 2], [(n, p) for n, p in off if p.ndim < 2]
-        rest_lr = task.hp["adamw_lr"] if decay else task.hp[lr_key]
+        rest_lr = task.hp[rest_lr_key] if rest_lr_key else task.hp["adamw_lr"] if decay else task.hp[lr_key]
         groups = [{"params": on, "preconditioner": on_spec, "lr": task.hp[lr_key], "weight_decay": 0.0}]
         groups += [{"params": g, "preconditioner": adam, "lr": rest_lr, "weight_decay": w} for g, w in ((decayed, wd), (rest, 0.0)) if g]
         optim = ConstrainedSGLD(groups, lr=rest_lr, constraints=constraints, seed=seed)
@@ -531,6 +533,7 @@ METHODS: Dict[str, Method] = {
         # the optimiser-only kinds (T = 0): the spectral step on the orthogonal blocks, Adam's form on the spheres
         Method("o-spectral", "ConstrainedSGLD, orthogonal attention and MLP blocks with the spectral step (steepest: W msign(skew(W^T M)) on square blocks), Muon's momentum; the Adam kind on the rest (AdamW's split)", "orthogonal", _geometric("orthogonal", "spectral", "steepest"), needs=("spectral_lr", "adamw_lr")),
         Method("o-spectral-project", "as o-spectral with the projected matrix sign (Muon's msign(M), then the set's tangent part and retraction)", "orthogonal", _geometric("orthogonal", "spectral", "project"), needs=("spectral_lr", "adamw_lr")),
+        Method("ngpt-s-spectral", "the normalised model, ConstrainedSGLD with the spectral step on its sphere sets (Muon's msign of each matrix, then per-row tangent part and geodesic), the Adam kind on the rest", "sphere", _geometric("sphere", "spectral", "project", lr_key="ngpt_spectral_lr", decay=False, rest_lr_key="ngpt_adam_lr"), variant="ngpt", needs=("ngpt_spectral_lr", "ngpt_adam_lr")),
         Method("ngpt-s-cola-ud-rms-bc", "ngpt-s-cola-ud-rms with Adam's second-moment estimate (alpha 0.999, bias-corrected): the ablation's first step towards ngpt-s-adam-row", "sphere", _preconditioned("sphere", True, lr_key="ngpt_rms_lr", options={"alpha": 0.999, "bias_correction": True}), variant="ngpt", needs=("ngpt_rms_lr",)),
         Method("ngpt-s-adam", "the normalised model, ConstrainedSGLD with the Adam kind (per entry, bias-corrected), its unit vectors on sphere sets (retracted where ngpt-adam renormalises)", "sphere", _geometric("sphere", "adam", lr_key="ngpt_adam_lr", decay=False), variant="ngpt", needs=("ngpt_adam_lr",)),
         Method("ngpt-s-adam-row", "as ngpt-s-adam with one second moment per sphere row (the blocks of the set) instead of per entry", "sphere", _geometric("sphere", "adam", lr_key="ngpt_adam_lr", per_entry=False, decay=False), variant="ngpt", needs=("ngpt_adam_lr",)),

@@ -23,6 +23,7 @@ lr_key() {
     o-cola-ud-rms|o-cola-ud-rms-tempered) echo precond_lr ;;
     o-spectral|o-spectral-project) echo spectral_lr ;;
     ngpt-s-adam|ngpt-s-adam-row) echo ngpt_adam_lr ;;
+    ngpt-s-spectral) echo ngpt_spectral_lr ;;
     *) echo "no lr key for $1" >&2; exit 2 ;;
   esac
 }

@@ -254,6 +254,7 @@ class ShakespeareGPT(ShakespeareCharLM):
         # torch.optim.Muon on the attention and MLP matrices (its defaults: momentum 0.95, Nesterov,
         # 5 Newton-Schulz steps, lr adjusted by max(1, rows / cols)^0.5), AdamW (above) on the rest
         "muon_lr": 0.02,
+        "ngpt_spectral_lr": 0.03,  # ngpt-s-spectral: Muon's lr (a row turns by about lr per step)
         "spectral_lr": 0.02,  # o-spectral, o-spectral-project: Muon's lr (the same step's spectral norm on square blocks)
         "geotorch_lr": 1e-3,  # AdamW through geotorch's parametrisation
         "ngpt_adam_lr": 1e-3,  # nGPT's recipe: Adam (no weight decay), the sphere's vectors renormalised after each step

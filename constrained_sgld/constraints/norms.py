@@ -106,10 +106,15 @@ class _NormSet(Constraint):
         pass
 
     def spectral_direction(self, p, update, step):
-        """The steepest direction per norm slice in its own (l2) norm: the slice of ``update``
-        normalised to the radius, so that a step of ``lr`` turns a sphere's row by ``lr`` radians
-        (``"steepest"`` normalises the tangent part; ``"project"`` normalises first and leaves the
-        tangent projection to the scheme, as nGPT's renormalised steps do)."""
+        """``"steepest"``: the steepest direction per norm slice in its own (l2) norm, the tangent
+        part of ``update`` normalised to the radius per slice, so that a step of ``lr`` turns a
+        sphere's row by ``lr`` radians. ``"project"``: Muon's direction, ``msign`` of ``update``
+        as an ``(out, in)`` matrix times its shape factor and the radius (a row of it has norm
+        about 1), the tangent projection and the retraction left to the scheme (Muon on unit
+        vectors, as nGPT renormalises Adam's step); a vector's is its normalised ``update``."""
+        if step.variant == "project" and p.ndim >= 2:
+            matrix = update.reshape(update.shape[0], -1)
+            return step.msign(matrix).mul_(self.radius * step.scale(*matrix.shape)).reshape(update.shape)
         if step.variant == "steepest":
             update = self.tangent_project(p, update)
         norm = self._step_norm(update).clamp_min(torch.finfo(update.dtype).tiny)

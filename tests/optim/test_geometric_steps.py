@@ -132,8 +132,9 @@ def test_square_steepest_moves_along_the_closed_form(variant):
 @pytest.mark.parametrize("spec", [("sphere", {}), ("sphere", {"radius": 2.0}), ("ball", {"radius": 0.5})])
 @pytest.mark.parametrize("variant", ["project", "steepest"])
 def test_spectral_step_on_norm_sets_moves_each_row_by_lr(spec, variant):
-    """Per row a unit step in the row's own norm: a sphere's row turns by about lr radians (a
-    geodesic of angle lr for the tangent-normalised ``steepest``), and every row stays on its set."""
+    """``steepest``: per row a unit step in the row's own norm, a geodesic of angle lr on a
+    sphere; ``project``: Muon's matrix sign (rows of norm about 1), so no row turns by much more
+    than lr. Every row stays on its set."""
     torch.manual_seed(2)
     w = torch.randn(5, 9, requires_grad=True)
     constraint = make_constraint(spec)
@@ -149,7 +150,7 @@ def test_spectral_step_on_norm_sets_moves_each_row_by_lr(spec, variant):
         if variant == "steepest":
             torch.testing.assert_close(angle, torch.full_like(angle, 0.05), rtol=0, atol=1e-5)
         else:
-            assert float(angle.max()) <= 0.05 + 1e-5 and float(angle.min()) > 0
+            assert float(angle.max()) <= 0.05 * 1.3 and float(angle.min()) > 0
 
 
 def test_adam_on_a_set_is_projected_and_retracted():
