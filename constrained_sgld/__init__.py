@@ -16,6 +16,7 @@ from . import distributed, init
 from .optim import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD
 from .chains import ChainTrace, chain_diagnostics
 from .samples import CyclicalLR, SampleCollector
+from .tags import constrain, unconstrain
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,8 @@ __all__ = [
     "ChainTrace",
     "chain_diagnostics",
     "CyclicalLR",
+    "constrain",
+    "unconstrain",
     "distributed",
     "init",
     "Constraint",

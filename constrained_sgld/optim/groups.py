@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .. import distributed
 from ..constraints.base import UNCONSTRAINED, Constraint, make_constraint
+from ..tags import constraint_tag
 from .preconditioner import check_preconditioner, make_preconditioner
 
 STEP_TIME = "at step time"
@@ -96,23 +97,31 @@ class GroupsMixin:
     def _constraint_from_map(self, p: Tensor, name: Optional[str], overridden: bool = False) -> Optional[Constraint]:
         """The first rule matching ``p``; ``overridden``: the group's own key decides, so a match
         is only recorded (for the unmatched-pattern warning)."""
+        return self._rule_for(p, name, overridden)[1]
+
+    def _rule_for(self, p: Tensor, name: Optional[str], overridden: bool = False, unnamed_ok: bool = False) -> Tuple[bool, Optional[Constraint]]:
+        """``(matched, constraint)`` of the first rule matching ``p`` (a rule may map to None).
+        ``unnamed_ok``: an unnamed ``p`` matches no name pattern (its group has tagged, named
+        parameters) instead of being an error."""
         for i, (key, constraint) in enumerate(self._constraint_rules):
             if isinstance(key, Tensor):
                 hit = key is p
             else:
                 if name is None:
-                    if overridden:
+                    if overridden or unnamed_ok:
                         continue
                     raise ValueError(
                         f"constraint pattern {key!r} needs parameter names: pass model.named_parameters() "
-                        f"(or (name, tensor) pairs) instead of bare tensors"
+                        f"(or (name, tensor) pairs) instead of bare tensors, or, where a framework builds the "
+                        f"optimiser from model.parameters(), tag the parameters first with "
+                        f"constrained_sgld.constrain(model, {{{key!r}: ...}}) and leave constraints= out"
                     )
                 # a compiled model's names carry "_orig_mod.": patterns are written for the model's own
                 hit = fnmatch.fnmatchcase(name, key) or fnmatch.fnmatchcase(uncompiled_name(name), key)
             if hit:
                 (self._overridden_rules if overridden else self._matched_rules).add(i)
-                return constraint
-        return None
+                return True, constraint
+        return False, None
 
     @classmethod
     def _check_option(cls, option: str, value: Any, where: Any, at_step: bool = False) -> None:
@@ -159,7 +168,12 @@ class GroupsMixin:
         for i, t in enumerate(tensors):
             if not isinstance(t, Tensor):
                 raise TypeError(f"optimizer can only optimise Tensors, got {type(t).__name__} at position {i}")
-        labels = names if names is not None else [f"params[{n_before + i}] (shape {tuple(t.shape)})" for i, t in enumerate(tensors)]
+        # tags (constrained_sgld.constrain) name and constrain bare tensors
+        tags = [constraint_tag(t) for t in tensors]
+        match_names = names if names is not None else [tag.name if tag is not None else None for tag in tags]
+        labels = names if names is not None else [
+            tag.name if tag is not None else f"params[{n_before + i}] (shape {tuple(t.shape)})" for i, (t, tag) in enumerate(zip(tensors, tags))
+        ]
 
         where = f"in parameter group of {labels[0]!r}" if labels else ""
         for option, default in self.defaults.items():
@@ -186,9 +200,10 @@ class GroupsMixin:
         has_key = "constraint" in group
         group_constraint = make_constraint(group.pop("constraint"), where=where) if has_key else None
         split: Dict[Any, Dict[str, Any]] = {}
-        for t, label in zip(tensors, labels):
-            from_map = self._constraint_from_map(t, names and label, overridden=has_key)
-            constraint = group_constraint if has_key else from_map
+        for t, label, match_name, tag in zip(tensors, labels, match_names, tags):
+            matched, from_map = self._rule_for(t, match_name, overridden=has_key, unnamed_ok=any(tag is not None for tag in tags))
+            # the group's key, then the constraints= mapping, then the parameter's own tag
+            constraint = group_constraint if has_key else from_map if matched or tag is None else tag.constraint
             if constraint is not None:
                 constraint.check(t, label)
                 self._check_sharding(t, label, constraint)
