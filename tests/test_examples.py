@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,3 +60,20 @@ def test_transformer_example_keeps_its_blocks_orthogonal_and_scores_the_posterio
     assert 0 < last < 8 and 0 < average < 8  # finite, below a uniform guess over README's ~90 characters (6.5 bits) plus slack
     assert "posterior average of" in out
     assert float(out.rsplit("orthogonal blocks:", 1)[1].split()[0]) < 1e-4
+
+
+def test_huggingface_example_keeps_q_k_v_orthogonal():
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    out = subprocess.run(
+        [sys.executable, "examples/huggingface.py", "--steps", "6"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    assert float(out.split("from orthogonal")[1].split()[0]) < 1e-4
+
+
+def test_lightning_example_keeps_its_sets():
+    pytest.importorskip("lightning.pytorch")
+    out = subprocess.run(
+        [sys.executable, "examples/lightning_train.py", "--epochs", "1"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=300
+    ).stdout
+    assert float(out.split("|W^T W - I| = ")[1].split(";")[0]) < 1e-4
