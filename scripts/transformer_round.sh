@@ -7,6 +7,7 @@
 #   scripts/transformer_round.sh seeds METHOD=LR...       -> runs/transformer/seeds-METHOD
 #   scripts/transformer_round.sh all-seeds METHOD=LR...   -> the same with seed 0 too (a method without a grid)
 #   scripts/transformer_round.sh collect METHOD=LR...     -> docs/results/transformer (seed 0 from its grid point)
+#   scripts/transformer_round.sh add METHOD=LR...         -> the same, merged into the existing docs/results/transformer
 #   python scripts/grid_table.py runs/transformer/grid-*  (the grid's table: validation bpc per lr)
 # RUNS=DIR puts the runs under DIR instead of runs/.
 set -euo pipefail
@@ -65,5 +66,28 @@ case "$mode" in
       echo "chosen lr is the lowest. Made by \`python scripts/grid_table.py runs/transformer/grid-*\`."
       echo
       python scripts/grid_table.py "$root"/transformer/grid-*; } > docs/results/transformer/grid.md ;;
-  *) echo "usage: $0 grid|seeds|collect ..." >&2; exit 2 ;;
+  add)
+    # METHOD=LR...: methods added to a round whose earlier runs are gone (their rows kept): each
+    # method's grid point and seeds merged into docs/results/transformer, its grid appended to grid.md
+    parts=$(mktemp -d)
+    grids=()
+    for pair in "$@"; do
+      method=${pair%%=*}; lr=${pair#*=}
+      sources=()
+      [ -d "$root/transformer/grid-$method-$lr" ] && sources+=("$root/transformer/grid-$method-$lr")
+      for d in "$root/transformer/seeds-$method" "$root/transformer/seeds-$method"-s[0-9]; do
+        [ -d "$d" ] && sources+=("$d")
+      done
+      python scripts/merge_results.py "$parts/$method" "${sources[@]}" --methods "$method" --mixed-hparams
+      for d in "$root/transformer/grid-$method"-[0-9]*; do [ -d "$d" ] && grids+=("$d"); done
+    done
+    python scripts/merge_results.py docs/results/transformer "$parts"/* --mixed-hparams
+    rm -rf "$parts"
+    if [ ${#grids[@]} -gt 0 ]; then
+      { echo
+        echo "Methods added on $(date +%Y-%m-%d) (the same protocol; \`python scripts/grid_table.py\` on their grid folders):"
+        echo
+        python scripts/grid_table.py "${grids[@]}"; } >> docs/results/transformer/grid.md
+    fi ;;
+  *) echo "usage: $0 grid|seeds|all-seeds|collect|add ..." >&2; exit 2 ;;
 esac
