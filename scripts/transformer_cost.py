@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.methods import METHODS  # noqa: E402
 from benchmarks.tasks import TASKS  # noqa: E402
 
-DEFAULT_METHODS = "adamw,muon,geotorch-orthogonal-adamw,ngpt-adam,ngpt-s-cola-ud,ngpt-s-cola-ud-rms,o-cola-ud-rms,o-cola-ud-rms-tempered,o-spectral,o-spectral-project,ngpt-s-adam"
+DEFAULT_METHODS = "adamw,muon,geotorch-orthogonal-adamw,ngpt-adam,ngpt-s-cola-ud,ngpt-s-cola-ud-rms,o-cola-ud-rms,o-cola-ud-rms-tempered,o-spectral,o-spectral-project,ngpt-s-adam,ngpt-s-spectral"
 
 
 class RandomText(TASKS["shakespeare-gpt"]):
