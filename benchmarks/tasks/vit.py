@@ -106,10 +106,13 @@ class FashionViT(ClassificationTask):
         "clip": 1.0,  # as shakespeare-gpt (nanoGPT's)
         "warmup_steps": 50,
         "min_lr_factor": 0.1,
-        # AdamW: the GPT round's (nanoGPT's betas and weight decay), lr from its grid
-        "adamw_lr": 1e-3, "adamw_betas": (0.9, 0.99), "adamw_wd": 0.1,
-        "muon_lr": 0.02,  # torch.optim.Muon's documented example; the grid's choice overrides it
-        "spectral_lr": 0.02,
+        # every lr transferred from shakespeare-gpt's validation grids (docs/results/transformer/grid.md;
+        # this task has no grid of its own yet): AdamW 3e-3 (nanoGPT's betas and weight decay),
+        # Muon 0.03, the spectral step 0.03; the AdamW part of Muon's recipe and of ours (the
+        # embeddings, norms and head) takes adamw_lr too
+        "adamw_lr": 3e-3, "adamw_betas": (0.9, 0.99), "adamw_wd": 0.1,
+        "muon_lr": 0.03,
+        "spectral_lr": 0.03,
     }
 
     preset_hparams = {"smoke": {"warmup_steps": 2}}
