@@ -457,6 +457,30 @@ def _geometric(family: str, kind: str, variant: str = "steepest", lr_key: str = 
     return build
 
 
+ProjectedConstrainedSGLD = projecting(ConstrainedSGLD)
+
+
+def _ngpt_muon(model, task, seed):
+    """The control of ``ngpt-s-spectral``: the same steps (Muon's momentum and matrix sign on the
+    sphere family's matrices, through the spectral kind without a set; the Adam kind on the rest),
+    taken in the ambient space and then renormalised (nGPT's recipe with Muon in Adam's place),
+    where ``ngpt-s-spectral`` projects them on the tangent space and moves along the sphere."""
+    constraints = task.constrained(model, "sphere")
+    start_on_set(model, constraints)
+    named = list(model.named_parameters())
+    sets = {p: make_constraint(constraints[n], where=n) for n, p in named if n in constraints}
+    on = [(n, p) for n, p in named if n in constraints]
+    off = [(n, p) for n, p in named if n not in constraints]
+    spectral = {"kind": "spectral", "variant": "project"}
+    adam = {"kind": "adam", "betas": (0.9, 0.999), "decoupled_weight_decay": True}
+    groups = [{"params": on, "preconditioner": spectral, "lr": task.hp["ngpt_spectral_lr"]},
+              {"params": off, "preconditioner": adam, "lr": task.hp["ngpt_adam_lr"]}]
+    optim = ProjectedConstrainedSGLD(groups, sets, lr=task.hp["ngpt_adam_lr"], seed=seed)
+    hp = {"matrices_lr": task.hp["ngpt_spectral_lr"], "matrices_preconditioner": spectral, "lr_of_the_rest": task.hp["ngpt_adam_lr"],
+          "preconditioner_of_the_rest": adam, "temperature": 0.0, "projected_after_step": {k: _spec_text(v) for k, v in constraints.items()}}
+    return optim, hp, constraints
+
+
 def _geotorch_adamw(model, task, seed):
     """geotorch's orthogonal parametrisation of the orthogonal family's weights (blocks as ours),
     AdamW on everything (no weight decay on the parametrised weights: their norm is fixed)."""
@@ -534,6 +558,7 @@ METHODS: Dict[str, Method] = {
         Method("o-spectral", "ConstrainedSGLD, orthogonal attention and MLP blocks with the spectral step (steepest: W msign(skew(W^T M)) on square blocks), Muon's momentum; the Adam kind on the rest (AdamW's split)", "orthogonal", _geometric("orthogonal", "spectral", "steepest"), needs=("spectral_lr", "adamw_lr")),
         Method("o-spectral-project", "as o-spectral with the projected matrix sign (Muon's msign(M), then the set's tangent part and retraction)", "orthogonal", _geometric("orthogonal", "spectral", "project"), needs=("spectral_lr", "adamw_lr")),
         Method("ngpt-s-spectral", "the normalised model, ConstrainedSGLD with the spectral step on its sphere sets (Muon's msign of each matrix, then per-row tangent part and geodesic), the Adam kind on the rest", "sphere", _geometric("sphere", "spectral", "project", lr_key="ngpt_spectral_lr", decay=False, rest_lr_key="ngpt_adam_lr"), variant="ngpt", needs=("ngpt_spectral_lr", "ngpt_adam_lr")),
+        Method("ngpt-muon", "the control of ngpt-s-spectral: the same Muon step on nGPT's matrices (Adam on the rest), in the ambient space, then renormalised (nGPT's recipe with Muon)", "sphere", _ngpt_muon, variant="ngpt", needs=("ngpt_spectral_lr", "ngpt_adam_lr")),
         Method("ngpt-s-cola-ud-rms-bc", "ngpt-s-cola-ud-rms with Adam's second-moment estimate (alpha 0.999, bias-corrected): the ablation's first step towards ngpt-s-adam-row", "sphere", _preconditioned("sphere", True, lr_key="ngpt_rms_lr", options={"alpha": 0.999, "bias_correction": True}), variant="ngpt", needs=("ngpt_rms_lr",)),
         Method("ngpt-s-adam", "the normalised model, ConstrainedSGLD with the Adam kind (per entry, bias-corrected), its unit vectors on sphere sets (retracted where ngpt-adam renormalises)", "sphere", _geometric("sphere", "adam", lr_key="ngpt_adam_lr", decay=False), variant="ngpt", needs=("ngpt_adam_lr",)),
         Method("ngpt-s-adam-row", "as ngpt-s-adam with one second moment per sphere row (the blocks of the set) instead of per entry", "sphere", _geometric("sphere", "adam", lr_key="ngpt_adam_lr", per_entry=False, decay=False), variant="ngpt", needs=("ngpt_adam_lr",)),
