@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -15,6 +17,19 @@ CONSTRAINT_CASES = {
     "nonnegative": ("nonnegative", (6, 5)),
     "box": (("box", {"lower": -0.2, "upper": 0.3}), (6, 5)),
 }
+
+
+STATISTICAL = Path(__file__).resolve().parent / "statistical"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """The statistical suite (tests/statistical: stationary laws against closed forms, many chains)
+    is marked ``statistical``: README's test command leaves it to its own command,
+    ``python -m pytest -q -m statistical``, which CI runs too (pyproject's addopts)."""
+    for item in items:
+        if STATISTICAL in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.statistical)
 
 
 @pytest.fixture(autouse=True)
