@@ -19,17 +19,23 @@ CONSTRAINT_CASES = {
 }
 
 
-STATISTICAL = Path(__file__).resolve().parent / "statistical"
+TESTS = Path(__file__).resolve().parent
+#: the long tests, README's second test command (``python -m pytest -q -m long``, which CI runs too):
+#: the statistical suite (stationary laws against closed forms, many chains) and the end-to-end runs
+#: (examples and benchmark runs in subprocesses, multi-process DDP/FSDP, the real training libraries)
+LONG = [TESTS / "statistical", TESTS / "integrations", TESTS / "distributed", TESTS / "test_examples.py"] + [
+    TESTS / "benchmarks" / f"test_{name}.py" for name in ("resume", "long_memory", "posterior", "uncertainty", "cli")
+]
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """The statistical suite (tests/statistical: stationary laws against closed forms, many chains)
-    is marked ``statistical``: README's test command leaves it to its own command,
-    ``python -m pytest -q -m statistical``, which CI runs too (pyproject's addopts)."""
+    """Mark the long tests ``long``: README's first test command leaves them to the second
+    (pyproject's addopts)."""
     for item in items:
-        if STATISTICAL in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(pytest.mark.statistical)
+        path = Path(str(item.fspath)).resolve()
+        if any(path == long or long in path.parents for long in LONG):
+            item.add_marker(pytest.mark.long)
 
 
 @pytest.fixture(autouse=True)

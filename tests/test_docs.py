@@ -41,10 +41,10 @@ def test_ci_runs_readmes_two_commands_as_written():
     assert 'test_command="$(python3 scripts/readme_commands.py tests)"' in ci
     assert 'script -qec "stty cols 120 rows 40; $main_command"' in ci and 'grep -q "Traceback"' in ci
     assert "drew no progress bar" in ci and 'bash -c "$test_command"' in ci
-    # the statistical suite: README's second test command, left out of the first, run by CI too
-    statistical = readme_command("statistical")
-    assert statistical.endswith("python -m pytest -q -m statistical") and f"\n{statistical}\n" in readme
-    assert 'statistical_command="$(python3 scripts/readme_commands.py statistical)"' in ci and 'bash -c "$statistical_command"' in ci
+    # the long tests: README's second test command, left out of the first, run by CI too
+    long = readme_command("long")
+    assert long.endswith("python -m pytest -q -m long") and f"\n{long}\n" in readme
+    assert 'long_command="$(python3 scripts/readme_commands.py long)"' in ci and 'bash -c "$long_command"' in ci
     with pytest.raises(SystemExit, match="one line"):
         readme_command("main", "## Two commands\n\nMain job: x\n\n```bash\na\nb\n```\n")
 

@@ -190,11 +190,12 @@ class Constraint:
 
     def tolerance(self, dtype: torch.dtype) -> float:
         """Largest ``violation`` still counted as on the set (for the construction-time check):
-        ``1e3 eps`` of the dtype in single and double precision; ``8 eps`` in half precision, where
-        ``1e3 eps`` is 1 (float16) or 8 (bfloat16) and would pass weights far off the set, while a
-        point rounded onto the set is within a few ``eps``."""
+        ``1e3 eps`` of the dtype in single and double precision; in half precision, where ``1e3 eps``
+        is 1 (float16) or 8 (bfloat16) and would pass weights far off the set, ``8 eps`` and at
+        least ``2^-5`` (bfloat16 0.0625, float16 0.031): a point rounded onto the set, and the sets'
+        steps in float16 (a circle's pairs drift to about 12 eps), stay within it."""
         eps = torch.finfo(dtype).eps
-        return 1e3 * eps if eps < 1e-4 else 8 * eps
+        return 1e3 * eps if eps < 1e-4 else max(8 * eps, 2.0**-5)
 
     # ---------------------------------------------------------------- dynamics operations
     def init_state(self, p: Tensor) -> Dict[str, Tensor]:
