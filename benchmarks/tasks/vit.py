@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from .base import ClassificationTask
 from .fmnist import fashion_splits
+from .gpt import ShakespeareGPT
 
 
 class Attention(nn.Module):
@@ -128,14 +129,5 @@ class FashionViT(ClassificationTask):
         assert family == "orthogonal"
         return vit_orthogonal_family(model)
 
-    def scheduler(self, optimizer, steps_per_epoch):
-        """linear warm-up, then cosine decay to min_lr_factor (as shakespeare-gpt)"""
-        total, warm, floor = self.epochs * steps_per_epoch, max(1, self.hp["warmup_steps"]), self.hp["min_lr_factor"]
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            progress = min(1.0, (step - warm) / max(1, total - warm))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    # shakespeare-gpt's: linear warm-up over warmup_steps, then cosine decay to min_lr_factor
+    scheduler = ShakespeareGPT.scheduler
