@@ -4,7 +4,6 @@ transformer round, in timm's layout (a fused ``qkv`` Linear ``(3d, d)``, ``proj`
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional
 
 import torch
