@@ -4,6 +4,7 @@ script, so what a user copies from the front page is what CI runs.
     python3 scripts/readme_commands.py main    # the main job (the benchmarks on real data)
     python3 scripts/readme_commands.py tests   # the test suite
     python3 scripts/readme_commands.py long    # the long tests (in the tests' venv)
+    python3 scripts/readme_commands.py timm    # the timm tests (a venv of their own)
 
 Uses the standard library only: CI calls it before any virtual environment exists.
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 #: the paragraph that introduces each command starts with these words
-INTRODUCED_BY = {"main": "Main job", "tests": "Tests", "long": "The long tests"}
+INTRODUCED_BY = {"main": "Main job", "tests": "Tests", "long": "The long tests", "timm": "The timm tests"}
 
 
 def readme_command(which: str, text: str | None = None) -> str:

@@ -45,6 +45,10 @@ def test_ci_runs_readmes_two_commands_as_written():
     long = readme_command("long")
     assert long.endswith("python -m pytest -q -m long") and f"\n{long}\n" in readme
     assert 'long_command="$(python3 scripts/readme_commands.py long)"' in ci and 'bash -c "$long_command"' in ci
+    # the timm tests: their own venv (torchvision's build fixes the torch), run by CI too
+    timm = readme_command("timm")
+    assert timm.endswith("tests/integrations/test_timm.py") and "torchvision==" in timm and ".venv-timm" in timm
+    assert 'timm_command="$(python3 scripts/readme_commands.py timm)"' in ci and 'bash -c "$timm_command"' in ci
     with pytest.raises(SystemExit, match="one line"):
         readme_command("main", "## Two commands\n\nMain job: x\n\n```bash\na\nb\n```\n")
 
