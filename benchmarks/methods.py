@@ -60,6 +60,10 @@ class Method:
     # task's ``chains`` independent chains pooled (trained as one DeepEnsemble: each chain its own
     # init, batch order and noise)
     cyclical: bool = False
+    # ensemble-started chains (MILE's recipe): the ``members`` trained at T = 0 for all but the
+    # task's last ``sample_epochs`` epochs, then each sampled on its own chain at this hyper-parameter's
+    # lr (constrained_sgld.OptimiseThenSample); snapshots over the sampling stage's second half
+    sample_lr_key: Optional[str] = None
 
     def models(self, task) -> int:
         """How many models one run trains: the ensemble's members, a cyclical method's chains
@@ -83,7 +87,8 @@ class Method:
         plain = all(getattr(type(task), f) is getattr(ClassificationTask, f) for f in ("loss", "batches", "evaluate"))
         ensemble_ok = (self.members == 1 and not self.cyclical) or plain
         laplace_ok = self.posterior != "laplace" or (plain and hasattr(task, "evaluate_posterior"))
-        return family_ok and variant_ok and ensemble_ok and laplace_ok and all(k in task.hp for k in self.needs) and not self.missing()
+        chains_ok = self.sample_lr_key is None or 0 < int(task.hp.get("sample_epochs", 0)) < task.epochs
+        return family_ok and variant_ok and ensemble_ok and laplace_ok and chains_ok and all(k in task.hp for k in self.needs) and not self.missing()
 
 
 def _sgd(model, task, seed):
@@ -512,6 +517,15 @@ METHODS: Dict[str, Method] = {
         Method("sgld-cyclical", "cyclical underdamped SGLD (cSGHMC, Zhang et al. 2020), no constraint: the task's chains pooled, snapshots at each cycle's end", None, _constrained(None, True, lr_key="sgld_cyclical_lr", temperature_key="sgld_cyclical_temperature"), needs=("sgld_cyclical_lr", "chains"), cyclical=True),
         Method("o-cola-ud-cyclical", "cyclical ConstrainedUnderdampedSGLD, orthogonal hidden layers: the task's chains pooled", "orthogonal", _constrained("orthogonal", True, lr_key="o_cyclical_lr", temperature_key="o_cyclical_temperature"), needs=("o_cyclical_lr", "chains"), cyclical=True),
         Method("o-cola-ud-rms-cyclical", "cyclical ConstrainedUnderdampedSGLD with the adaptive mass, orthogonal hidden layers: the task's chains pooled", "orthogonal", _preconditioned("orthogonal", True, lr_key="o_rms_cyclical_lr", temperature_key="o_rms_cyclical_temperature"), needs=("o_rms_cyclical_lr", "chains"), cyclical=True),
+        # ensemble-started chains (MILE, Sommer et al. ICLR 2025): the 5-member ensemble's cost
+        Method(
+            "ens-sgld", "5 SGD-momentum members (the underdamped scheme at T = 0) for all but the last sample_epochs, then each sampled by underdamped SGLD on its own chain; the chains' snapshots pooled",
+            None, _constrained(None, True, temperature_key="ens_temperature"), needs=("ens_sample_lr", "ens_temperature", "sample_epochs"), members=5, sample_lr_key="ens_sample_lr",
+        ),
+        Method(
+            "ens-o-cola-ud", "5 members on the orthogonal set (ConstrainedUnderdampedSGLD at T = 0: SGD-momentum on the set) for all but the last sample_epochs, then each sampled on its own chain; the chains' snapshots pooled",
+            "orthogonal", _constrained("orthogonal", True, temperature_key="ens_o_temperature"), needs=("ens_o_sample_lr", "ens_o_temperature", "sample_epochs"), members=5, sample_lr_key="ens_o_sample_lr",
+        ),
         Method("rmsprop", "RMSprop", None, _rmsprop, needs=("rmsprop_lr",)),
         Method("sgd-wd", "SGD-momentum with weight decay", None, _sgd_wd),
         Method("sgld", "underdamped Langevin, no constraint, the same lr/momentum/temperature as *-cola-ud", None, _sgld),

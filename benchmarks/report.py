@@ -251,10 +251,11 @@ def _reported_prefix(runs: List[Dict[str, Any]]) -> str:
 
 def _models_per_input(run: Dict[str, Any]) -> Optional[int]:
     """Forward passes of the network per input at prediction: the posterior's samples (times a
-    multi-chain run's chains), an ensemble's members, else one."""
+    multi-chain run's chains, or the members of ensemble-started chains), an ensemble's members,
+    else one."""
     hp, last = run.get("hyperparameters", {}), _last(run)
     if "posterior_samples" in last:
-        return int(last["posterior_samples"]) * int(hp.get("chains", 1))
+        return int(last["posterior_samples"]) * int(hp.get("chains", hp.get("members", 1)))
     return int(hp.get("members", METHODS[run["method"]].members if run["method"] in METHODS else 1))
 
 

@@ -76,6 +76,12 @@ def train_one(
 
         scheduler = CyclicalLR(optimizer, task.epochs * steps, cycles=int(task.hp["cycles"]), exploration=float(task.hp["exploration"]))
         hparams.update(cycles=scheduler.cycles, exploration=scheduler.exploration, samples_per_cycle=task.hp["samples_per_cycle"])
+    elif method.sample_lr_key is not None:  # ensemble-started chains: optimise, then sample
+        from constrained_sgld import OptimiseThenSample
+
+        sample_epochs = int(task.hp["sample_epochs"])
+        scheduler = OptimiseThenSample(optimizer, (task.epochs - sample_epochs) * steps, sample_lr=float(task.hp[method.sample_lr_key]))
+        hparams.update(sample_epochs=sample_epochs, sample_lr=scheduler.sample_lrs[0], optimise_lr=scheduler.base_lrs[0])
     else:
         scheduler = task.scheduler(optimizer, steps)
     if members > 1:
@@ -87,6 +93,8 @@ def train_one(
     record: Dict[str, Any] = {"method": method.name, "seed": seed, "hyperparameters": hparams, "epochs": [], "status": "done"}
     if method.cyclical:
         record["hyperparameters"]["schedule"] = "cyclical cosine (CyclicalLR), T = 0 in each cycle's exploration stage"
+    elif method.sample_lr_key is not None:
+        record["hyperparameters"]["schedule"] = "OptimiseThenSample: T = 0 at the optimiser's lr, then the temperature at sample_lr"
     elif scheduler is not None:
         record["hyperparameters"]["schedule"] = type(task).scheduler.__doc__ or "task schedule"
     if clip:
@@ -277,7 +285,9 @@ def _posterior_collector(task: Task, model, optimizer, steps_per_epoch: int, met
 
         return MCDropoutCollector(model, passes=POSTERIOR_SAMPLES, seed=seed)
     total = task.epochs * steps_per_epoch
-    burn_in = total // 2
+    # the chains' start: after an OptimiseThenSample's optimisation stage (ensemble-started chains)
+    start = getattr(scheduler, "optimise_steps", 0)
+    burn_in = start + (total - start) // 2
     thin = max(1, (total - burn_in) // POSTERIOR_SAMPLES)
     if method is not None and method.posterior == "swag":
         from .swag import SWAGCollector
@@ -287,7 +297,8 @@ def _posterior_collector(task: Task, model, optimizer, steps_per_epoch: int, met
         from .laplace import LaplaceCollector
 
         return LaplaceCollector(model, task.x_train, task.y_train, batch_size=task.settings["batch_size"], seed=seed)
-    tempered = any(g.get("temperature", 0) > 0 for g in optimizer.param_groups)
+    # a scheduler that switches the temperature on later keeps the group's own as initial_temperature
+    tempered = any(g.get("initial_temperature", g.get("temperature", 0)) > 0 for g in optimizer.param_groups)
     if not tempered:
         return None
     return SampleCollector(model, burn_in=burn_in, thin=max(1, (total - burn_in) // POSTERIOR_SAMPLES), max_samples=POSTERIOR_SAMPLES)

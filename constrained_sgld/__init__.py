@@ -15,7 +15,8 @@ from .constraints import (
 from . import distributed, init
 from .optim import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD
 from .chains import ChainTrace, chain_diagnostics
-from .samples import CyclicalLR, SampleCollector
+from .ensemble import DeepEnsemble, member_batches
+from .samples import CyclicalLR, OptimiseThenSample, SampleCollector
 from .tags import constrain, unconstrain
 
 __version__ = "0.1.0"
@@ -28,6 +29,9 @@ __all__ = [
     "ChainTrace",
     "chain_diagnostics",
     "CyclicalLR",
+    "OptimiseThenSample",
+    "DeepEnsemble",
+    "member_batches",
     "constrain",
     "unconstrain",
     "distributed",

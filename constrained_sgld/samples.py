@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["SampleCollector", "CyclicalLR"]
+__all__ = ["SampleCollector", "CyclicalLR", "OptimiseThenSample"]
 
 
 class SampleCollector:
@@ -141,8 +141,7 @@ class CyclicalLR(LRScheduler):
             raise ValueError(f"CyclicalLR: exploration must be in [0, 1), got {exploration!r}")
         self.total_steps, self.cycles, self.exploration = total_steps, cycles, float(exploration)
         self.cycle_length = math.ceil(total_steps / cycles)
-        for group in optimizer.param_groups:
-            group.setdefault("initial_temperature", group.get("temperature", 0.0))
+        _remember_temperatures(optimizer)
         super().__init__(optimizer, last_epoch)
 
     def _position(self, k: int) -> float:
@@ -155,8 +154,65 @@ class CyclicalLR(LRScheduler):
     def get_lr(self) -> List[float]:
         k = max(self.last_epoch, 0)
         factor = 0.5 * (math.cos(math.pi * self._position(k)) + 1.0)
-        sampling = self._position(k) >= self.exploration
-        for group in self.optimizer.param_groups:
-            if "temperature" in group:
-                group["temperature"] = group["initial_temperature"] if sampling else 0.0
+        _set_temperatures(self.optimizer, sampling=self._position(k) >= self.exploration)
         return [base * factor for base in self.base_lrs]
+
+
+def _remember_temperatures(optimizer: torch.optim.Optimizer) -> None:
+    """Each group's own temperature, kept as ``initial_temperature`` (as torch keeps ``initial_lr``)."""
+    for group in optimizer.param_groups:
+        group.setdefault("initial_temperature", group.get("temperature", 0.0))
+
+
+def _set_temperatures(optimizer: torch.optim.Optimizer, sampling: bool) -> None:
+    """Each group at its own temperature when ``sampling``, else at 0 (pure optimisation)."""
+    for group in optimizer.param_groups:
+        if "temperature" in group:
+            group["temperature"] = group["initial_temperature"] if sampling else 0.0
+
+
+class OptimiseThenSample(LRScheduler):
+    """Optimise first, then sample from where the optimisation ended: the warm start of
+    ensemble-started chains (MILE, Sommer et al. ICLR 2025) and of chains started from a MAP run.
+
+    The first ``optimise_steps`` steps run at temperature 0 with the groups' lr (the optimiser is then
+    an optimiser: at T = 0 the underdamped scheme is SGD with momentum, on the set where the group has
+    one); every later step runs at the group's own temperature with ``sample_lr`` (a number for every
+    group, a list with one per group, or None: the groups' lr). The momentum and the preconditioner's
+    state carry over the switch. `sampling()` says which stage the *next* step is in, so that a
+    [`SampleCollector`][constrained_sgld.SampleCollector] keeps only samples.
+
+    Call ``scheduler.step()`` after each ``optimizer.step()``, as every torch scheduler; ``state_dict``
+    resumes it. With a :class:`~constrained_sgld.DeepEnsemble` each member is its own chain.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, optimise_steps: int, sample_lr: Any = None, last_epoch: int = -1):
+        if not isinstance(optimise_steps, int) or isinstance(optimise_steps, bool) or optimise_steps < 0:
+            raise ValueError(f"OptimiseThenSample: optimise_steps must be an int >= 0, got {optimise_steps!r}")
+        groups = len(optimizer.param_groups)
+        if sample_lr is None or isinstance(sample_lr, (int, float)) and not isinstance(sample_lr, bool):
+            sample_lrs = [sample_lr] * groups
+        elif isinstance(sample_lr, (list, tuple)) and len(sample_lr) == groups:
+            sample_lrs = list(sample_lr)
+        else:
+            raise ValueError(f"OptimiseThenSample: sample_lr must be a number, None or a list of {groups} (one per group), got {sample_lr!r}")
+        for lr in sample_lrs:
+            if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr)):
+                raise ValueError(f"OptimiseThenSample: sample_lr must be positive and finite, got {lr!r}")
+        if not any("temperature" in g for g in optimizer.param_groups):
+            raise ValueError(f"OptimiseThenSample: {type(optimizer).__name__} has no temperature to switch on (use one of this package's optimisers)")
+        self.optimise_steps = optimise_steps
+        self.sample_lrs = sample_lrs
+        _remember_temperatures(optimizer)
+        super().__init__(optimizer, last_epoch)
+
+    def sampling(self) -> bool:
+        """True when the next optimiser step samples."""
+        return max(self.last_epoch, 0) >= self.optimise_steps
+
+    def get_lr(self) -> List[float]:
+        sampling = self.sampling()
+        _set_temperatures(self.optimizer, sampling)
+        if not sampling:
+            return list(self.base_lrs)
+        return [base if lr is None else float(lr) for base, lr in zip(self.base_lrs, self.sample_lrs)]

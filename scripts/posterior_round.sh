@@ -8,6 +8,9 @@
 #   scripts/posterior_round.sh seeds METHOD[:KEY=V,...] ...  -> RUNS/posterior/seeds-METHOD-sS (3 seeds)
 #   scripts/posterior_round.sh mlp-seeds METHOD:KEY=V,KEY=V ...  -> RUNS/posterior/mlp-seeds-METHOD-sS
 #   scripts/posterior_round.sh collect   -> docs/results/posterior (+ grid.md, the NLL-cost plot)
+#   scripts/posterior_round.sh ens-grid  -> the ensemble-started chains' grids (sampling lr at T = 1/N, then T = 0.1/N at LR_SGLD / LR_O)
+#   scripts/posterior_round.sh add       -> seeds-* and grid-* runs merged into docs/results/posterior, whose earlier rows stay
+# JOBS=1 runs one process at a time (default 2).
 # RUNS=DIR puts the runs under DIR instead of runs/.
 set -euo pipefail
 root=${RUNS:-runs}/posterior
@@ -22,7 +25,7 @@ job() {  # TASK METHOD OUT FIRST_SEED SEEDS [KEY=VALUE ...]
 }
 export -f job
 # stdin: one job's arguments per line (trailing blanks stripped: xargs -L joins such a line to the next)
-parallel() { sed 's/[[:space:]]*$//' | xargs -P 2 -L 1 bash -c 'job "$@"' _; }
+parallel() { sed 's/[[:space:]]*$//' | xargs -P "${JOBS:-2}" -L 1 bash -c 'job "$@"' _; }
 mkdir -p "$root"
 jobs() {  # the job lines of one mode
 case "$1" in
@@ -55,6 +58,14 @@ case "$1" in
       done
       echo "fmnist-mlp c-cola-ud $root/mlp-grid-c-cola-ud-lr=0.235,T=1e-5 0 1 ud_lr=0.235 temperature=1e-5"
     } ;;
+  ens-grid)  # ensemble-started chains: the sampling stage's lr at T = 1/N, then T = 0.1/N at the chosen lr
+    for lr in 0.003 0.01 0.03; do
+      echo "fmnist-cnn ens-sgld $root/grid-ens-sgld-lr=$lr,TN=1 0 1 ens_sample_lr=$lr ens_temperature=$(python -c "print(1 / $N)")"
+      echo "fmnist-cnn ens-o-cola-ud $root/grid-ens-o-cola-ud-lr=$lr,TN=1 0 1 ens_o_sample_lr=$lr ens_o_temperature=$(python -c "print(1 / $N)")"
+    done
+    [ -n "${LR_SGLD:-}" ] && echo "fmnist-cnn ens-sgld $root/grid-ens-sgld-lr=$LR_SGLD,TN=0.1 0 1 ens_sample_lr=$LR_SGLD ens_temperature=$(python -c "print(0.1 / $N)")"
+    [ -n "${LR_O:-}" ] && echo "fmnist-cnn ens-o-cola-ud $root/grid-ens-o-cola-ud-lr=$LR_O,TN=0.1 0 1 ens_o_sample_lr=$LR_O ens_o_temperature=$(python -c "print(0.1 / $N)")"
+    true ;;
   seeds)  # METHOD[:KEY=V,KEY=V] ...: one process per method and seed (list the longest first)
     shift
     for spec in "$@"; do
@@ -83,11 +94,15 @@ case "$1" in
     if compgen -G "$root/mlp-seeds-*/" >/dev/null; then
       python scripts/merge_results.py docs/results/uncertainty "$root"/mlp-seeds-* --mixed-hparams
     fi ;;
-  *) echo "usage: $0 grid|seeds|mlp-seeds|collect" >&2; exit 2 ;;
+  add)  # new methods' seeds into the round whose earlier runs are gone (their rows kept), their grid points into grid.md
+    python scripts/merge_results.py docs/results/posterior "$root"/seeds-* --mixed-hparams
+    table=docs/results/posterior/grid.md
+    python scripts/nll_grid.py --previous "$table" "$root"/grid-* >"$table.new" && mv "$table.new" "$table" ;;
+  *) echo "usage: $0 grid|ens-grid|seeds|mlp-seeds|collect|add" >&2; exit 2 ;;
 esac
 }
 # several modes in one queue, two processes at a time: MODE ARGS [-- MODE ARGS ...]
-if [ "$1" = collect ]; then jobs collect; exit; fi
+if [ "$1" = collect ] || [ "$1" = add ]; then jobs "$1"; exit; fi
 {
   args=()
   for a in "$@" --; do

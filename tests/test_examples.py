@@ -77,3 +77,14 @@ def test_lightning_example_keeps_its_sets():
         [sys.executable, "examples/lightning_train.py", "--epochs", "1"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=300
     ).stdout
     assert float(out.split("|W^T W - I| = ")[1].split(";")[0]) < 1e-4
+
+
+def test_ensemble_chains_example_pools_every_members_chain_at_the_ensembles_cost():
+    out = subprocess.run(
+        [sys.executable, "examples/ensemble_chains.py", "--members", "2", "--epochs", "3", "--sample-epochs", "1"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=300,
+    ).stdout
+    ensemble, chains = (line for line in out.splitlines() if "test accuracy" in line)
+    assert ensemble.startswith("deep ensemble (2 members x 3 epochs)") and "10 snapshots x 2 chains" in chains
+    for line in (ensemble, chains):
+        assert 0.3 < float(line.split("test accuracy ")[1].split()[0]) <= 1 and 0 < float(line.split("NLL ")[1].split()[0]) < 1.2

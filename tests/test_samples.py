@@ -1,5 +1,6 @@
-"""SampleCollector and CyclicalLR."""
+"""SampleCollector, CyclicalLR and OptimiseThenSample."""
 
+import copy
 import math
 
 import pytest
@@ -91,3 +92,78 @@ def test_cyclical_schedule(cls):
     assert sched.get_last_lr()[0] == pytest.approx(opt.param_groups[0]["lr"])
     state = sched.state_dict()
     assert state["cycle_length"] == 5
+
+
+def _quadratic_steps(opt, w, steps, sched=None):
+    for _ in range(steps):
+        opt.zero_grad()
+        (0.5 * (w - 1.0).square().sum()).backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+@pytest.mark.parametrize("cls", [ConstrainedSGLD, ConstrainedUnderdampedSGLD])
+def test_optimise_then_sample_switches_temperature_and_lr_once(cls):
+    """The optimisation stage is the same optimiser at temperature 0 (bit for bit: no noise is
+    drawn), the sampling stage runs at the group's temperature with sample_lr."""
+    from constrained_sgld import OptimiseThenSample
+
+    w, ref = (torch.nn.Parameter(torch.zeros(3, dtype=torch.float64)) for _ in range(2))
+    opt = cls([w], lr=0.1, temperature=0.5, seed=0)
+    sched = OptimiseThenSample(opt, optimise_steps=4, sample_lr=0.01)
+    cold = cls([ref], lr=0.1, temperature=0.0, seed=0)
+    seen = []
+    for _ in range(7):
+        seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["temperature"], sched.sampling()))
+        _quadratic_steps(opt, w, 1, sched)
+        if len(seen) <= 4:
+            _quadratic_steps(cold, ref, 1)
+            assert torch.equal(w, ref)
+    assert seen == [(0.1, 0.0, False)] * 4 + [(0.01, 0.5, True)] * 3
+    assert not torch.equal(w, ref)  # the noise is on
+
+
+def test_optimise_then_sample_resumes_across_the_switch_and_takes_a_lr_per_group():
+    from constrained_sgld import OptimiseThenSample
+
+    def build():
+        a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
+        opt = ConstrainedUnderdampedSGLD([{"params": [a]}, {"params": [b], "temperature": 0.2}], lr=0.1, momentum=0.5, temperature=0.1, seed=3)
+        return (a, b), opt, OptimiseThenSample(opt, optimise_steps=3, sample_lr=[0.05, None])
+
+    def run(params, opt, sched, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            sum(p.square().sum() for p in params).backward()
+            opt.step()
+            sched.step()
+
+    params, opt, sched = build()
+    run(params, opt, sched, 2)
+    saved = copy.deepcopy((opt.state_dict(), sched.state_dict(), [p.detach().clone() for p in params]))
+    run(params, opt, sched, 4)
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 0.1] and [g["temperature"] for g in opt.param_groups] == [0.1, 0.2]
+    params2, opt2, sched2 = build()
+    opt2.load_state_dict(saved[0])
+    sched2.load_state_dict(saved[1])
+    with torch.no_grad():
+        for p, v in zip(params2, saved[2]):
+            p.copy_(v)
+    run(params2, opt2, sched2, 4)
+    assert all(torch.equal(p, q) for p, q in zip(params, params2))
+
+
+def test_optimise_then_sample_bad_options_are_named():
+    from constrained_sgld import OptimiseThenSample
+
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = ConstrainedSGLD([w], lr=0.1, temperature=0.1)
+    with pytest.raises(ValueError, match="optimise_steps"):
+        OptimiseThenSample(opt, optimise_steps=-1)
+    with pytest.raises(ValueError, match="one per group"):
+        OptimiseThenSample(opt, 2, sample_lr=[0.1, 0.2])
+    with pytest.raises(ValueError, match="positive"):
+        OptimiseThenSample(opt, 2, sample_lr=0.0)
+    with pytest.raises(ValueError, match="no temperature"):
+        OptimiseThenSample(torch.optim.SGD([w], lr=0.1), 2)

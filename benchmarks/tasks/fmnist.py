@@ -459,6 +459,16 @@ class FashionCNN(ClassificationTask):
         "o_cyclical_temperature": 0.1 / 55000,
         "o_rms_cyclical_lr": 1e-2,  # the preconditioned scheme's lr, as RMSprop's (times 1 - momentum inside); 0.03 lost (0.334)
         "o_rms_cyclical_temperature": 0.1 / 55000,
+        # ensemble-started chains (MILE's recipe, Sommer et al. ICLR 2025): the ensemble's 5
+        # members and cost; each member optimised for 5 epochs at the ensemble's lr and momentum
+        # (ud_lr, ud_momentum: SGD-momentum's), then sampled for the last one. The sampling lr on
+        # validation NLL among 0.003, 0.01, 0.03 at T = 1 / N, then T = 0.1 / N at the chosen lr
+        # (docs/results/posterior/grid.md)
+        "sample_epochs": 1,
+        "ens_sample_lr": 0.01,
+        "ens_temperature": 1 / 55000,
+        "ens_o_sample_lr": 0.01,
+        "ens_o_temperature": 1 / 55000,
         **NORM_HPARAMS,
     }
 

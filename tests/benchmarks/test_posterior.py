@@ -186,3 +186,27 @@ def test_cnn_smoke_run_records_corruptions_chains_and_cost(tmp_path):
     assert runs["o-cola-ud-cyclical"]["epochs"][-1]["posterior_samples"] >= 2  # each cycle's end at least
     md = (out / "fmnist-cnn" / "results.md").read_text()
     assert "NLL corrupted, severity 3" in md and (out / "fmnist-cnn" / "cost.png").is_file()
+
+
+def test_ensemble_started_chains_cost_the_ensembles_gradients(tmp_path):
+    """ens-sgld: the ensemble's 5 members, optimised (T = 0) for all but the last epoch, then each
+    sampled on its own chain: the same gradient evaluations as the ensemble, the posterior pooled
+    over 5 chains' snapshots from the sampling stage only."""
+    from benchmarks.__main__ import main
+
+    require_fashion_and_mnist()
+    out = tmp_path / "res"
+    args = ["run", "--task", "fmnist-cnn", "--preset", "smoke", "--methods", "ensemble-sgd-momentum,ens-sgld", "--out", str(out), "--no-progress"]
+    for kv in ("train_size=500", "val_size=200", "test_size=300", "ood_size=200", "shift_size=100", "epochs=3"):
+        args += ["--set", kv]
+    assert main(args) == 0
+    results = json.loads((out / "fmnist-cnn" / "results.json").read_text())
+    runs = {r["method"]: r for r in results["runs"]}
+    steps = math.ceil(500 / 128)
+    assert runs["ens-sgld"]["gradient_evaluations"] == runs["ensemble-sgd-momentum"]["gradient_evaluations"] == 5 * 3 * steps
+    hp = runs["ens-sgld"]["hyperparameters"]
+    assert hp["members"] == 5 and hp["sample_epochs"] == 1 and hp["temperature"] > 0 and "OptimiseThenSample" in hp["schedule"]
+    last = runs["ens-sgld"]["epochs"][-1]
+    assert last["posterior_samples"] == steps - steps // 2  # the sampling epoch's second half, every step
+    assert "| ens-sgld | posterior |" in posterior_table(results)
+    assert f"| {5 * last['posterior_samples']} |" in posterior_table(results, ["ens-sgld"])  # forward passes: chains x snapshots

@@ -140,31 +140,11 @@ def test_fashion_run_records_the_uncertainty_columns(tmp_path, capsys):
     assert "OOD AUROC" in md and "c-cola-ud (posterior)" in md and (out / "fmnist-mlp" / "rotation.png").is_file()
 
 
-def test_deep_ensemble_members_train_as_if_alone_and_predict_the_average():
-    from torch import nn
-
-    from benchmarks.ensemble import DeepEnsemble, member_batches
+def test_task_member_batches_give_each_member_its_own_order():
+    """The benchmarks' ensembles (constrained_sgld.DeepEnsemble, tested in tests/test_ensemble.py)
+    take each member's batches from the task, each member in its own batch order."""
+    from benchmarks.ensemble import member_batches
     from benchmarks.tasks.base import ClassificationTask
-
-    torch.manual_seed(0)
-    members = [nn.Linear(4, 3) for _ in range(3)]
-    ensemble = DeepEnsemble(members)
-    xs, ys = torch.randn(3, 8, 4), torch.randint(0, 3, (3, 8))  # each member's own batch
-    loss, right = ClassificationTask.loss(None, ensemble, xs.flatten(0, 1), ys.flatten())
-    loss.backward()
-    for m, x, y in zip(members, xs, ys):  # the gradient of its own loss on its own batch, not a third of it
-        own = torch.autograd.grad(F.cross_entropy(m(x), y), [m.weight, m.bias])
-        assert torch.allclose(m.weight.grad, own[0]) and torch.allclose(m.bias.grad, own[1])
-    assert loss.item() == pytest.approx(sum(F.cross_entropy(m(x), y).item() for m, x, y in zip(members, xs, ys)) / 3)
-    with pytest.raises(ValueError, match="concatenated"):
-        ensemble(torch.randn(7, 4))
-    ensemble.eval()
-    x = xs[0]
-    with torch.no_grad():
-        mean = torch.stack([torch.softmax(m(x), -1) for m in members]).mean(0)
-        assert torch.allclose(torch.softmax(ensemble(x), -1), mean, atol=1e-6)
-    with pytest.raises(ValueError, match="at least 2"):
-        DeepEnsemble([members[0]])
 
     class Data(ClassificationTask):  # the members' batch orders: their own generators'
         settings = {"batch_size": 4}
