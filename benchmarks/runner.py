@@ -301,7 +301,10 @@ def _posterior_collector(task: Task, model, optimizer, steps_per_epoch: int, met
     tempered = any(g.get("initial_temperature", g.get("temperature", 0)) > 0 for g in optimizer.param_groups)
     if not tempered:
         return None
-    return SampleCollector(model, burn_in=burn_in, thin=max(1, (total - burn_in) // POSTERIOR_SAMPLES), max_samples=POSTERIOR_SAMPLES)
+    # ensemble-started chains: each snapshot holds every chain, so POSTERIOR_SAMPLES networks in all
+    # (4 snapshots of 5 chains): the prediction's cost stays that of the other posteriors
+    samples = max(1, POSTERIOR_SAMPLES // method.members) if method is not None and method.sample_lr_key is not None else POSTERIOR_SAMPLES
+    return SampleCollector(model, burn_in=burn_in, thin=max(1, (total - burn_in) // samples), max_samples=samples)
 
 
 def _chain_trace(task: Task, model, collector):

@@ -207,6 +207,6 @@ def test_ensemble_started_chains_cost_the_ensembles_gradients(tmp_path):
     hp = runs["ens-sgld"]["hyperparameters"]
     assert hp["members"] == 5 and hp["sample_epochs"] == 1 and hp["temperature"] > 0 and "OptimiseThenSample" in hp["schedule"]
     last = runs["ens-sgld"]["epochs"][-1]
-    assert last["posterior_samples"] == steps - steps // 2  # the sampling epoch's second half, every step
+    assert last["posterior_samples"] == min(4, steps - steps // 2)  # in the sampling epoch's second half; at most 4 snapshots of the 5 chains (20 networks)
     assert "| ens-sgld | posterior |" in posterior_table(results)
     assert f"| {5 * last['posterior_samples']} |" in posterior_table(results, ["ens-sgld"])  # forward passes: chains x snapshots
