@@ -33,6 +33,17 @@ run() {  # METHOD LR OUT [more benchmark arguments]
   python -m benchmarks run --task shakespeare-gpt --preset quick --threads 1 --no-progress \
     --methods "$method" --set "$(lr_key "$method")=$lr" --out "$out" "$@"
 }
+merge_method() {  # PARTS METHOD LR: the method's grid point and seeds merged into PARTS/METHOD
+  # (each method into a folder of its own first: merge_results' --methods filters the target too)
+  local parts=$1 method=$2 lr=$3 sources=()
+  # the tempered sampler has no grid of its own: its seed 0 runs with the seeds
+  [ -d "$root/transformer/grid-$method-$lr" ] && sources+=("$root/transformer/grid-$method-$lr")
+  # seeds run in one process (seeds-METHOD) or one per seed (seeds-METHOD-sN)
+  for d in "$root/transformer/seeds-$method" "$root/transformer/seeds-$method"-s[0-9]; do
+    [ -d "$d" ] && sources+=("$d")
+  done
+  python scripts/merge_results.py "$parts/$method" "${sources[@]}" --methods "$method" --mixed-hparams
+}
 mode=$1; shift
 case "$mode" in
   grid)
@@ -44,20 +55,8 @@ case "$mode" in
     for pair in "$@"; do run "${pair%%=*}" "${pair#*=}" "$root/transformer/seeds-${pair%%=*}" --seeds 3; done ;;
   collect)
     rm -rf docs/results/transformer
-    # each method's runs first into a folder of its own (merge_results' --methods filters the
-    # target too), then all of them into one
     parts=$(mktemp -d)
-    for pair in "$@"; do
-      method=${pair%%=*}; lr=${pair#*=}
-      sources=()
-      # the tempered sampler has no grid of its own: its seed 0 runs with the seeds
-      [ -d "$root/transformer/grid-$method-$lr" ] && sources+=("$root/transformer/grid-$method-$lr")
-      # seeds run in one process (seeds-METHOD) or one per seed (seeds-METHOD-sN)
-      for d in "$root/transformer/seeds-$method" "$root/transformer/seeds-$method"-s[0-9]; do
-        [ -d "$d" ] && sources+=("$d")
-      done
-      python scripts/merge_results.py "$parts/$method" "${sources[@]}" --methods "$method" --mixed-hparams
-    done
+    for pair in "$@"; do merge_method "$parts" "${pair%%=*}" "${pair#*=}"; done
     python scripts/merge_results.py docs/results/transformer "$parts"/* --mixed-hparams
     rm -rf "$parts"
     { echo "# shakespeare-gpt: the lr grids"
@@ -72,13 +71,8 @@ case "$mode" in
     parts=$(mktemp -d)
     grids=()
     for pair in "$@"; do
-      method=${pair%%=*}; lr=${pair#*=}
-      sources=()
-      [ -d "$root/transformer/grid-$method-$lr" ] && sources+=("$root/transformer/grid-$method-$lr")
-      for d in "$root/transformer/seeds-$method" "$root/transformer/seeds-$method"-s[0-9]; do
-        [ -d "$d" ] && sources+=("$d")
-      done
-      python scripts/merge_results.py "$parts/$method" "${sources[@]}" --methods "$method" --mixed-hparams
+      method=${pair%%=*}
+      merge_method "$parts" "$method" "${pair#*=}"
       for d in "$root/transformer/grid-$method"-[0-9]*; do [ -d "$d" ] && grids+=("$d"); done
     done
     python scripts/merge_results.py docs/results/transformer "$parts"/* --mixed-hparams

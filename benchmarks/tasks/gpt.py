@@ -203,21 +203,26 @@ def sphere_family(model: nn.Module) -> Dict[str, Any]:
     return out
 
 
-def orthogonal_family(model: nn.Module) -> Dict[str, Any]:
-    """The attention and MLP matrices, as square blocks where they stack several: ``c_attn``
-    ``(3d, d)`` as three orthogonal ``d x d`` blocks (query, key, value), the attention output
-    ``(d, d)`` orthogonal, ``c_fc`` ``(4d, d)`` as four orthogonal blocks, the MLP output ``(d, 4d)``
-    with orthonormal rows times 2 (its four ``d x d`` column blocks then have singular values 1 on
-    average, as the blocks feeding it)."""
+#: nanoGPT's names of the four attention-block matrices: fused Q/K/V, attention output, MLP in, MLP out
+NANOGPT_LAYERS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def orthogonal_family(model: nn.Module, layers: Tuple[str, str, str, str] = NANOGPT_LAYERS) -> Dict[str, Any]:
+    """The attention and MLP matrices, as square blocks where they stack several (``layers``: the
+    names of the four, nanoGPT's by default): the fused ``(3d, d)`` Q/K/V as three orthogonal
+    ``d x d`` blocks, the attention output ``(d, d)`` orthogonal, the MLP input ``(4d, d)`` as four
+    orthogonal blocks, the MLP output ``(d, 4d)`` with orthonormal rows times 2 (its four ``d x d``
+    column blocks then have singular values 1 on average, as the blocks feeding it)."""
+    qkv, attn_out, mlp_in, mlp_out = layers
     out: Dict[str, Any] = {}
     for name, p in model.named_parameters():
-        if name.endswith("attn.c_attn.weight"):
+        if name.endswith(qkv):
             out[name] = ("orthogonal", {"blocks": 3})
-        elif name.endswith("attn.c_proj.weight"):
+        elif name.endswith(attn_out):
             out[name] = "orthogonal"
-        elif name.endswith("mlp.c_fc.weight"):
+        elif name.endswith(mlp_in):
             out[name] = ("orthogonal", {"blocks": p.shape[0] // p.shape[1]})
-        elif name.endswith("mlp.c_proj.weight"):
+        elif name.endswith(mlp_out):
             out[name] = ("orthogonal", {"scale": 2.0})
     return out
 

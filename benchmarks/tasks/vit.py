@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from .base import ClassificationTask
 from .fmnist import fashion_splits
-from .gpt import ShakespeareGPT
+from .gpt import ShakespeareGPT, orthogonal_family
 
 
 class Attention(nn.Module):
@@ -72,21 +72,8 @@ class TinyViT(nn.Module):
         return self.head(self.norm(x)[:, 0])
 
 
-def vit_orthogonal_family(model: nn.Module) -> Dict[str, Any]:
-    """As shakespeare-gpt's: ``qkv`` as three orthogonal ``d x d`` blocks (query, key, value),
-    ``proj`` orthogonal, ``fc1`` ``(4d, d)`` as four blocks, ``fc2`` ``(d, 4d)`` with orthonormal
-    rows times 2."""
-    out: Dict[str, Any] = {}
-    for name, p in model.named_parameters():
-        if name.endswith("attn.qkv.weight"):
-            out[name] = ("orthogonal", {"blocks": 3})
-        elif name.endswith("attn.proj.weight"):
-            out[name] = "orthogonal"
-        elif name.endswith("mlp.fc1.weight"):
-            out[name] = ("orthogonal", {"blocks": p.shape[0] // p.shape[1]})
-        elif name.endswith("mlp.fc2.weight"):
-            out[name] = ("orthogonal", {"scale": 2.0})
-    return out
+#: timm's names of the same four matrices as nanoGPT's (shakespeare-gpt's family)
+TIMM_LAYERS = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")
 
 
 class FashionViT(ClassificationTask):
@@ -126,7 +113,7 @@ class FashionViT(ClassificationTask):
 
     def constrained(self, model, family) -> Dict[str, Any]:
         assert family == "orthogonal"
-        return vit_orthogonal_family(model)
+        return orthogonal_family(model, TIMM_LAYERS)
 
     # shakespeare-gpt's: linear warm-up over warmup_steps, then cosine decay to min_lr_factor
     scheduler = ShakespeareGPT.scheduler

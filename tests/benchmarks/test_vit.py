@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from benchmarks.methods import METHODS, largest_violation
-from benchmarks.tasks.vit import FashionViT, TinyViT, vit_orthogonal_family
+from benchmarks.tasks.gpt import orthogonal_family
+from benchmarks.tasks.vit import TIMM_LAYERS, FashionViT, TinyViT
 
 
 def test_the_model_has_timms_fused_qkv_and_the_family_splits_it_into_q_k_v():
     model = TinyViT(d=16, depth=2, heads=2)
     assert model.blocks[0].attn.qkv.weight.shape == (48, 16)
-    family = vit_orthogonal_family(model)
+    family = orthogonal_family(model, TIMM_LAYERS)
     assert family["blocks.0.attn.qkv.weight"] == ("orthogonal", {"blocks": 3})
     assert family["blocks.1.mlp.fc1.weight"] == ("orthogonal", {"blocks": 4})
     assert family["blocks.1.mlp.fc2.weight"] == ("orthogonal", {"scale": 2.0})

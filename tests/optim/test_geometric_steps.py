@@ -11,22 +11,9 @@ import torch
 
 from constrained_sgld import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD, Orthogonal
 from constrained_sgld.constraints.base import make_constraint
-from tests.conftest import small_mlp
+from tests.conftest import mse_steps, small_mlp
 
 pytestmark = pytest.mark.filterwarnings("ignore:projected onto their constraint sets")
-
-
-def _mse_steps(model, opt, steps, seed=0, scheduler=None):
-    g = torch.Generator().manual_seed(seed)
-    first = next(model.parameters())
-    x = torch.randn(40, 8, generator=g, dtype=first.dtype)
-    y = torch.randn(40, 3, generator=g, dtype=first.dtype)
-    for _ in range(steps):
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
-        if scheduler is not None:
-            scheduler.step()
 
 
 # ------------------------------------------------------------------ what they must equal
@@ -43,7 +30,7 @@ def test_adam_without_a_constraint_at_zero_temperature_is_torch_adam(cls, decoup
     scheds = [torch.optim.lr_scheduler.StepLR(o, 10, gamma=0.5) for o in (ours, theirs)]
     for step in range(40):
         for model, opt, sched in zip((ours_model, torch_model), (ours, theirs), scheds):
-            _mse_steps(model, opt, 1, seed=step, scheduler=sched)
+            mse_steps(model, opt, 1, seed=step, scheduler=sched)
     for a, b in zip(ours_model.parameters(), torch_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
     p, q = next(ours_model.parameters()), next(torch_model.parameters())
@@ -159,7 +146,7 @@ def test_adam_on_a_set_is_projected_and_retracted():
     opt = ConstrainedSGLD(model.named_parameters(), lr=1e-2, preconditioner="adam",
                           constraints={"0.weight": "orthogonal", "2.weight": "sphere"})
     for step in range(20):
-        _mse_steps(model, opt, 1, seed=step)
+        mse_steps(model, opt, 1, seed=step)
         assert max(float(v) for v in opt.violations()) < 1e-5
 
 
@@ -209,7 +196,7 @@ def test_spectral_and_adam_groups_side_by_side_each_step_their_own_way():
     rest = [(n, p) for n, p in model.named_parameters() if p.ndim != 2]
     opt = ConstrainedSGLD([{"params": matrices, "preconditioner": "spectral"}, {"params": rest, "preconditioner": "adam"}],
                           lr=1e-2, constraints={"0.weight": "orthogonal"})
-    _mse_steps(model, opt, 3)
+    mse_steps(model, opt, 3)
     kinds = {g["preconditioner"]["kind"] for g in opt.param_groups}
     assert kinds == {"spectral", "adam"}
     assert "second_moment" not in opt.state[model[0].weight] and "second_moment" in opt.state[model[0].bias]
@@ -235,17 +222,17 @@ def _model_and_optimiser(cls, kind):
 @pytest.mark.parametrize("cls", [ConstrainedSGLD, ConstrainedUnderdampedSGLD, ConstrainedSGNHT])
 def test_resume_from_a_state_dict_is_bit_for_bit(cls, kind):
     model, opt = _model_and_optimiser(cls, kind)
-    _mse_steps(model, opt, 4)
+    mse_steps(model, opt, 4)
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, buffer)
-    _mse_steps(model, opt, 5, seed=1)
+    mse_steps(model, opt, 5, seed=1)
     expected = [p.detach().clone() for p in model.parameters()]
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     twin, twin_opt = _model_and_optimiser(cls, kind)
     twin.load_state_dict(saved["model"])
     twin_opt.load_state_dict(saved["optim"])
-    _mse_steps(twin, twin_opt, 5, seed=1)
+    mse_steps(twin, twin_opt, 5, seed=1)
     assert all(torch.equal(a, b) for a, b in zip(expected, twin.parameters()))
 
 

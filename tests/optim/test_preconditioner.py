@@ -9,20 +9,9 @@ import pytest
 import torch
 
 from constrained_sgld import ConstrainedSGLD, ConstrainedSGNHT, ConstrainedUnderdampedSGLD
-from tests.conftest import CONSTRAINT_CASES, OPTIMIZERS, small_convnet, small_mlp, train_steps
+from tests.conftest import CONSTRAINT_CASES, mse_steps, small_convnet, small_mlp, train_steps
 
 pytestmark = pytest.mark.filterwarnings("ignore:projected onto their constraint sets")
-
-
-def _mse_steps(model, opt, steps, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    first = next(model.parameters())
-    x = torch.randn(40, 8, generator=g, dtype=first.dtype)
-    y = torch.randn(40, 3, generator=g, dtype=first.dtype)
-    for _ in range(steps):
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x), y).backward()
-        opt.step()
 
 
 # ------------------------------------------------------------------ what it must equal
@@ -45,7 +34,7 @@ def test_at_zero_temperature_without_constraints_it_is_rmsprop(momentum):
     scheds = [torch.optim.lr_scheduler.StepLR(o, 10, gamma=gamma) for o in (ours, theirs)]
     for step in range(40):
         for model, opt, sched in zip((ours_model, torch_model), (ours, theirs), scheds):
-            _mse_steps(model, opt, 1, seed=step)
+            mse_steps(model, opt, 1, seed=step)
             sched.step()
     for a, b in zip(ours_model.parameters(), torch_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
