@@ -9,7 +9,7 @@
 #   scripts/posterior_round.sh mlp-seeds METHOD:KEY=V,KEY=V ...  -> RUNS/posterior/mlp-seeds-METHOD-sS
 #   scripts/posterior_round.sh collect   -> docs/results/posterior (+ grid.md, the NLL-cost plot)
 #   scripts/posterior_round.sh ens-grid  -> the ensemble-started chains' grids (sampling lr at T = 1/N, then T = 0.1/N at LR_SGLD / LR_O)
-#   scripts/posterior_round.sh add       -> seeds-* and grid-* runs merged into docs/results/posterior, whose earlier rows stay
+#   scripts/posterior_round.sh add [DIR...] -> seeds-* (and DIR...) merged into docs/results/posterior, whose earlier rows stay; grid-* into grid.md
 # JOBS=1 runs one process at a time (default 2).
 # RUNS=DIR puts the runs under DIR instead of runs/.
 set -euo pipefail
@@ -94,15 +94,17 @@ case "$1" in
     if compgen -G "$root/mlp-seeds-*/" >/dev/null; then
       python scripts/merge_results.py docs/results/uncertainty "$root"/mlp-seeds-* --mixed-hparams
     fi ;;
-  add)  # new methods' seeds into the round whose earlier runs are gone (their rows kept), their grid points into grid.md
-    python scripts/merge_results.py docs/results/posterior "$root"/seeds-* --mixed-hparams
+  add)  # new methods' seeds (and DIR...: the chosen grid points, their seed 0) into the round whose
+    # earlier runs are gone (their rows kept), their grid points into grid.md
+    shift
+    python scripts/merge_results.py docs/results/posterior "$root"/seeds-* "$@" --mixed-hparams
     table=docs/results/posterior/grid.md
     python scripts/nll_grid.py --previous "$table" "$root"/grid-* >"$table.new" && mv "$table.new" "$table" ;;
   *) echo "usage: $0 grid|ens-grid|seeds|mlp-seeds|collect|add" >&2; exit 2 ;;
 esac
 }
 # several modes in one queue, two processes at a time: MODE ARGS [-- MODE ARGS ...]
-if [ "$1" = collect ] || [ "$1" = add ]; then jobs "$1"; exit; fi
+if [ "$1" = collect ] || [ "$1" = add ]; then jobs "$@"; exit; fi
 {
   args=()
   for a in "$@" --; do
