@@ -8,7 +8,9 @@
 #   scripts/posterior_round.sh seeds METHOD[:KEY=V,...] ...  -> RUNS/posterior/seeds-METHOD-sS (3 seeds)
 #   scripts/posterior_round.sh mlp-seeds METHOD:KEY=V,KEY=V ...  -> RUNS/posterior/mlp-seeds-METHOD-sS
 #   scripts/posterior_round.sh collect   -> docs/results/posterior (+ grid.md, the NLL-cost plot)
-#   scripts/posterior_round.sh ens-grid  -> the ensemble-started chains' grids (sampling lr at T = 1/N, then T = 0.1/N at LR_SGLD / LR_O)
+#   scripts/posterior_round.sh ens-grid  -> the ensemble-started chains' grids (the sampling lr at T = 1/N)
+#   scripts/posterior_round.sh ens-control -> ens-sgld at T = 0 (the last epoch's lr drop alone), 3 seeds
+#   (then: seeds ens-sgld ens-o-cola-ud, and add with the chosen grid points)
 #   scripts/posterior_round.sh add [DIR...] -> seeds-* (and DIR...) merged into docs/results/posterior, whose earlier rows stay; grid-* into grid.md
 # JOBS=1 runs one process at a time (default 2).
 # RUNS=DIR puts the runs under DIR instead of runs/.
@@ -58,14 +60,16 @@ case "$1" in
       done
       echo "fmnist-mlp c-cola-ud $root/mlp-grid-c-cola-ud-lr=0.235,T=1e-5 0 1 ud_lr=0.235 temperature=1e-5"
     } ;;
-  ens-grid)  # ensemble-started chains: the sampling stage's lr at T = 1/N, then T = 0.1/N at the chosen lr
+  ens-grid)  # ensemble-started chains: the sampling stage's lr at T = 1/N (no temperature grid)
+    T=$(python -c "print(1 / $N)")
     for lr in 0.003 0.01 0.03; do
-      echo "fmnist-cnn ens-sgld $root/grid-ens-sgld-lr=$lr,TN=1 0 1 ens_sample_lr=$lr ens_temperature=$(python -c "print(1 / $N)")"
-      echo "fmnist-cnn ens-o-cola-ud $root/grid-ens-o-cola-ud-lr=$lr,TN=1 0 1 ens_o_sample_lr=$lr ens_o_temperature=$(python -c "print(1 / $N)")"
+      echo "fmnist-cnn ens-sgld $root/grid-ens-sgld-lr=$lr,TN=1 0 1 ens_sample_lr=$lr ens_temperature=$T"
     done
-    [ -n "${LR_SGLD:-}" ] && echo "fmnist-cnn ens-sgld $root/grid-ens-sgld-lr=$LR_SGLD,TN=0.1 0 1 ens_sample_lr=$LR_SGLD ens_temperature=$(python -c "print(0.1 / $N)")"
-    [ -n "${LR_O:-}" ] && echo "fmnist-cnn ens-o-cola-ud $root/grid-ens-o-cola-ud-lr=$LR_O,TN=0.1 0 1 ens_o_sample_lr=$LR_O ens_o_temperature=$(python -c "print(0.1 / $N)")"
-    true ;;
+    for lr in 0.0003 0.001 0.003 0.01 0.03; do  # extended down: its best point was at the low edge
+      echo "fmnist-cnn ens-o-cola-ud $root/grid-ens-o-cola-ud-lr=$lr,TN=1 0 1 ens_o_sample_lr=$lr ens_o_temperature=$T"
+    done ;;
+  ens-control)  # ens-sgld's last epoch at T = 0: the lr drop without the noise, 3 seeds
+    for s in 0 1 2; do echo "fmnist-cnn ens-sgld $root/control-ens-sgld-T0-s$s $s 1 ens_temperature=0.0"; done ;;
   seeds)  # METHOD[:KEY=V,KEY=V] ...: one process per method and seed (list the longest first)
     shift
     for spec in "$@"; do
@@ -100,7 +104,7 @@ case "$1" in
     python scripts/merge_results.py docs/results/posterior "$root"/seeds-* "$@" --mixed-hparams
     table=docs/results/posterior/grid.md
     python scripts/nll_grid.py --previous "$table" "$root"/grid-* >"$table.new" && mv "$table.new" "$table" ;;
-  *) echo "usage: $0 grid|ens-grid|seeds|mlp-seeds|collect|add" >&2; exit 2 ;;
+  *) echo "usage: $0 grid|ens-grid|ens-control|seeds|mlp-seeds|collect|add" >&2; exit 2 ;;
 esac
 }
 # several modes in one queue, two processes at a time: MODE ARGS [-- MODE ARGS ...]
