@@ -679,15 +679,21 @@ def plot_gradient_profiles(results: Dict[str, Any], path: Path) -> bool:
 
 def _styles(methods: List[str]) -> Dict[str, Dict[str, Any]]:
     """A distinct colour and line style per method (tab10's colours, then again dashed, dotted,
-    dash-dotted, dash-dot-dotted, long-dash-dotted), the same for a method in every plot."""
+    dash-dotted, dash-dot-dotted, long-dash-dotted, then dash patterns of growing length), the same
+    for a method in every plot however many methods the registry holds."""
     import matplotlib.pyplot as plt
 
     colors = plt.get_cmap("tab10").colors
-    dashes = ["-", "--", ":", "-.", (0, (3, 1, 1, 1, 1, 1)), (0, (8, 2, 1, 2))]
+    named = ["-", "--", ":", "-.", (0, (3, 1, 1, 1, 1, 1)), (0, (8, 2, 1, 2))]
+
+    def dash(k: int) -> Any:
+        # past the named styles, a long dash of length 2 + k and two dots: distinct for every k
+        return named[k] if k < len(named) else (0, (2 + k, 2, 1, 2, 1, 2))
+
     # by place in the global method list, so that a method looks the same in every plot
     everyone = list(METHODS) + sorted(m for m in methods if m not in METHODS)
     return {
-        m: {"color": colors[i % len(colors)], "linestyle": dashes[(i // len(colors)) % len(dashes)]}
+        m: {"color": colors[i % len(colors)], "linestyle": dash(i // len(colors))}
         for i, m in enumerate(everyone)
         if m in methods
     }
