@@ -66,9 +66,12 @@ class Method:
     sample_lr_key: Optional[str] = None
 
     def models(self, task) -> int:
-        """How many models one run trains: the ensemble's members, a cyclical method's chains
-        (the task's ``chains``), else 1."""
-        return int(task.hp.get("chains", 4)) if self.cyclical else self.members
+        """How many models one run trains: a cyclical method's chains (the task's ``chains``), an
+        ensemble's members (the task's ``members`` where it sets them, as the transformer does for
+        its cost, else the method's), else 1."""
+        if self.cyclical:
+            return int(task.hp.get("chains", 4))
+        return int(task.hp.get("members", self.members)) if self.members > 1 else 1
 
     def missing(self) -> Tuple[str, ...]:
         """What to install for the requirements that are not met: each ``requires`` entry is
@@ -85,7 +88,7 @@ class Method:
         # and is evaluated by its shared evaluation (a task that reads its model's layers cannot);
         # the last-layer Laplace needs the same: a plain classifier of (batch, classes) logits
         plain = all(getattr(type(task), f) is getattr(ClassificationTask, f) for f in ("loss", "batches", "evaluate"))
-        ensemble_ok = (self.members == 1 and not self.cyclical) or plain
+        ensemble_ok = (self.members == 1 and not self.cyclical) or plain or task.ensembles
         laplace_ok = self.posterior != "laplace" or (plain and hasattr(task, "evaluate_posterior"))
         chains_ok = self.sample_lr_key is None or 0 < int(task.hp.get("sample_epochs", 0)) < task.epochs
         return family_ok and variant_ok and ensemble_ok and laplace_ok and chains_ok and all(k in task.hp for k in self.needs) and not self.missing()
@@ -525,6 +528,22 @@ METHODS: Dict[str, Method] = {
         Method(
             "ens-o-cola-ud", "5 members on the orthogonal set (ConstrainedUnderdampedSGLD at T = 0: SGD-momentum on the set) for all but the last sample_epochs, then each sampled on its own chain; the chains' snapshots pooled",
             "orthogonal", _constrained("orthogonal", True, temperature_key="ens_o_temperature"), needs=("ens_o_sample_lr", "ens_o_temperature", "sample_epochs"), members=5, sample_lr_key="ens_o_sample_lr",
+        ),
+        # the transformer's posterior: chains started from converged MAP runs of o-cola-ud-rms (the
+        # task's warm-up and cosine over the optimisation stage), against its deep ensemble
+        Method(
+            "ensemble-o-cola-ud-rms", "a deep ensemble of o-cola-ud-rms nets (the task's members, else 5; independent inits and batch orders), their averaged prediction",
+            "orthogonal", _preconditioned("orthogonal", True), needs=("precond_lr",), members=5,
+        ),
+        Method(
+            "map-o-cola-ud-rms", "o-cola-ud-rms to a MAP (T = 0, the task's schedule) for all but the last sample_epochs, then one chain from it with the adaptive mass; its snapshots averaged",
+            "orthogonal", _preconditioned("orthogonal", True, temperature_key="map_temperature"), needs=("precond_lr", "map_sample_lr", "map_temperature", "sample_epochs"),
+            sample_lr_key="map_sample_lr",
+        ),
+        Method(
+            "ens-o-cola-ud-rms", "map-o-cola-ud-rms from each member of ensemble-o-cola-ud-rms (the same members and cost): a chain per member, the snapshots pooled",
+            "orthogonal", _preconditioned("orthogonal", True, temperature_key="map_temperature"), needs=("precond_lr", "map_sample_lr", "map_temperature", "sample_epochs"),
+            members=5, sample_lr_key="map_sample_lr",
         ),
         Method("rmsprop", "RMSprop", None, _rmsprop, needs=("rmsprop_lr",)),
         Method("sgd-wd", "SGD-momentum with weight decay", None, _sgd_wd),

@@ -80,7 +80,12 @@ def train_one(
         from constrained_sgld import OptimiseThenSample
 
         sample_epochs = int(task.hp["sample_epochs"])
-        scheduler = OptimiseThenSample(optimizer, (task.epochs - sample_epochs) * steps, sample_lr=float(task.hp[method.sample_lr_key]))
+        optimise_steps = (task.epochs - sample_epochs) * steps
+        # the optimisation stage takes the task's schedule over its own length (a warm-up and cosine
+        # decay to a converged MAP on the transformer); a task without one keeps the lr constant
+        scheduler = OptimiseThenSample(
+            optimizer, optimise_steps, sample_lr=float(task.hp[method.sample_lr_key]), lr_lambda=task.lr_factor(optimise_steps)
+        )
         hparams.update(sample_epochs=sample_epochs, sample_lr=scheduler.sample_lrs[0], optimise_lr=scheduler.base_lrs[0])
     else:
         scheduler = task.scheduler(optimizer, steps)
@@ -94,9 +99,10 @@ def train_one(
     if method.cyclical:
         record["hyperparameters"]["schedule"] = "cyclical cosine (CyclicalLR), T = 0 in each cycle's exploration stage"
     elif method.sample_lr_key is not None:
-        record["hyperparameters"]["schedule"] = "OptimiseThenSample: T = 0 at the optimiser's lr, then the temperature at sample_lr"
+        shape = type(task).lr_factor.__doc__ if scheduler.lr_lambda is not None else "the optimiser's lr"
+        record["hyperparameters"]["schedule"] = f"OptimiseThenSample: T = 0 with {shape}, then the temperature at sample_lr"
     elif scheduler is not None:
-        record["hyperparameters"]["schedule"] = type(task).scheduler.__doc__ or "task schedule"
+        record["hyperparameters"]["schedule"] = type(task).lr_factor.__doc__ or type(task).scheduler.__doc__ or "task schedule"
     if clip:
         record["hyperparameters"]["grad_clip_norm"] = clip
     worst = 0.0 if constraints else None
@@ -148,7 +154,7 @@ def train_one(
                     loss, right = task.loss(model, inputs, targets)
                     loss.backward()
                 if clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                    clip_gradients(model, clip)
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
@@ -258,6 +264,13 @@ def log_epoch(writer, row: Dict[str, Any]) -> None:
     writer.flush()
 
 
+def clip_gradients(model: torch.nn.Module, clip: float) -> None:
+    """Gradient-norm clipping at ``clip``; a DeepEnsemble's members each clip their own gradient, as
+    if trained alone (one norm over all of them would couple the members)."""
+    for part in getattr(model, "members", None) or [model]:
+        torch.nn.utils.clip_grad_norm_(part.parameters(), clip)
+
+
 POSTERIOR_SAMPLES = 20  # snapshots averaged for the posterior prediction
 
 
@@ -303,7 +316,7 @@ def _posterior_collector(task: Task, model, optimizer, steps_per_epoch: int, met
         return None
     # ensemble-started chains: each snapshot holds every chain, so POSTERIOR_SAMPLES networks in all
     # (4 snapshots of 5 chains): the prediction's cost stays that of the other posteriors
-    samples = max(1, POSTERIOR_SAMPLES // method.members) if method is not None and method.sample_lr_key is not None else POSTERIOR_SAMPLES
+    samples = max(1, POSTERIOR_SAMPLES // method.models(task)) if method is not None and method.sample_lr_key is not None else POSTERIOR_SAMPLES
     return SampleCollector(model, burn_in=burn_in, thin=max(1, (total - burn_in) // samples), max_samples=samples)
 
 

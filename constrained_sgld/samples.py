@@ -182,13 +182,23 @@ class OptimiseThenSample(LRScheduler):
     state carry over the switch. `sampling()` says which stage the *next* step is in, so that a
     [`SampleCollector`][constrained_sgld.SampleCollector] keeps only samples.
 
+    ``lr_lambda`` shapes the optimisation stage as :class:`~torch.optim.lr_scheduler.LambdaLR` does:
+    step ``k`` (from 0) of that stage uses ``lr * lr_lambda(k)`` (a warm-up and cosine decay to a
+    converged MAP, say); None keeps the groups' lr constant. Like LambdaLR's, the function is not
+    part of ``state_dict``: pass the same one to the scheduler that loads it.
+
     Call ``scheduler.step()`` after each ``optimizer.step()``, as every torch scheduler; ``state_dict``
     resumes it. With a :class:`~constrained_sgld.DeepEnsemble` each member is its own chain.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, optimise_steps: int, sample_lr: Any = None, last_epoch: int = -1):
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, optimise_steps: int, sample_lr: Any = None,
+        lr_lambda: Optional[Callable[[int], float]] = None, last_epoch: int = -1,
+    ):
         if not isinstance(optimise_steps, int) or isinstance(optimise_steps, bool) or optimise_steps < 0:
             raise ValueError(f"OptimiseThenSample: optimise_steps must be an int >= 0, got {optimise_steps!r}")
+        if lr_lambda is not None and not callable(lr_lambda):
+            raise ValueError(f"OptimiseThenSample: lr_lambda must be a function of the step or None, got {lr_lambda!r}")
         groups = len(optimizer.param_groups)
         if sample_lr is None or isinstance(sample_lr, (int, float)) and not isinstance(sample_lr, bool):
             sample_lrs = [sample_lr] * groups
@@ -203,8 +213,16 @@ class OptimiseThenSample(LRScheduler):
             raise ValueError(f"OptimiseThenSample: {type(optimizer).__name__} has no temperature to switch on (use one of this package's optimisers)")
         self.optimise_steps = optimise_steps
         self.sample_lrs = sample_lrs
+        self.lr_lambda = lr_lambda
         _remember_temperatures(optimizer)
         super().__init__(optimizer, last_epoch)
+
+    def state_dict(self) -> Dict[str, Any]:
+        # a function (often a closure) does not pickle, and it is code, not state (LambdaLR's rule)
+        return {k: v for k, v in super().state_dict().items() if k != "lr_lambda"}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "lr_lambda"})
 
     def sampling(self) -> bool:
         """True when the next optimiser step samples."""
@@ -214,5 +232,8 @@ class OptimiseThenSample(LRScheduler):
         sampling = self.sampling()
         _set_temperatures(self.optimizer, sampling)
         if not sampling:
-            return list(self.base_lrs)
+            if self.lr_lambda is None:
+                return list(self.base_lrs)
+            factor = float(self.lr_lambda(max(self.last_epoch, 0)))
+            return [base * factor for base in self.base_lrs]
         return [base if lr is None else float(lr) for base, lr in zip(self.base_lrs, self.sample_lrs)]

@@ -1,6 +1,7 @@
 """SampleCollector, CyclicalLR and OptimiseThenSample."""
 
 import copy
+import io
 import math
 
 import pytest
@@ -152,6 +153,40 @@ def test_optimise_then_sample_resumes_across_the_switch_and_takes_a_lr_per_group
             p.copy_(v)
     run(params2, opt2, sched2, 4)
     assert all(torch.equal(p, q) for p, q in zip(params, params2))
+
+
+def test_optimise_then_sample_shapes_the_optimisation_stage_as_lambda_lr():
+    """With ``lr_lambda`` the optimisation stage takes LambdaLR's lrs step for step (warm-up and
+    cosine to a MAP), the sampling stage sample_lr; the state_dict pickles without the function
+    and resumes with the one given again."""
+    from constrained_sgld import OptimiseThenSample
+
+    def shape(total):
+        return lambda k: min(1.0, (k + 1) / 2) * 0.5 * (1 + math.cos(math.pi * k / total))  # a closure
+
+    w, ref = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = ConstrainedSGLD([w], lr=0.1, temperature=0.3, seed=0)
+    sched = OptimiseThenSample(opt, optimise_steps=5, sample_lr=0.002, lr_lambda=shape(5))
+    plain = torch.optim.SGD([ref], lr=0.1)
+    lambda_lr = torch.optim.lr_scheduler.LambdaLR(plain, shape(5))
+    lrs, expected = [], []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        expected.append(plain.param_groups[0]["lr"])
+        _quadratic_steps(opt, w, 1, sched)
+        plain.step()
+        lambda_lr.step()
+    assert lrs[:5] == expected[:5] and lrs[5:] == [0.002] * 3
+    state = sched.state_dict()
+    assert "lr_lambda" not in state
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # a closure in the state would not pickle
+    again = OptimiseThenSample(ConstrainedSGLD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, temperature=0.3), 5, 0.002, lr_lambda=shape(5))
+    buffer.seek(0)
+    again.load_state_dict(torch.load(buffer, weights_only=True))
+    assert again.last_epoch == 8 and again.lr_lambda is not None
+    with pytest.raises(ValueError, match="lr_lambda"):
+        OptimiseThenSample(ConstrainedSGLD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, temperature=0.3), 5, lr_lambda=0.5)
 
 
 def test_optimise_then_sample_bad_options_are_named():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,9 @@ class Task:
     preset_hparams: Dict[str, Dict[str, Any]] = {}
     # record every step's training loss (``step_loss`` in each epoch row), not only the epoch's mean
     record_step_loss: bool = False
+    # its loss, batches and evaluation take a DeepEnsemble as they take one model (members' batches
+    # concatenated, the averaged prediction read as the model's), besides ClassificationTask's own
+    ensembles: bool = False
 
     def __init__(self, preset: str, device: torch.device, overrides: Optional[Dict[str, Any]] = None):
         if preset not in self.presets:
@@ -93,9 +96,15 @@ class Task:
         "norms"}``), recorded at the start and the end of training; None where the task has none."""
         return None
 
-    def scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Optional[Any]:
-        """An lr scheduler stepped once per batch, or None (constant lr)."""
+    def lr_factor(self, total_steps: int) -> Optional[Callable[[int], float]]:
+        """The lr's factor at each step of a run of ``total_steps`` (LambdaLR's function), or None
+        (constant lr). Ensemble-started chains shape their optimisation stage with it."""
         return None
+
+    def scheduler(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> Optional[Any]:
+        """An lr scheduler stepped once per batch (LambdaLR over ``lr_factor``), or None (constant lr)."""
+        factor = self.lr_factor(self.epochs * steps_per_epoch)
+        return None if factor is None else torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     # ---- helpers
     @property

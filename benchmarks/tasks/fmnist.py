@@ -264,17 +264,17 @@ class FashionResNet(ClassificationTask):
         assert family == "orthogonal"
         return {name: "orthogonal" for name in convs}
 
-    def scheduler(self, optimizer, steps_per_epoch):
-        # linear warm-up, then lr / 10 at half and three quarters of the epochs (the paper's shape)
-        total = self.epochs * steps_per_epoch
-        warm = max(1, int(self.hp["warmup_epochs"] * steps_per_epoch))
+    def lr_factor(self, total_steps):
+        """linear warm-up, then lr / 10 at half and three quarters of the steps (the paper's shape)"""
+        total = total_steps
+        warm = max(1, int(self.hp["warmup_epochs"] * self.steps_per_epoch()))
 
         def factor(step: int) -> float:
             if step < warm:
                 return (step + 1) / warm
             return 0.01 if step >= 0.75 * total else 0.1 if step >= 0.5 * total else 1.0
 
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return factor
 
 
 class InputConvexNet(nn.Module):

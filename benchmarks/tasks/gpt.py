@@ -234,6 +234,7 @@ class ShakespeareGPT(ShakespeareCharLM):
     posterior average."""
 
     name = "shakespeare-gpt"
+    ensembles = True  # the loss and the evaluation read logits over the last dim, whatever the batch
     description = "Shakespeare's plays, character level, held-out plays; nanoGPT-style transformer (fused QKV, tied head), and nGPT's normalised variant"
     families = ("orthogonal", "sphere")
     variants = ("ngpt",)
@@ -271,6 +272,15 @@ class ShakespeareGPT(ShakespeareCharLM):
         # U the per-character mean loss the Bayesian posterior of the training text (with the
         # weight decay's Gaussian prior where there is one); the lr is o-cola-ud-rms's
         "posterior_temperature": 2.247e-7,
+        # the posterior from converged MAP runs (map-o-cola-ud-rms, ens-o-cola-ud-rms): o-cola-ud-rms
+        # with the warm-up and cosine over the first 4 epochs, then a chain for the last one at the
+        # sampling stage's lr (the group's own: precond_lr * (1 - momentum) is 1e-4 at the peak, 1e-5
+        # at the cosine's floor; chosen on validation), T = 1 / N as above; deep ensembles of 2
+        # members (2x a run's cost) against 2 chains
+        "sample_epochs": 1,
+        "map_sample_lr": 1e-5,
+        "map_temperature": 2.247e-7,
+        "members": 2,
     }
     preset_hparams = {"paper": {"warmup_steps": 100}}
 
@@ -287,9 +297,9 @@ class ShakespeareGPT(ShakespeareCharLM):
         assert family == "orthogonal", family
         return orthogonal_family(model)
 
-    def scheduler(self, optimizer, steps_per_epoch):
+    def lr_factor(self, total_steps):
         """linear warm-up over warmup_steps, then cosine decay to min_lr_factor (nanoGPT's schedule)"""
-        total, warm, floor = self.epochs * steps_per_epoch, max(1, self.hp["warmup_steps"]), self.hp["min_lr_factor"]
+        total, warm, floor = total_steps, max(1, self.hp["warmup_steps"]), self.hp["min_lr_factor"]
 
         def factor(step: int) -> float:
             if step < warm:
@@ -297,7 +307,7 @@ class ShakespeareGPT(ShakespeareCharLM):
             progress = min(1.0, (step - warm) / max(1, total - warm))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return factor
 
     def window_length(self) -> int:
         return self.settings["block"]  # the context length

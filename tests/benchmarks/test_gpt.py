@@ -2,6 +2,7 @@
 transformer methods (AdamW, Muon chained with AdamW, geotorch per block, nGPT's recipe, ours), the
 schedule and the evaluation (bits per character, next-character ECE, the posterior average)."""
 
+import copy
 import math
 
 import pytest
@@ -160,3 +161,40 @@ def test_the_tempered_sampler_runs_at_the_posterior_temperature():
     optimizer, hp, _ = METHODS["o-cola-ud-rms-tempered"].build(model, task, 0)
     assert hp["temperature"] == task.hp["posterior_temperature"]
     assert all(g["temperature"] == hp["temperature"] for g in optimizer.param_groups)
+
+
+def test_an_ensemble_member_clips_its_own_gradient():
+    """The transformer's deep ensemble clips each member's gradient by its own norm, as if trained
+    alone: one norm over both members would scale member 0 by member 1's gradient too."""
+    from benchmarks.ensemble import DeepEnsemble, member_batches
+    from benchmarks.runner import clip_gradients
+
+    task = _task()
+    ensemble = DeepEnsemble([task.build_model() for _ in range(2)])
+    alone = copy.deepcopy(ensemble.members[0])
+    x, y = next(member_batches(task, [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]))
+    task.loss(ensemble, x, y)[0].backward()
+    task.loss(alone, x[: len(x) // 2], y[: len(y) // 2])[0].backward()
+    clip = 0.5 * torch.nn.utils.get_total_norm([p.grad for p in alone.parameters()]).item()  # binds
+    clip_gradients(ensemble, clip)
+    clip_gradients(alone, clip)
+    for p, q in zip(ensemble.members[0].parameters(), alone.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-8)
+    for member in ensemble.members:
+        assert torch.nn.utils.get_total_norm([p.grad for p in member.parameters()]).item() == pytest.approx(clip, rel=1e-5)
+
+
+def test_chains_from_the_map_sample_the_last_epoch_at_the_ensembles_cost(tmp_path):
+    """map-o-cola-ud-rms: the task's warm-up and cosine over the optimisation stage, then one chain
+    at map_sample_lr and T = 1 / N, snapshots from the sampling epoch only; ens-o-cola-ud-rms: the
+    same from each of the ensemble's members, 2x the gradients, the snapshots pooled."""
+    from benchmarks.runner import POSTERIOR_SAMPLES, train_one
+
+    task = _task(epochs=3, steps_per_epoch=8)
+    for name, members in (("map-o-cola-ud-rms", 1), ("ens-o-cola-ud-rms", 2)):
+        record = train_one(task, METHODS[name], 0, progress=False)
+        hp, last = record["hyperparameters"], record["epochs"][-1]
+        assert record["gradient_evaluations"] == 3 * 8 * members and hp.get("members", 1) == members
+        assert "cosine" in hp["schedule"] and hp["sample_lr"] == task.hp["map_sample_lr"] and hp["temperature"] == task.hp["map_temperature"]
+        assert last["posterior_samples"] == min(POSTERIOR_SAMPLES // members, 4)  # the sampling epoch's second half
+        assert math.isfinite(last["posterior_bpc"]) and record["max_violation"] < 1e-4
