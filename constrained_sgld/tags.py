@@ -53,12 +53,50 @@ def _named(model: Union[nn.Module, Iterable[Tuple[str, Tensor]]]):
     return pairs
 
 
+# layers whose weight is stored as (in, out), the transpose of nn.Linear's (out, in): (top-level
+# package, class name), matched by name so that the package need not be installed
+IN_OUT_LAYERS = {("transformers", "Conv1D")}
+
+
+def _in_out_weights(model: nn.Module) -> Dict[int, str]:
+    """id -> class of the weights of ``model``'s (in, out)-stored layers (IN_OUT_LAYERS)."""
+    out: Dict[int, str] = {}
+    for module in model.modules():
+        cls = type(module)
+        if (cls.__module__.split(".")[0], cls.__name__) in IN_OUT_LAYERS and isinstance(getattr(module, "weight", None), Tensor):
+            out[id(module.weight)] = f"{cls.__module__}.{cls.__name__}"
+    return out
+
+
+def _check_in_out_layout(name: str, p: Tensor, layer: str, constraint: Constraint) -> None:
+    """Refuse, naming the fix, a set whose axes would be the wrong ones on an (in, out) weight: the
+    module says which axis holds the outputs, so a wrong split is never silent."""
+    blocks = getattr(constraint, "blocks", 1)
+    if blocks > 1 and getattr(constraint, "transposed", None) is False:
+        raise ValueError(
+            f"parameter {name!r} of shape {tuple(p.shape)} is the weight of {layer}, stored as (in, out): "
+            f"blocks={blocks} would split its inputs, not its outputs (GPT-2's query, key and value are column "
+            f"blocks). Pass ('orthogonal', {{'blocks': {blocks}, 'transposed': True}})"
+        )
+    if getattr(constraint, "dim", None) == "rows" and p.ndim == 2:
+        raise ValueError(
+            f"parameter {name!r} of shape {tuple(p.shape)} is the weight of {layer}, stored as (in, out): "
+            f"'{constraint.name}' with dim='rows' would normalise each input's weights, not each output unit's. "
+            f"Pass ('{constraint.name}', {{'dim': 0}}) for each output unit (dim=1 keeps the per-input norms)"
+        )
+
+
 def constrain(model: Union[nn.Module, Iterable[Tuple[str, Tensor]]], constraints: Mapping[str, Any]) -> Union[nn.Module, Any]:
     """Tag the parameters of ``model`` (a module, or ``(name, parameter)`` pairs) whose names
     match a pattern of ``constraints`` (``fnmatch`` patterns, the first match wins, as the
     optimisers' ``constraints=``) with that set. Returns ``model``. Every pattern must match some
     parameter (a typo is an error here, where nothing has been built yet); each spec is checked
-    against the parameters it tags. A parameter tagged before gets its new tag."""
+    against the parameters it tags. A parameter tagged before gets its new tag.
+
+    Given a module, the layers that store their weight as ``(in, out)`` (Hugging Face's ``Conv1D``,
+    ``IN_OUT_LAYERS``) are known: a set whose split or norms would run along the inputs there
+    (``orthogonal`` blocks without ``transposed=True``, ``sphere``/``ball`` per ``"rows"``) is
+    refused with the spec to pass instead."""
     if not isinstance(constraints, Mapping):
         raise TypeError(f"constraints must be a mapping of name pattern -> spec, got {type(constraints).__name__}")
     rules = []
@@ -67,6 +105,7 @@ def constrain(model: Union[nn.Module, Iterable[Tuple[str, Tensor]]], constraints
             raise TypeError(f"constrain() takes name patterns (str) as keys, got {pattern!r}")
         rules.append((pattern, make_constraint(spec, where=f"pattern {pattern!r}")))
     named = _named(model)
+    in_out = _in_out_weights(model) if isinstance(model, nn.Module) else {}
     used = set()
     tags: Dict[int, Tuple[Tensor, ConstraintTag]] = {}
     for name, p in named:
@@ -74,6 +113,8 @@ def constrain(model: Union[nn.Module, Iterable[Tuple[str, Tensor]]], constraints
             if fnmatch.fnmatchcase(name, pattern):
                 used.add(i)
                 if constraint is not None:
+                    if id(p) in in_out:
+                        _check_in_out_layout(name, p, in_out[id(p)], constraint)
                     constraint.check(p, name)
                 tags.setdefault(id(p), (p, ConstraintTag(name, constraint)))
                 break

@@ -98,3 +98,27 @@ def test_untagged_bare_tensors_with_patterns_say_how_to_tag():
     model = small_mlp()
     with pytest.raises(ValueError, match=r"constrained_sgld.constrain\(model"):
         cs.ConstrainedSGLD(model.parameters(), lr=1e-2, constraints={"0.weight": "orthogonal"})
+
+
+def test_in_out_layers_are_known_by_name_and_a_wrong_axis_is_refused():
+    """A module whose class is ``transformers``' ``Conv1D`` (matched by name: no import) stores
+    ``(in, out)``; `constrain` refuses a row split or per-row norms there, naming the spec to pass,
+    and tags nothing. Where the layout does not matter (one square block) it is accepted."""
+
+    class Conv1D(torch.nn.Module):
+        def __init__(self, n_in, n_out):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(n_in, n_out))
+
+    Conv1D.__module__ = "transformers.pytorch_utils"
+    model = torch.nn.Sequential(Conv1D(6, 18), torch.nn.Linear(6, 18), Conv1D(6, 6))
+    with pytest.raises(ValueError, match=r"'0.weight'.*transformers.pytorch_utils.Conv1D, stored as \(in, out\).*'blocks': 3, 'transposed': True"):
+        cs.constrain(model, {"1.weight": "sphere", "0.weight": ("orthogonal", {"blocks": 3})})
+    for spec in ("sphere", ("ball", {"radius": 2.0})):
+        with pytest.raises(ValueError, match=r"'0.weight'.*each input's weights.*'dim': 0"):
+            cs.constrain(model, {"0.weight": spec})
+    assert not any(constraint_tag(p) for p in model.parameters())
+    cs.constrain(model, {"0.weight": ("orthogonal", {"blocks": 3, "transposed": True}), "1.weight": ("orthogonal", {"blocks": 3}), "2.weight": "orthogonal"})
+    cs.constrain(model, {"0.weight": ("sphere", {"dim": 0}), "1.weight": "sphere"})  # Linear: rows are outputs
+    # (name, parameter) pairs carry no modules: nothing to know, the set's own checks only
+    cs.constrain(model.named_parameters(), {"0.weight": "sphere"})

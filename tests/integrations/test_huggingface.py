@@ -81,6 +81,28 @@ def test_gpt2_without_transposed_is_refused_or_warned_never_silent():
         cs.ConstrainedSGLD(model.named_parameters(), constraints={"*.attn.c_attn.weight": ("orthogonal", {"blocks": 3})})
 
 
+def test_constrain_knows_conv1d_is_in_out_and_refuses_the_wrong_axis():
+    """Given the module, `constrain` sees GPT-2's Conv1D layers: a row split of c_attn and a
+    per-row sphere (each input's weights) are refused with the spec to pass; those specs then keep
+    Q, K, V orthogonal and each output unit's column on the sphere."""
+    model = _gpt2(96)  # where a row split of (96, 288) would divide
+    with pytest.raises(ValueError, match=r"Conv1D, stored as \(in, out\).*'transposed': True"):
+        cs.constrain(model, {"*.attn.c_attn.weight": ("orthogonal", {"blocks": 3})})
+    with pytest.raises(ValueError, match=r"Conv1D.*'dim': 0"):
+        cs.constrain(model, {"*.mlp.c_fc.weight": "sphere"})
+    assert not any(cs.tags.constraint_tag(p) for p in model.parameters())  # nothing tagged
+    cs.constrain(model, {"*.attn.c_attn.weight": ("orthogonal", {"blocks": 3, "transposed": True}), "*.mlp.c_fc.weight": ("sphere", {"dim": 0})})
+    opt = cs.ConstrainedSGLD(model.parameters(), lr=1e-3, preconditioner="rmsprop", temperature=1e-6, seed=0)
+    ids = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        opt.zero_grad()
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+    assert max(_qkv_errors(model, 96)) < 1e-4
+    for block in model.transformer.h:
+        torch.testing.assert_close(block.mlp.c_fc.weight.detach().norm(dim=0), torch.ones(4 * 96), atol=1e-5, rtol=0)
+
+
 def test_llama_separate_projections_with_grouped_heads():
     config = transformers.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
