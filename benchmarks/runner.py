@@ -102,7 +102,8 @@ def train_one(
         shape = type(task).lr_factor.__doc__ if scheduler.lr_lambda is not None else "the optimiser's lr"
         record["hyperparameters"]["schedule"] = f"OptimiseThenSample: T = 0 with {shape}, then the temperature at sample_lr"
     elif scheduler is not None:
-        record["hyperparameters"]["schedule"] = type(task).lr_factor.__doc__ or type(task).scheduler.__doc__ or "task schedule"
+        own = type(task).lr_factor if type(task).lr_factor is not Task.lr_factor else type(task).scheduler
+        record["hyperparameters"]["schedule"] = own.__doc__ or "task schedule"
     if clip:
         record["hyperparameters"]["grad_clip_norm"] = clip
     worst = 0.0 if constraints else None

@@ -2,7 +2,8 @@
 scripts/posterior_round.sh). Each folder is one grid point, named ``...-METHOD-SETTINGS`` (the
 settings after the method's name, e.g. ``grid-sgld-cyclical-lr=0.03,TN=1``). Per method and point:
 the validation NLL of the prediction the method reports (its posterior average where it has one,
-else the final model's), and the validation accuracy beside it. The test split is not read.
+else the final model's; a language model's in nats per character), and the validation accuracy
+(next-character accuracy) beside it. The test split is not read.
 The lowest NLL is chosen. Usage: python scripts/nll_grid.py runs/posterior/grid-*
 
 ``--previous TABLE`` starts from the points of an earlier table this script wrote (a grid extended
@@ -17,8 +18,10 @@ from pathlib import Path
 def validation(run):
     """(NLL, accuracy) on the validation split of what the run predicts with, at its last epoch."""
     last = run["epochs"][-1] if run["epochs"] else {}
+    if "posterior_val_bpc" in last:  # a language model's posterior: nats per character
+        return last["posterior_val_bpc"] * math.log(2), last.get("posterior_val_char_accuracy", math.nan)
     nll = last.get("posterior_val_nll", last.get("val_loss", math.nan))
-    return nll, last.get("val_accuracy", math.nan)
+    return nll, last.get("val_accuracy", last.get("val_char_accuracy", math.nan))
 
 
 def previous_rows(path):

@@ -9,6 +9,12 @@
 #   scripts/transformer_round.sh collect METHOD=LR...     -> docs/results/transformer (seed 0 from its grid point)
 #   scripts/transformer_round.sh add METHOD=LR...         -> the same, merged into the existing docs/results/transformer
 #   python scripts/grid_table.py runs/transformer/grid-*  (the grid's table: validation bpc per lr)
+# The transformer's posterior (chains from converged MAP runs; docs/results.md), seed 0's grid of
+# map-o-cola-ud-rms's sampling lr and temperature (TN: T = TN / N), then 3 seeds of the MAP, the
+# chain, the 2-member ensemble and the chains from its members at the chosen point:
+#   scripts/transformer_round.sh posterior-grid LR,TN...  -> RUNS/transformer-posterior/grid-map-o-cola-ud-rms-lr=LR,TN=TN
+#   scripts/transformer_round.sh posterior-seeds LR,TN    -> RUNS/transformer-posterior/seeds-METHOD (METHOD's 3 seeds)
+#   scripts/transformer_round.sh posterior-collect LR,TN  -> docs/results/transformer-posterior (+ grid.md)
 # RUNS=DIR puts the runs under DIR instead of runs/.
 set -euo pipefail
 root=${RUNS:-runs}
@@ -44,6 +50,16 @@ merge_method() {  # PARTS METHOD LR: the method's grid point and seeds merged in
   done
   python scripts/merge_results.py "$parts/$method" "${sources[@]}" --methods "$method" --mixed-hparams
 }
+N=4450334  # shakespeare-gpt's training characters: T = 1/N is the Bayesian posterior
+posterior_run() {  # METHOD OUT LR TN [more benchmark arguments]: skipped where it has run
+  local method=$1 out=$2 lr=$3 tn=$4; shift 4
+  [ -f "$out/shakespeare-gpt/results.json" ] && return 0
+  # precond_lr: o-cola-ud-rms's lr from its grid (0.01; the group's lr 1e-3 at the peak, 1e-4 at the cosine's floor)
+  python -m benchmarks run --task shakespeare-gpt --preset quick --threads 1 --no-progress --methods "$method" \
+    --set precond_lr=0.01 --set map_sample_lr="$lr" --set map_temperature="$(python3 -c "print($tn / $N)")" --out "$out" "$@"
+}
+# the MAP's own rows (o-cola-ud-rms, 3 seeds) are the transformer round's (docs/results/transformer)
+POSTERIOR_METHODS=${POSTERIOR_METHODS:-"map-o-cola-ud-rms ensemble-o-cola-ud-rms ens-o-cola-ud-rms"}  # one or some of them: in parallel processes
 mode=$1; shift
 case "$mode" in
   grid)
@@ -83,5 +99,25 @@ case "$mode" in
         echo
         python scripts/grid_table.py "${grids[@]}"; } >> docs/results/transformer/grid.md
     fi ;;
-  *) echo "usage: $0 grid|seeds|all-seeds|collect|add ..." >&2; exit 2 ;;
+  posterior-grid)
+    for point in "$@"; do
+      posterior_run map-o-cola-ud-rms "$root/transformer-posterior/grid-map-o-cola-ud-rms-lr=${point%%,*},TN=${point#*,}" "${point%%,*}" "${point#*,}" --seeds 1
+    done ;;
+  posterior-seeds)  # seed 0 of map-o-cola-ud-rms comes from its grid point
+    for method in $POSTERIOR_METHODS; do
+      first=0; [ "$method" = map-o-cola-ud-rms ] && first=1
+      posterior_run "$method" "$root/transformer-posterior/seeds-$method" "${1%%,*}" "${1#*,}" --first-seed $first --seeds $((3 - first))
+    done ;;
+  posterior-collect)
+    rm -rf docs/results/transformer-posterior
+    parts=$(mktemp -d)
+    for method in $POSTERIOR_METHODS; do
+      sources=("$root/transformer-posterior/seeds-$method")
+      [ "$method" = map-o-cola-ud-rms ] && sources+=("$root/transformer-posterior/grid-map-o-cola-ud-rms-lr=${1%%,*},TN=${1#*,}")
+      python scripts/merge_results.py "$parts/$method" "${sources[@]}" --methods "$method" --mixed-hparams
+    done
+    python scripts/merge_results.py docs/results/transformer-posterior "$parts"/* --mixed-hparams
+    rm -rf "$parts"
+    python scripts/nll_grid.py "$root"/transformer-posterior/grid-* > docs/results/transformer-posterior/grid.md ;;
+  *) echo "usage: $0 grid|seeds|all-seeds|collect|add|posterior-grid|posterior-seeds|posterior-collect ..." >&2; exit 2 ;;
 esac
