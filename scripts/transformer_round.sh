@@ -14,6 +14,8 @@
 # chain, the 2-member ensemble and the chains from its members at the chosen point:
 #   scripts/transformer_round.sh posterior-grid LR,TN...  -> RUNS/transformer-posterior/grid-map-o-cola-ud-rms-lr=LR,TN=TN
 #   scripts/transformer_round.sh posterior-seeds LR,TN    -> RUNS/transformer-posterior/seeds-METHOD (METHOD's 3 seeds)
+#   scripts/transformer_round.sh posterior-control LR     -> RUNS/transformer-posterior/control-map-o-cola-ud-rms (T = 0, seeds 1-2;
+#                                                          seed 0 is the grid point LR,0): the schedule without the noise
 #   scripts/transformer_round.sh posterior-collect LR,TN  -> docs/results/transformer-posterior (+ grid.md)
 # RUNS=DIR puts the runs under DIR instead of runs/.
 set -euo pipefail
@@ -58,8 +60,9 @@ posterior_run() {  # METHOD OUT LR TN [more benchmark arguments]: skipped where 
   python -m benchmarks run --task shakespeare-gpt --preset quick --threads 1 --no-progress --methods "$method" \
     --set precond_lr=0.01 --set map_sample_lr="$lr" --set map_temperature="$(python3 -c "print($tn / $N)")" --out "$out" "$@"
 }
-# the MAP's own rows (o-cola-ud-rms, 3 seeds) are the transformer round's (docs/results/transformer)
-POSTERIOR_METHODS=${POSTERIOR_METHODS:-"map-o-cola-ud-rms ensemble-o-cola-ud-rms ens-o-cola-ud-rms"}  # one or some of them: in parallel processes
+# o-cola-ud-rms is the MAP, run again beside the others (a rerun of the transformer round's seed 0 on
+# another day's machine differed by 0.002 bits)
+POSTERIOR_METHODS=${POSTERIOR_METHODS:-"o-cola-ud-rms map-o-cola-ud-rms ensemble-o-cola-ud-rms ens-o-cola-ud-rms"}  # one or some of them: in parallel processes
 mode=$1; shift
 case "$mode" in
   grid)
@@ -108,6 +111,8 @@ case "$mode" in
       first=0; [ "$method" = map-o-cola-ud-rms ] && first=1
       posterior_run "$method" "$root/transformer-posterior/seeds-$method" "${1%%,*}" "${1#*,}" --first-seed $first --seeds $((3 - first))
     done ;;
+  posterior-control)
+    posterior_run map-o-cola-ud-rms "$root/transformer-posterior/control-map-o-cola-ud-rms" "$1" 0 --first-seed 1 --seeds 2 ;;
   posterior-collect)
     rm -rf docs/results/transformer-posterior
     parts=$(mktemp -d)
@@ -118,6 +123,17 @@ case "$mode" in
     done
     python scripts/merge_results.py docs/results/transformer-posterior "$parts"/* --mixed-hparams
     rm -rf "$parts"
-    python scripts/nll_grid.py "$root"/transformer-posterior/grid-* > docs/results/transformer-posterior/grid.md ;;
+    grid="$root/transformer-posterior/grid-map-o-cola-ud-rms"
+    { echo "# shakespeare-gpt: the chains from MAP runs, seed 0"
+      echo
+      echo "The sampling lr at T = 1/N (the Bayesian posterior), on the posterior's validation NLL in nats per"
+      echo "character (\`python scripts/nll_grid.py\` on the grid folders):"
+      echo
+      python scripts/nll_grid.py "$grid"-lr=*,TN=1 | tail -n +3
+      echo
+      echo "The temperature at the chosen lr ${1%%,*} (TN = T x N; TN = 0 is the control: the same schedule"
+      echo "without noise, its final model's prediction). The seeds ran at TN = ${1#*,}:"
+      echo
+      python scripts/nll_grid.py "$grid-lr=${1%%,*}",TN=* | tail -n +3; } > docs/results/transformer-posterior/grid.md ;;
   *) echo "usage: $0 grid|seeds|all-seeds|collect|add|posterior-grid|posterior-seeds|posterior-collect ..." >&2; exit 2 ;;
 esac
