@@ -268,7 +268,9 @@ def log_epoch(writer, row: Dict[str, Any]) -> None:
 def clip_gradients(model: torch.nn.Module, clip: float) -> None:
     """Gradient-norm clipping at ``clip``; a DeepEnsemble's members each clip their own gradient, as
     if trained alone (one norm over all of them would couple the members)."""
-    for part in getattr(model, "members", None) or [model]:
+    from .ensemble import DeepEnsemble
+
+    for part in model.members if isinstance(model, DeepEnsemble) else [model]:
         torch.nn.utils.clip_grad_norm_(part.parameters(), clip)
 
 

@@ -221,9 +221,6 @@ class OptimiseThenSample(LRScheduler):
         # a function (often a closure) does not pickle, and it is code, not state (LambdaLR's rule)
         return {k: v for k, v in super().state_dict().items() if k != "lr_lambda"}
 
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "lr_lambda"})
-
     def sampling(self) -> bool:
         """True when the next optimiser step samples."""
         return max(self.last_epoch, 0) >= self.optimise_steps
