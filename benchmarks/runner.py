@@ -279,7 +279,8 @@ POSTERIOR_SAMPLES = 20  # snapshots averaged for the posterior prediction
 
 def _posterior_collector(task: Task, model, optimizer, steps_per_epoch: int, method: Optional[Method] = None, seed: int = 0, scheduler=None):
     """For tempered Langevin methods on classification tasks: keep POSTERIOR_SAMPLES snapshots
-    spread over the second half of the run (the first half is burn-in). For ``swag`` methods: the
+    spread over the second half of the run (the first half is burn-in); ensemble-started chains
+    (``sample_lr_key``) over their sampling stage's second half, at any temperature. For ``swag`` methods: the
     SWAG moments over the same POSTERIOR_SAMPLES steps (benchmarks.swag). For ``laplace`` methods:
     the last-layer Laplace approximation, fitted at the final weights (benchmarks.laplace). For
     cyclical methods: the snapshots at the end of each cycle; for ``ivon`` and ``mc-dropout``:
@@ -315,7 +316,10 @@ def _posterior_collector(task: Task, model, optimizer, steps_per_epoch: int, met
         return LaplaceCollector(model, task.x_train, task.y_train, batch_size=task.settings["batch_size"], seed=seed)
     # a scheduler that switches the temperature on later keeps the group's own as initial_temperature
     tempered = any(g.get("initial_temperature", g.get("temperature", 0)) > 0 for g in optimizer.param_groups)
-    if not tempered:
+    # ensemble-started chains keep their snapshots at T = 0 too: that control (the same schedule
+    # without the noise, its iterates' predictions averaged) tells the noise's share of the chains'
+    # gain from the averaging's
+    if not tempered and (method is None or method.sample_lr_key is None):
         return None
     # ensemble-started chains: each snapshot holds every chain, so POSTERIOR_SAMPLES networks in all
     # (4 snapshots of 5 chains): the prediction's cost stays that of the other posteriors

@@ -17,6 +17,10 @@
 #   scripts/transformer_round.sh posterior-control LR     -> RUNS/transformer-posterior/control-map-o-cola-ud-rms (T = 0, seeds 1-2;
 #                                                          seed 0 is the grid point LR,0): the schedule without the noise
 #   scripts/transformer_round.sh posterior-collect LR,TN  -> docs/results/transformer-posterior (+ grid.md)
+# The longer run (2,000 steps: --set epochs=20, the same warm-up and cosine over the whole run), each
+# method at its lr chosen on the 500-step grid, one process per method and seed:
+#   scripts/transformer_round.sh long SEED METHOD=LR...    -> RUNS/transformer-long/METHOD-sSEED
+#   scripts/transformer_round.sh long-collect METHOD...    -> docs/results/transformer-long
 # RUNS=DIR puts the runs under DIR instead of runs/.
 set -euo pipefail
 root=${RUNS:-runs}
@@ -102,6 +106,21 @@ case "$mode" in
         echo
         python scripts/grid_table.py "${grids[@]}"; } >> docs/results/transformer/grid.md
     fi ;;
+  long)
+    seed=$1; shift
+    for pair in "$@"; do
+      out="$root/transformer-long/${pair%%=*}-s$seed"
+      [ -f "$out/shakespeare-gpt/results.json" ] && continue
+      run "${pair%%=*}" "${pair#*=}" "$out" --set epochs=20 --first-seed "$seed" --seeds 1
+    done ;;
+  long-collect)
+    rm -rf docs/results/transformer-long
+    parts=$(mktemp -d)
+    for method in "$@"; do
+      python scripts/merge_results.py "$parts/$method" "$root/transformer-long/$method"-s[0-9] --methods "$method" --mixed-hparams
+    done
+    python scripts/merge_results.py docs/results/transformer-long "$parts"/* --mixed-hparams
+    rm -rf "$parts" ;;
   posterior-grid)
     for point in "$@"; do
       posterior_run map-o-cola-ud-rms "$root/transformer-posterior/grid-map-o-cola-ud-rms-lr=${point%%,*},TN=${point#*,}" "${point%%,*}" "${point#*,}" --seeds 1
@@ -135,5 +154,5 @@ case "$mode" in
       echo "without noise, its final model's prediction). The seeds ran at TN = ${1#*,}:"
       echo
       python scripts/nll_grid.py "$grid-lr=${1%%,*}",TN=* | tail -n +3; } > docs/results/transformer-posterior/grid.md ;;
-  *) echo "usage: $0 grid|seeds|all-seeds|collect|add|posterior-grid|posterior-seeds|posterior-collect ..." >&2; exit 2 ;;
+  *) echo "usage: $0 grid|seeds|all-seeds|collect|add|long|long-collect|posterior-grid|posterior-seeds|posterior-collect ..." >&2; exit 2 ;;
 esac

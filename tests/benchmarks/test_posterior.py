@@ -210,3 +210,23 @@ def test_ensemble_started_chains_cost_the_ensembles_gradients(tmp_path):
     assert last["posterior_samples"] == min(4, steps - steps // 2)  # in the sampling epoch's second half; at most 4 snapshots of the 5 chains (20 networks)
     assert "| ens-sgld | posterior |" in posterior_table(results)
     assert f"| {5 * last['posterior_samples']} |" in posterior_table(results, ["ens-sgld"])  # forward passes: chains x snapshots
+
+
+def test_ensemble_started_chains_at_zero_temperature_average_their_iterates(tmp_path):
+    """The T = 0 control of ens-sgld (the same schedule without noise) keeps the same snapshots, so
+    that its averaged prediction separates the noise's effect from the averaging's; a T = 0 method
+    that is not a chain (o-cola-ud) keeps none."""
+    from benchmarks.__main__ import main
+
+    require_fashion_and_mnist()
+    out = tmp_path / "res"
+    args = ["run", "--task", "fmnist-cnn", "--preset", "smoke", "--methods", "ens-sgld,o-cola-ud", "--out", str(out), "--no-progress"]
+    for kv in ("train_size=500", "val_size=200", "test_size=300", "ood_size=200", "shift_size=100", "epochs=2", "ens_temperature=0", "temperature=0"):
+        args += ["--set", kv]
+    assert main(args) == 0
+    runs = {r["method"]: r for r in json.loads((out / "fmnist-cnn" / "results.json").read_text())["runs"]}
+    steps = math.ceil(500 / 128)
+    assert runs["ens-sgld"]["hyperparameters"]["temperature"] == 0
+    last = runs["ens-sgld"]["epochs"][-1]
+    assert last["posterior_samples"] == min(4, steps - steps // 2) and math.isfinite(last["posterior_nll"])
+    assert "posterior_samples" not in runs["o-cola-ud"]["epochs"][-1]
