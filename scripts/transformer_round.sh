@@ -40,10 +40,18 @@ lr_key() {
     *) echo "no lr key for $1" >&2; exit 2 ;;
   esac
 }
+# what a method takes besides its own lr: nGPT's spectral step and its control run the Adam kind on
+# the rest of the model at ngpt-adam's chosen lr (0.01), not the task's default 1e-3
+rest_sets() {
+  case "$1" in
+    ngpt-s-spectral|ngpt-muon) echo "--set ngpt_adam_lr=0.01" ;;
+  esac
+}
 run() {  # METHOD LR OUT [more benchmark arguments]
   local method=$1 lr=$2 out=$3; shift 3
+  # shellcheck disable=SC2046
   python -m benchmarks run --task shakespeare-gpt --preset quick --threads 1 --no-progress \
-    --methods "$method" --set "$(lr_key "$method")=$lr" --out "$out" "$@"
+    --methods "$method" --set "$(lr_key "$method")=$lr" $(rest_sets "$method") --out "$out" "$@"
 }
 merge_method() {  # PARTS METHOD LR: the method's grid point and seeds merged into PARTS/METHOD
   # (each method into a folder of its own first: merge_results' --methods filters the target too)

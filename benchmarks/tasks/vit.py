@@ -93,10 +93,10 @@ class FashionViT(ClassificationTask):
         "clip": 1.0,  # as shakespeare-gpt (nanoGPT's)
         "warmup_steps": 50,
         "min_lr_factor": 0.1,
-        # every lr transferred from shakespeare-gpt's validation grids (docs/results/transformer/grid.md;
-        # this task has no grid of its own yet): AdamW 3e-3 (nanoGPT's betas and weight decay),
-        # Muon 0.03, the spectral step 0.03; the AdamW part of Muon's recipe and of ours (the
-        # embeddings, norms and head) takes adamw_lr too
+        # every lr first transferred from shakespeare-gpt's validation grids, then confirmed by this
+        # task's own (docs/results/vit/grid.md: the middle of three points for every method): AdamW
+        # 3e-3 (nanoGPT's betas and weight decay), Muon 0.03, the spectral step 0.03; the AdamW part
+        # of Muon's recipe and of ours (the embeddings, norms and head) takes adamw_lr too
         "adamw_lr": 3e-3, "adamw_betas": (0.9, 0.99), "adamw_wd": 0.1,
         "muon_lr": 0.03,
         "spectral_lr": 0.03,
