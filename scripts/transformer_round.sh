@@ -32,7 +32,7 @@ lr_key() {
     geotorch-orthogonal-adamw) echo geotorch_lr ;;
     ngpt-adam) echo ngpt_adam_lr ;;
     ngpt-s-cola-ud) echo ud_lr ;;
-    ngpt-s-cola-ud-rms|ngpt-s-cola-ud-rms-bc) echo ngpt_rms_lr ;;
+    ngpt-s-cola-ud-rms|ngpt-s-cola-ud-rms-bc|ngpt-s-cola-ud-rms-bc99) echo ngpt_rms_lr ;;
     o-cola-ud-rms|o-cola-ud-rms-tempered) echo precond_lr ;;
     o-spectral|o-spectral-project) echo spectral_lr ;;
     ngpt-s-adam|ngpt-s-adam-row) echo ngpt_adam_lr ;;

@@ -64,7 +64,7 @@ def test_normalized_gpt_starts_with_its_unit_vectors_and_keeps_them_under_our_se
     x = torch.randint(0, 11, (2, 8))
     assert torch.isfinite(model(x)).all()
     task = _task()
-    for name in ("ngpt-s-cola-ud", "ngpt-s-cola-ud-rms", "ngpt-adam", "ngpt-s-adam", "ngpt-s-adam-row", "ngpt-s-spectral", "ngpt-s-cola-ud-rms-bc", "ngpt-muon"):
+    for name in ("ngpt-s-cola-ud", "ngpt-s-cola-ud-rms", "ngpt-adam", "ngpt-s-adam", "ngpt-s-adam-row", "ngpt-s-spectral", "ngpt-s-cola-ud-rms-bc", "ngpt-s-cola-ud-rms-bc99", "ngpt-muon"):
         model, optimizer, constraints = _train(task, name)
         assert set(constraints) == set(sphere_family(model)), name
         assert largest_violation(model, optimizer, constraints) < 1e-5, name
