@@ -17,6 +17,9 @@
 #   scripts/transformer_round.sh posterior-control LR     -> RUNS/transformer-posterior/control-map-o-cola-ud-rms (T = 0, seeds 1-2;
 #                                                          seed 0 is the grid point LR,0): the schedule without the noise
 #   scripts/transformer_round.sh posterior-collect LR,TN  -> docs/results/transformer-posterior (+ grid.md)
+#   scripts/transformer_round.sh posterior-temperature LR,TN -> RUNS/transformer-posterior/temperature-map-o-cola-ud-rms-TN=TN
+#                                                          (seeds 1-2; seed 0 is the grid point LR,TN)
+#   scripts/transformer_round.sh posterior-temperature-collect LR,TN OUT -> docs/results/OUT (the 3 seeds)
 # The longer run (2,000 steps: --set epochs=20, the same warm-up and cosine over the whole run), each
 # method at its lr chosen on the 500-step grid, one process per method and seed:
 #   scripts/transformer_round.sh long SEED METHOD=LR...    -> RUNS/transformer-long/METHOD-sSEED
@@ -140,6 +143,11 @@ case "$mode" in
     done ;;
   posterior-control)
     posterior_run map-o-cola-ud-rms "$root/transformer-posterior/control-map-o-cola-ud-rms" "$1" 0 --first-seed 1 --seeds 2 ;;
+  posterior-temperature)  # LR,TN: the chain's seeds 1-2 at another temperature (seed 0 is its grid point)
+    posterior_run map-o-cola-ud-rms "$root/transformer-posterior/temperature-map-o-cola-ud-rms-TN=${1#*,}" "${1%%,*}" "${1#*,}" --first-seed 1 --seeds 2 ;;
+  posterior-temperature-collect)  # LR,TN OUT: its 3 seeds merged into docs/results/OUT
+    python scripts/merge_results.py "docs/results/$2" "$root/transformer-posterior/grid-map-o-cola-ud-rms-lr=$1" \
+      "$root/transformer-posterior/temperature-map-o-cola-ud-rms-TN=${1#*,}" --methods map-o-cola-ud-rms --mixed-hparams ;;
   posterior-collect)
     rm -rf docs/results/transformer-posterior
     parts=$(mktemp -d)
@@ -162,5 +170,5 @@ case "$mode" in
       echo "without noise, its final model's prediction). The seeds ran at TN = ${1#*,}:"
       echo
       python scripts/nll_grid.py "$grid-lr=${1%%,*}",TN=* | tail -n +3; } > docs/results/transformer-posterior/grid.md ;;
-  *) echo "usage: $0 grid|seeds|all-seeds|collect|add|long|long-collect|posterior-grid|posterior-seeds|posterior-collect ..." >&2; exit 2 ;;
+  *) echo "usage: $0 grid|seeds|all-seeds|collect|add|long|long-collect|posterior-grid|posterior-seeds|posterior-control|posterior-collect|posterior-temperature|posterior-temperature-collect ..." >&2; exit 2 ;;
 esac
