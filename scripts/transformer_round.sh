@@ -24,38 +24,12 @@
 # method at its lr chosen on the 500-step grid, one process per method and seed:
 #   scripts/transformer_round.sh long SEED METHOD=LR...    -> RUNS/transformer-long/METHOD-sSEED
 #   scripts/transformer_round.sh long-collect METHOD...    -> docs/results/transformer-long
-# RUNS=DIR puts the runs under DIR instead of runs/.
+# RUNS=DIR puts the runs under DIR instead of runs/. A run whose folder holds its results.json is skipped.
 set -euo pipefail
 root=${RUNS:-runs}
-# the hyper-parameter each method's lr is (the tempered sampler takes o-cola-ud-rms's precond_lr)
-lr_key() {
-  case "$1" in
-    adamw) echo adamw_lr ;;
-    muon) echo muon_lr ;;
-    geotorch-orthogonal-adamw) echo geotorch_lr ;;
-    ngpt-adam) echo ngpt_adam_lr ;;
-    ngpt-s-cola-ud) echo ud_lr ;;
-    ngpt-s-cola-ud-rms|ngpt-s-cola-ud-rms-bc|ngpt-s-cola-ud-rms-bc99) echo ngpt_rms_lr ;;
-    o-cola-ud-rms|o-cola-ud-rms-tempered) echo precond_lr ;;
-    o-spectral|o-spectral-project) echo spectral_lr ;;
-    ngpt-s-adam|ngpt-s-adam-row) echo ngpt_adam_lr ;;
-    ngpt-s-spectral) echo ngpt_spectral_lr ;;
-    *) echo "no lr key for $1" >&2; exit 2 ;;
-  esac
-}
-# what a method takes besides its own lr: nGPT's spectral step and its control run the Adam kind on
-# the rest of the model at ngpt-adam's chosen lr (0.01), not the task's default 1e-3
-rest_sets() {
-  case "$1" in
-    ngpt-s-spectral|ngpt-muon) echo "--set ngpt_adam_lr=0.01" ;;
-  esac
-}
-run() {  # METHOD LR OUT [more benchmark arguments]
-  local method=$1 lr=$2 out=$3; shift 3
-  # shellcheck disable=SC2046
-  python -m benchmarks run --task shakespeare-gpt --preset quick --threads 1 --no-progress \
-    --methods "$method" --set "$(lr_key "$method")=$lr" $(rest_sets "$method") --out "$out" "$@"
-}
+# shellcheck source=scripts/round_lib.sh
+. "$(dirname "$0")/round_lib.sh"
+run() { run_method shakespeare-gpt "$@"; }  # METHOD LR OUT [more benchmark arguments]
 merge_method() {  # PARTS METHOD LR: the method's grid point and seeds merged into PARTS/METHOD
   # (each method into a folder of its own first: merge_results' --methods filters the target too)
   local parts=$1 method=$2 lr=$3 sources=()
@@ -120,9 +94,7 @@ case "$mode" in
   long)
     seed=$1; shift
     for pair in "$@"; do
-      out="$root/transformer-long/${pair%%=*}-s$seed"
-      [ -f "$out/shakespeare-gpt/results.json" ] && continue
-      run "${pair%%=*}" "${pair#*=}" "$out" --set epochs=20 --first-seed "$seed" --seeds 1
+      run "${pair%%=*}" "${pair#*=}" "$root/transformer-long/${pair%%=*}-s$seed" --set epochs=20 --first-seed "$seed" --seeds 1
     done ;;
   long-collect)
     rm -rf docs/results/transformer-long

@@ -10,20 +10,9 @@
 # RUNS=DIR puts the runs under DIR instead of runs/.
 set -euo pipefail
 root=${RUNS:-runs}
-lr_key() {
-  case "$1" in
-    adamw) echo adamw_lr ;;
-    muon) echo muon_lr ;;
-    o-spectral|o-spectral-project) echo spectral_lr ;;
-    *) echo "no lr key for $1" >&2; exit 2 ;;
-  esac
-}
-run() {  # METHOD LR OUT [more benchmark arguments]
-  local method=$1 lr=$2 out=$3; shift 3
-  [ -f "$out/fmnist-vit/results.json" ] && return 0
-  python -m benchmarks run --task fmnist-vit --preset quick --threads 1 --no-progress \
-    --methods "$method" --set "$(lr_key "$method")=$lr" --out "$out" "$@"
-}
+# shellcheck source=scripts/round_lib.sh
+. "$(dirname "$0")/round_lib.sh"
+run() { run_method fmnist-vit "$@"; }  # METHOD LR OUT [more benchmark arguments]
 mode=$1; shift
 case "$mode" in
   grid)
