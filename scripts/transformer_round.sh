@@ -118,7 +118,7 @@ case "$mode" in
   posterior-temperature)  # LR,TN: the chain's seeds 1-2 at another temperature (seed 0 is its grid point)
     posterior_run map-o-cola-ud-rms "$root/transformer-posterior/temperature-map-o-cola-ud-rms-TN=${1#*,}" "${1%%,*}" "${1#*,}" --first-seed 1 --seeds 2 ;;
   posterior-temperature-collect)  # LR,TN OUT: its 3 seeds merged into docs/results/OUT
-    python scripts/merge_results.py "docs/results/$2" "$root/transformer-posterior/grid-map-o-cola-ud-rms-lr=$1" \
+    python scripts/merge_results.py "docs/results/$2" "$root/transformer-posterior/grid-map-o-cola-ud-rms-lr=${1%%,*},TN=${1#*,}" \
       "$root/transformer-posterior/temperature-map-o-cola-ud-rms-TN=${1#*,}" --methods map-o-cola-ud-rms --mixed-hparams ;;
   posterior-collect)
     rm -rf docs/results/transformer-posterior
