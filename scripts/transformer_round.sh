@@ -49,6 +49,12 @@ posterior_run() {  # METHOD OUT LR TN [more benchmark arguments]: skipped where 
   python -m benchmarks run --task shakespeare-gpt --preset quick --threads 1 --no-progress --methods "$method" \
     --set precond_lr=0.01 --set map_sample_lr="$lr" --set map_temperature="$(python3 -c "print($tn / $N)")" --out "$out" "$@"
 }
+grid_point() {  # LR,TN: the folder of the chain's seed-0 grid point
+  echo "$root/transformer-posterior/grid-map-o-cola-ud-rms-lr=${1%%,*},TN=${1#*,}"
+}
+temperature_runs() {  # LR,TN: the folder of the chain's seeds 1-2 at that temperature
+  echo "$root/transformer-posterior/temperature-map-o-cola-ud-rms-TN=${1#*,}"
+}
 # o-cola-ud-rms is the MAP, run again beside the others (a rerun of the transformer round's seed 0 on
 # another day's machine differed by 0.002 bits)
 POSTERIOR_METHODS=${POSTERIOR_METHODS:-"o-cola-ud-rms map-o-cola-ud-rms ensemble-o-cola-ud-rms ens-o-cola-ud-rms"}  # one or some of them: in parallel processes
@@ -106,7 +112,7 @@ case "$mode" in
     rm -rf "$parts" ;;
   posterior-grid)
     for point in "$@"; do
-      posterior_run map-o-cola-ud-rms "$root/transformer-posterior/grid-map-o-cola-ud-rms-lr=${point%%,*},TN=${point#*,}" "${point%%,*}" "${point#*,}" --seeds 1
+      posterior_run map-o-cola-ud-rms "$(grid_point "$point")" "${point%%,*}" "${point#*,}" --seeds 1
     done ;;
   posterior-seeds)  # seed 0 of map-o-cola-ud-rms comes from its grid point
     for method in $POSTERIOR_METHODS; do
@@ -116,16 +122,16 @@ case "$mode" in
   posterior-control)
     posterior_run map-o-cola-ud-rms "$root/transformer-posterior/control-map-o-cola-ud-rms" "$1" 0 --first-seed 1 --seeds 2 ;;
   posterior-temperature)  # LR,TN: the chain's seeds 1-2 at another temperature (seed 0 is its grid point)
-    posterior_run map-o-cola-ud-rms "$root/transformer-posterior/temperature-map-o-cola-ud-rms-TN=${1#*,}" "${1%%,*}" "${1#*,}" --first-seed 1 --seeds 2 ;;
+    posterior_run map-o-cola-ud-rms "$(temperature_runs "$1")" "${1%%,*}" "${1#*,}" --first-seed 1 --seeds 2 ;;
   posterior-temperature-collect)  # LR,TN OUT: its 3 seeds merged into docs/results/OUT
-    python scripts/merge_results.py "docs/results/$2" "$root/transformer-posterior/grid-map-o-cola-ud-rms-lr=${1%%,*},TN=${1#*,}" \
-      "$root/transformer-posterior/temperature-map-o-cola-ud-rms-TN=${1#*,}" --methods map-o-cola-ud-rms --mixed-hparams ;;
+    python scripts/merge_results.py "docs/results/$2" "$(grid_point "$1")" "$(temperature_runs "$1")" \
+      --methods map-o-cola-ud-rms --mixed-hparams ;;
   posterior-collect)
     rm -rf docs/results/transformer-posterior
     parts=$(mktemp -d)
     for method in $POSTERIOR_METHODS; do
       sources=("$root/transformer-posterior/seeds-$method")
-      [ "$method" = map-o-cola-ud-rms ] && sources+=("$root/transformer-posterior/grid-map-o-cola-ud-rms-lr=${1%%,*},TN=${1#*,}")
+      [ "$method" = map-o-cola-ud-rms ] && sources+=("$(grid_point "$1")")
       python scripts/merge_results.py "$parts/$method" "${sources[@]}" --methods "$method" --mixed-hparams
     done
     python scripts/merge_results.py docs/results/transformer-posterior "$parts"/* --mixed-hparams
