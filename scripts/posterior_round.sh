@@ -12,6 +12,11 @@
 #   scripts/posterior_round.sh ens-control -> ens-sgld at T = 0 (the last epoch's lr drop alone), 3 seeds
 #   (then: seeds ens-sgld ens-o-cola-ud, and add with the chosen grid points)
 #   scripts/posterior_round.sh add [DIR...] -> seeds-* (and DIR...) merged into docs/results/posterior, whose earlier rows stay; grid-* into grid.md
+#   scripts/posterior_round.sh long SEED METHOD[:KEY=V,...] ... -> RUNS/posterior-long/seeds-METHOD-sSEED
+#     (a METHOD with KEY=V: RUNS/posterior-long/METHOD-KEY=V,...-sSEED): the 3x budget, 18 epochs per
+#     member or chain, the ensemble-started chains sampling the last 3 (the 6-epoch round's 1/6); every
+#     other value the 6-epoch round's choice
+#   scripts/posterior_round.sh long-collect -> RUNS/posterior-long/seeds-* into docs/results/posterior-long
 # JOBS=1 runs one process at a time (default 2).
 # RUNS=DIR puts the runs under DIR instead of runs/.
 set -euo pipefail
@@ -83,6 +88,17 @@ case "$1" in
       m=${spec%%:*}; sets=${spec#*:}
       for s in 0 1 2; do echo "fmnist-mlp $m $root/mlp-seeds-$m-s$s $s 1 ${sets//,/ }"; done
     done ;;
+  long)  # SEED METHOD[:KEY=V,...] ...: the 3x budget (one seed, so that a queue can order by seed)
+    shift; local seed=$1; shift
+    mkdir -p "${RUNS:-runs}/posterior-long"
+    for spec in "$@"; do
+      m=${spec%%:*}; sets=""; name=seeds-$m
+      [ "$spec" != "$m" ] && sets=${spec#*:} && name=$m-$sets
+      echo "fmnist-cnn $m ${RUNS:-runs}/posterior-long/$name-s$seed $seed 1 epochs=18 sample_epochs=3 ${sets//,/ }"
+    done ;;
+  long-collect)
+    rm -rf docs/results/posterior-long/fmnist-cnn
+    python scripts/merge_results.py docs/results/posterior-long "${RUNS:-runs}"/posterior-long/seeds-* ;;
   collect)
     rm -rf docs/results/posterior/fmnist-cnn
     python scripts/merge_results.py docs/results/posterior "$root"/seeds-*
@@ -104,11 +120,11 @@ case "$1" in
     python scripts/merge_results.py docs/results/posterior "$root"/seeds-* "$@" --mixed-hparams
     table=docs/results/posterior/grid.md
     python scripts/nll_grid.py --previous "$table" "$root"/grid-* >"$table.new" && mv "$table.new" "$table" ;;
-  *) echo "usage: $0 grid|ens-grid|ens-control|seeds|mlp-seeds|collect|add" >&2; exit 2 ;;
+  *) echo "usage: $0 grid|ens-grid|ens-control|seeds|mlp-seeds|collect|add|long|long-collect" >&2; exit 2 ;;
 esac
 }
 # several modes in one queue, two processes at a time: MODE ARGS [-- MODE ARGS ...]
-if [ "$1" = collect ] || [ "$1" = add ]; then jobs "$@"; exit; fi
+if [ "$1" = collect ] || [ "$1" = add ] || [ "$1" = long-collect ]; then jobs "$@"; exit; fi
 {
   args=()
   for a in "$@" --; do

@@ -230,3 +230,41 @@ def test_ensemble_started_chains_at_zero_temperature_average_their_iterates(tmp_
     last = runs["ens-sgld"]["epochs"][-1]
     assert last["posterior_samples"] == min(4, steps - steps // 2) and math.isfinite(last["posterior_nll"])
     assert "posterior_samples" not in runs["o-cola-ud"]["epochs"][-1]
+
+
+def test_budget_plot_measures_both_rounds_against_the_first_rounds_baseline(tmp_path):
+    """scripts/budget_plot.py: each method's cost in units of one baseline run of the first round
+    (so a longer round's points sit further right), its posterior NLL where it has one, and a clear
+    error where the first round has no baseline run."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "scripts"))
+    import budget_plot
+
+    def write(name, epochs, runs):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({"task": "fmnist-cnn", "settings": {"epochs": epochs}, "runs": runs}))
+        return folder
+
+    def run(method, grads, nll, posterior=False):
+        row = {"epoch": 1, "test_loss": nll + 0.1, "test_brier": 0.2}
+        if posterior:
+            row.update(posterior_nll=nll, posterior_brier=0.1)
+        return {"method": method, "seed": 0, "status": "done", "gradient_evaluations": grads, "epochs": [row]}
+
+    short = write("short", 6, [run("sgd-momentum", 100, 0.31), run("ens-sgld", 500, 0.24, posterior=True)])
+    long = write("long", 18, [run("sgd-momentum", 300, 0.29), run("ens-sgld", 1500, 0.22, posterior=True)])
+    pts = budget_plot.points(json.loads((long / "results.json").read_text()), ["ens-sgld", "swag"])
+    assert pts == {"ens-sgld": (1500, [0.22], [0.1])}  # the posterior's scores; a method without runs left out
+    out = tmp_path / "budgets.png"
+    done = subprocess.run([sys.executable, str(root / "scripts" / "budget_plot.py"), str(short), str(long), "--methods", "sgd-momentum,ens-sgld", "--out", str(out)],
+                          capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert out.stat().st_size > 0
+    missing = subprocess.run([sys.executable, str(root / "scripts" / "budget_plot.py"), str(long), "--methods", "ens-sgld", "--baseline", "swag", "--out", str(out)],
+                             capture_output=True, text=True, cwd=root)
+    assert missing.returncode != 0 and "no swag run" in missing.stderr
