@@ -16,6 +16,9 @@
 #     (a METHOD with KEY=V: RUNS/posterior-long/METHOD-KEY=V,...-sSEED): the 3x budget, 18 epochs per
 #     member or chain, the ensemble-started chains sampling the last 3 (the 6-epoch round's 1/6); every
 #     other value the 6-epoch round's choice
+#   scripts/posterior_round.sh long-control SEED -> RUNS/posterior-long/control-ens-sgld-T0-sSEED: ens-sgld's
+#     T = 0 control, branched (scripts/branch_checkpoint.py) from RUNS/posterior-long/branch/ens-sgld-seedSEED.pt,
+#     the chain's last checkpoint before it sampled, kept while it ran (the same computation as a fresh run)
 #   scripts/posterior_round.sh long-collect -> RUNS/posterior-long/seeds-* into docs/results/posterior-long
 # JOBS=1 runs one process at a time (default 2).
 # RUNS=DIR puts the runs under DIR instead of runs/.
@@ -28,7 +31,7 @@ job() {  # TASK METHOD OUT FIRST_SEED SEEDS [KEY=VALUE ...]
   local sets=()
   for kv in "$@"; do sets+=(--set "$kv"); done
   python -m benchmarks run --task "$task" --preset quick --threads 1 --no-progress --methods "$method" \
-    --first-seed "$first" --seeds "$seeds" --out "$out" "${sets[@]}" >"$out.log" 2>&1 || echo "FAILED: $out"
+    --first-seed "$first" --seeds "$seeds" --out "$out" "${sets[@]}" ${RESUME:+--resume} >"$out.log" 2>&1 || echo "FAILED: $out"
 }
 export -f job
 # stdin: one job's arguments per line (trailing blanks stripped: xargs -L joins such a line to the next)
@@ -96,6 +99,11 @@ case "$1" in
       [ "$spec" != "$m" ] && sets=${spec#*:} && name=$m-$sets
       echo "fmnist-cnn $m ${RUNS:-runs}/posterior-long/$name-s$seed $seed 1 epochs=18 sample_epochs=3 ${sets//,/ }"
     done ;;
+  long-control)  # SEED: branched from the chain's checkpoint, then resumed (RESUME, set below)
+    local seed=$2 out=${RUNS:-runs}/posterior-long/control-ens-sgld-T0-s$2
+    python scripts/branch_checkpoint.py "${RUNS:-runs}/posterior-long/branch/ens-sgld-seed$seed.pt" \
+      "$out/fmnist-cnn/checkpoints/ens-sgld-seed$seed.pt" --set ens_temperature=0.0 >&2
+    echo "fmnist-cnn ens-sgld $out $seed 1 epochs=18 sample_epochs=3 ens_temperature=0.0" ;;
   long-collect)
     rm -rf docs/results/posterior-long/fmnist-cnn
     python scripts/merge_results.py docs/results/posterior-long "${RUNS:-runs}"/posterior-long/seeds-* ;;
@@ -120,9 +128,10 @@ case "$1" in
     python scripts/merge_results.py docs/results/posterior "$root"/seeds-* "$@" --mixed-hparams
     table=docs/results/posterior/grid.md
     python scripts/nll_grid.py --previous "$table" "$root"/grid-* >"$table.new" && mv "$table.new" "$table" ;;
-  *) echo "usage: $0 grid|ens-grid|ens-control|seeds|mlp-seeds|collect|add|long|long-collect" >&2; exit 2 ;;
+  *) echo "usage: $0 grid|ens-grid|ens-control|seeds|mlp-seeds|collect|add|long|long-control|long-collect" >&2; exit 2 ;;
 esac
 }
+[ "$1" = long-control ] && export RESUME=1
 # several modes in one queue, two processes at a time: MODE ARGS [-- MODE ARGS ...]
 if [ "$1" = collect ] || [ "$1" = add ] || [ "$1" = long-collect ]; then jobs "$@"; exit; fi
 {

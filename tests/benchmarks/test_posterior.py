@@ -268,3 +268,42 @@ def test_budget_plot_measures_both_rounds_against_the_first_rounds_baseline(tmp_
     missing = subprocess.run([sys.executable, str(root / "scripts" / "budget_plot.py"), str(long), "--methods", "ens-sgld", "--baseline", "swag", "--out", str(out)],
                              capture_output=True, text=True, cwd=root)
     assert missing.returncode != 0 and "no swag run" in missing.stderr
+
+
+def test_branched_checkpoint_continues_as_the_fresh_temperature_control(tmp_path, monkeypatch):
+    """scripts/branch_checkpoint.py: ens-sgld's checkpoint in its optimisation stage (T = 0 whatever
+    its sampling temperature), given ens_temperature = 0 and resumed, gives the fresh T = 0
+    control's results exactly; a checkpoint at the switch or later is refused."""
+    import sys
+    from pathlib import Path
+
+    from benchmarks.__main__ import main
+    from benchmarks.checkpoint import checkpoint_path
+    from benchmarks.tasks.base import ClassificationTask
+    from tests.benchmarks.test_resume import interrupt_at_evaluation, without_timings
+
+    require_fashion_and_mnist()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    import branch_checkpoint
+
+    args = ["run", "--task", "fmnist-cnn", "--preset", "smoke", "--methods", "ens-sgld", "--no-progress"]
+    for kv in ("train_size=500", "val_size=200", "test_size=300", "ood_size=200", "shift_size=100", "epochs=4", "eval_every=1"):
+        args += ["--set", kv]
+    control = tmp_path / "control"
+    assert main([*args, "--set", "ens_temperature=0.0", "--out", str(control)]) == 0
+    with monkeypatch.context() as m:
+        # on the base class: an ensemble needs the task's evaluation to be ClassificationTask's own
+        interrupt_at_evaluation(m, ClassificationTask, 3)  # after epoch 2's checkpoint, before the switch after epoch 3
+        assert main([*args, "--out", str(tmp_path / "chain")]) == 130
+    src = checkpoint_path(tmp_path / "chain" / "fmnist-cnn", "ens-sgld", 0)
+    dst = checkpoint_path(tmp_path / "branched" / "fmnist-cnn", "ens-sgld", 0)
+    branch_checkpoint.main([str(src), str(dst), "--set", "ens_temperature=0.0"])
+    assert main([*args, "--set", "ens_temperature=0.0", "--out", str(tmp_path / "branched"), "--resume"]) == 0
+    branched = json.loads((tmp_path / "branched" / "fmnist-cnn" / "results.json").read_text())
+    assert "epoch 2" in branched["runs"][0].pop("branched_from")
+    want = without_timings(json.loads((control / "fmnist-cnn" / "results.json").read_text()))
+    assert without_timings(branched) == want  # every loss, snapshot average and score: equal, not close
+    payload = torch.load(src, map_location="cpu", weights_only=False)
+    payload["scheduler"]["last_epoch"] = payload["scheduler"]["optimise_steps"]
+    with pytest.raises(SystemExit, match="at or past the switch"):
+        branch_checkpoint.branch(payload, "ens_temperature", 0.0)
